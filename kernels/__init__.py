@@ -1,0 +1,1 @@
+"""Triton kernels for ltxdist (imported as `ltxdist_kernels`)."""

@@ -1,0 +1,186 @@
+"""Typed training config. Hydra composes conf/ on top of these dataclasses, so an unknown or misspelt
+key is an error that names it; `validate_config` runs cross-field checks before any model is built.
+
+Each group dataclass holds one concern; functions receive the sub-config they need, not the whole tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    checkpoint: str = MISSING  # path to the LTX-2.3 .safetensors (transformer under model.diffusion_model.)
+    dtype: str = "bfloat16"  # frozen base weights and compute dtype: bfloat16 | float32
+    gradient_checkpointing: bool = False  # per transformer block (non-reentrant)
+    # Write a tiny random checkpoint at `checkpoint` when it is missing (tiny preset only; demo & tests).
+    create_if_missing: bool = False
+
+
+@dataclass
+class LoRAConfig:
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["attn"])  # set names and/or glob patterns
+    blocks: list[int] | None = None  # None = every transformer block
+    dtype: str = "float32"  # trainable adapter params
+    init_seed: int = 0
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "standard"
+    first_frame_conditioning_p: float = 0.1
+    with_audio: bool = True  # train the audio stream jointly when samples carry audio latents
+    audio_sigma: str = "shared"  # shared | independent
+    video_loss_weight: float = 1.0
+    audio_loss_weight: float = 1.0
+    caption_dropout_p: float = 0.0
+    # shifted logit-normal sigma sampling (mu linear in the generated token count)
+    sigma_mu_at_1024: float = 0.95
+    sigma_mu_at_4096: float = 2.05
+    sigma_std: float = 1.0
+    sigma_uniform_p: float = 0.1
+
+
+@dataclass
+class DataConfig:
+    path: str = MISSING  # directory with index.json + shards
+    batch_size: int = 1
+    num_workers: int = 0
+    shuffle_buffer: int = 64
+    split: str = "auto"  # auto | shard | sample
+    # Make a synthetic cached-latent dataset at `path` when it is missing (demo & tests only).
+    synthetic_if_missing: bool = False
+    synthetic_num_samples: int = 32
+    synthetic_buckets: list[str] = field(default_factory=lambda: ["64x64x17"])
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "constant"  # constant | linear | cosine | two_phase
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0  # floor for linear / cosine decay, as a fraction of optim.lr
+    phase_one_steps: int = 0  # two_phase: linear from lr to phase_two_lr over these steps, then constant
+    phase_two_lr: float = 0.0
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"  # adamw | adamw8bit
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = 1.0
+    checkpoint_every_n_steps: int = 250
+    keep_last_k: int = 3
+    log_every_n_steps: int = 1
+    progress_bar: bool = True
+    deterministic: bool = False
+
+
+@dataclass
+class ParallelConfig:
+    name: str = "single"  # single | ddp
+    accelerator: str = "auto"  # auto | cpu | gpu
+    devices: int = 1
+    num_nodes: int = 1
+    process_group_backend: str | None = None  # None: nccl on GPU, gloo on CPU
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "ltxdist"
+    entity: str | None = None
+    mode: str = "auto"  # auto (online only if WANDB_API_KEY is set) | online | offline | disabled
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    dir: str = "runs/${run.name}"
+    seed: int = 0
+    resume: str = "auto"  # auto (newest complete checkpoint, else fresh) | never | must | <checkpoint dir>
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the flag to fix."""
+
+
+def _require(cond: bool, flag: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{flag}: {message}")
+
+
+def validate_config(cfg: Any) -> None:
+    """Cross-field checks that must pass before any model is built."""
+    _require(cfg.model.dtype in ("bfloat16", "float32"), "model.dtype", "must be bfloat16 or float32")
+    _require(cfg.lora.rank >= 1, "lora.rank", f"must be >= 1, got {cfg.lora.rank}")
+    _require(cfg.lora.alpha > 0, "lora.alpha", f"must be > 0, got {cfg.lora.alpha}")
+    _require(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
+    _require(cfg.lora.dtype in ("float32", "bfloat16"), "lora.dtype", "must be float32 or bfloat16")
+    _require(cfg.strategy.name == "standard", "strategy",
+             f"{cfg.strategy.name!r} is not available yet (available: standard)")
+    _require(0 <= cfg.strategy.first_frame_conditioning_p <= 1, "strategy.first_frame_conditioning_p",
+             "must be a probability in [0, 1]")
+    _require(0 <= cfg.strategy.caption_dropout_p <= 1, "strategy.caption_dropout_p", "must be in [0, 1]")
+    _require(cfg.strategy.audio_sigma in ("shared", "independent"), "strategy.audio_sigma",
+             "must be shared or independent")
+    _require(cfg.strategy.video_loss_weight >= 0 and cfg.strategy.audio_loss_weight >= 0,
+             "strategy.video_loss_weight / strategy.audio_loss_weight", "must be >= 0")
+    _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
+    _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
+    _require(cfg.data.split in ("auto", "shard", "sample"), "data.split", "must be auto, shard or sample")
+    _require(cfg.optim.name in ("adamw", "adamw8bit"), "optim", f"unknown optimizer {cfg.optim.name!r}")
+    _require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
+    sched = cfg.optim.schedule
+    _require(sched.name in ("constant", "linear", "cosine", "two_phase"), "optim.schedule.name",
+             f"unknown schedule {sched.name!r} (constant | linear | cosine | two_phase)")
+    _require(sched.warmup_steps >= 0, "optim.schedule.warmup_steps", "must be >= 0")
+    if sched.name == "two_phase":
+        _require(sched.phase_one_steps > 0, "optim.schedule.phase_one_steps", "must be > 0 for two_phase")
+        _require(sched.phase_two_lr > 0, "optim.schedule.phase_two_lr", "must be > 0 for two_phase")
+    _require(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be >= 1")
+    _require(cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1")
+    _require(cfg.trainer.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps", "must be >= 1")
+    _require(cfg.trainer.keep_last_k >= 1, "trainer.keep_last_k", "must be >= 1 (the newest is always kept)")
+    _require(cfg.parallel.name in ("single", "ddp"), "parallel",
+             f"{cfg.parallel.name!r} is not available yet (single | ddp)")
+    _require(cfg.parallel.devices >= 1 and cfg.parallel.num_nodes >= 1, "parallel.devices / parallel.num_nodes",
+             "must be >= 1")
+    if cfg.parallel.name == "single":
+        _require(cfg.parallel.devices == 1 and cfg.parallel.num_nodes == 1, "parallel",
+                 "parallel=single runs one process; use parallel=ddp for devices > 1 or num_nodes > 1")
+    _require(cfg.logger.name in ("none", "wandb"), "logger", f"unknown logger {cfg.logger.name!r}")
+    _require(cfg.logger.mode in ("auto", "online", "offline", "disabled"), "logger.mode",
+             "must be auto, online, offline or disabled")

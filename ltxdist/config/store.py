@@ -1,0 +1,17 @@
+"""Registers the typed schema with Hydra and locates the conf/ tree."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hydra.core.config_store import ConfigStore
+
+from ltxdist.config.schema import TrainConfig
+
+# conf/ sits next to the package in a checkout; LTXDIST_CONF points elsewhere (e.g. an installed copy).
+CONF_DIR = Path(os.environ.get("LTXDIST_CONF", Path(__file__).resolve().parents[2] / "conf"))
+
+
+def register_configs() -> None:
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)

@@ -1,0 +1,169 @@
+"""LoRA files in the ComfyUI / ltx-core format.
+
+Keys `diffusion_model.transformer_blocks.{i}.{module}.lora_A.weight` (r, in) and `.lora_B.weight`
+(out, r), bf16. ltx-core and ComfyUI fuse `W += strength * B @ A` and ignore alpha, so `alpha / rank`
+is baked into B on export and divided out again on import.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+
+import ltxdist
+from ltxdist.io import save_safetensors_atomic
+from ltxdist.lora.inject import lora_modules
+from ltxdist.models.checkpoint_file import major_minor
+
+COMFY_PREFIX = "diffusion_model."
+_A_SUFFIX = ".lora_A.weight"
+_B_SUFFIX = ".lora_B.weight"
+
+
+class LoRAFileError(ValueError):
+    """A LoRA file is unreadable, malformed, or does not fit the base model."""
+
+
+@dataclass(frozen=True)
+class LoRAFile:
+    path: Path
+    tensors: dict[str, torch.Tensor]  # module name (no prefix) -> (A, B) flattened as name+suffix
+    metadata: dict[str, str]
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted(k[: -len(_A_SUFFIX)] for k in self.tensors if k.endswith(_A_SUFFIX))
+
+
+def export_lora(
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    base_model_version: str,
+    training_strategy: str,
+    step: int,
+    target_modules: list[str],
+    extra_metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Path:
+    modules = lora_modules(model)
+    if not modules:
+        raise LoRAFileError("the model carries no LoRA adapters to export")
+    ranks = {m.rank for m in modules.values()}
+    alphas = {m.alpha for m in modules.values()}
+    tensors: dict[str, torch.Tensor] = {}
+    for name, m in modules.items():
+        tensors[COMFY_PREFIX + name + _A_SUFFIX] = m.lora_A.detach().float().to(dtype).cpu()
+        tensors[COMFY_PREFIX + name + _B_SUFFIX] = (m.lora_B.detach().float() * m.scaling).to(dtype).cpu()
+    metadata = {
+        "ltxdist_version": ltxdist.__version__,
+        "base_model_version": base_model_version,
+        "rank": str(max(ranks)) if len(ranks) == 1 else json.dumps(sorted(ranks)),
+        "alpha": str(alphas.pop()) if len(alphas) == 1 else json.dumps(sorted(alphas)),
+        "target_modules": json.dumps(target_modules),
+        "training_strategy": training_strategy,
+        "step": str(step),
+        "format": "comfyui-ltx",
+    }
+    for key, value in (extra_metadata or {}).items():
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    path = Path(path)
+    save_safetensors_atomic(tensors, path, metadata=metadata)
+    return path
+
+
+def read_lora_file(path: str | Path) -> LoRAFile:
+    path = Path(path)
+    if not path.is_file():
+        raise LoRAFileError(f"LoRA file not found: {path}")
+    if path.suffix != ".safetensors":
+        raise LoRAFileError(f"{path}: only .safetensors LoRA files are accepted (no pickle-based formats)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:
+        raise LoRAFileError(f"{path} is not a readable safetensors file: {exc}") from exc
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if key.startswith("model." + COMFY_PREFIX):
+            raise LoRAFileError(
+                f"{path}: key {key!r} carries a 'model.diffusion_model.' prefix; ltx-core and ComfyUI "
+                "would silently match nothing. Re-export with `ltxdist-export convert`."
+            )
+        if not key.startswith(COMFY_PREFIX) or not key.endswith((_A_SUFFIX, _B_SUFFIX)):
+            raise LoRAFileError(f"{path}: unexpected key {key!r} (expected diffusion_model.*.lora_A/B.weight)")
+        tensors[key[len(COMFY_PREFIX) :]] = value
+    for key in tensors:
+        twin = key.replace(_A_SUFFIX, _B_SUFFIX) if key.endswith(_A_SUFFIX) else key.replace(_B_SUFFIX, _A_SUFFIX)
+        if twin not in tensors:
+            raise LoRAFileError(f"{path}: {key!r} has no matching {twin!r}")
+    if not tensors:
+        raise LoRAFileError(f"{path} holds no LoRA tensors")
+    return LoRAFile(path=path, tensors=tensors, metadata=metadata)
+
+
+def check_base_version(lora: LoRAFile, base_model_version: str, *, force: bool = False) -> None:
+    """Refuse a LoRA trained on another major.minor base (e.g. LTX-2 19B on 2.3): it loads silently
+    elsewhere and ruins the output because the latent space changed."""
+    trained_on = lora.metadata.get("base_model_version")
+    if trained_on is None:
+        if not force:
+            raise LoRAFileError(
+                f"{lora.path} does not say which base model it was trained on (no base_model_version "
+                "metadata); pass force=True / --force if you are sure it fits"
+            )
+        return
+    if major_minor(trained_on) != major_minor(base_model_version) and not force:
+        raise LoRAFileError(
+            f"{lora.path} was trained on base model version {trained_on}, but the base is "
+            f"{base_model_version}: major.minor differ, so the latent spaces do not match. "
+            "Pass force=True / --force to load it anyway."
+        )
+
+
+@torch.no_grad()
+def import_lora(model: torch.nn.Module, lora: LoRAFile, *, base_model_version: str, force: bool = False) -> None:
+    """Load a LoRA file into an injected model (undoing the baked alpha/rank scale)."""
+    check_base_version(lora, base_model_version, force=force)
+    modules = lora_modules(model)
+    missing = [m for m in lora.modules if m not in modules]
+    if missing:
+        raise LoRAFileError(
+            f"{lora.path}: adapters for modules the model was not injected with: {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''} (set lora.targets to cover them)"
+        )
+    for name in lora.modules:
+        module = modules[name]
+        a, b = lora.tensors[name + _A_SUFFIX], lora.tensors[name + _B_SUFFIX]
+        if a.shape != module.lora_A.shape or b.shape != module.lora_B.shape:
+            raise LoRAFileError(
+                f"{lora.path}: {name} has A{tuple(a.shape)} B{tuple(b.shape)}, the model expects "
+                f"A{tuple(module.lora_A.shape)} B{tuple(module.lora_B.shape)} (rank mismatch? set lora.rank)"
+            )
+        module.lora_A.copy_(a.to(module.lora_A.dtype))
+        module.lora_B.copy_((b.float() / module.scaling).to(module.lora_B.dtype))
+
+
+@torch.no_grad()
+def merge_lora_file_into_state_dict(
+    state_dict: dict[str, torch.Tensor], lora: LoRAFile, strength: float = 1.0, prefix: str = ""
+) -> int:
+    """W += strength * B @ A for every adapted module of a base state dict; returns how many."""
+    merged = 0
+    for name in lora.modules:
+        key = f"{prefix}{name}.weight"
+        if key not in state_dict:
+            raise LoRAFileError(f"{lora.path}: base has no weight {key!r} for adapter {name!r}")
+        w = state_dict[key]
+        delta = lora.tensors[name + _B_SUFFIX].float() @ lora.tensors[name + _A_SUFFIX].float()
+        if delta.shape != w.shape:
+            raise LoRAFileError(f"{lora.path}: {name} delta {tuple(delta.shape)} != base {tuple(w.shape)}")
+        state_dict[key] = (w.float() + strength * delta).to(w.dtype)
+        merged += 1
+    return merged

@@ -1,0 +1,92 @@
+"""`ltxdist-export`: inspect, convert or merge a trained LoRA.
+
+  ltxdist-export inspect LORA                         metadata, modules, ranks
+  ltxdist-export merge --base CKPT --lora LORA [--strength S] --out MERGED   full checkpoint with W += S*B@A
+  ltxdist-export convert --lora IN --out OUT          rewrite keys to the ComfyUI layout (fixes a
+                                                      'model.diffusion_model.' prefix), bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ltxdist.io import save_safetensors_atomic
+from ltxdist.lora.comfy_format import (
+    COMFY_PREFIX,
+    LoRAFileError,
+    check_base_version,
+    merge_lora_file_into_state_dict,
+    read_lora_file,
+)
+from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX, read_checkpoint_info
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    lora = read_lora_file(args.lora)
+    ranks = sorted({int(lora.tensors[m + ".lora_A.weight"].shape[0]) for m in lora.modules})
+    blocks = sorted({int(m.split(".")[1]) for m in lora.modules if m.startswith("transformer_blocks.")})
+    kinds = sorted({m.split(".", 2)[2] for m in lora.modules if m.startswith("transformer_blocks.")})
+    print(json.dumps({"path": str(lora.path), "metadata": lora.metadata, "num_modules": len(lora.modules),
+                      "ranks": ranks, "blocks": blocks, "module_kinds": kinds}, indent=2))
+
+
+def cmd_merge(args: argparse.Namespace) -> None:
+    info = read_checkpoint_info(args.base)
+    lora = read_lora_file(args.lora)
+    check_base_version(lora, info.model_version, force=args.force)
+    with safe_open(str(info.path), framework="pt") as f:
+        sd = {k: f.get_tensor(k) for k in f.keys()}
+    n = merge_lora_file_into_state_dict(sd, lora, strength=args.strength, prefix=TRANSFORMER_PREFIX)
+    metadata = dict(info.metadata)
+    metadata["merged_loras"] = json.dumps([{"path": str(lora.path), "strength": args.strength}])
+    save_safetensors_atomic(sd, args.out, metadata=metadata)
+    print(f"merged {n} adapters into {args.out}")
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    src = Path(args.lora)
+    with safe_open(str(src), framework="pt") as f:
+        metadata = f.metadata() or {}
+        raw = {k: f.get_tensor(k) for k in f.keys()}
+    out = {}
+    for key, value in raw.items():
+        name = key.removeprefix("model.").removeprefix(COMFY_PREFIX)
+        out[COMFY_PREFIX + name] = value.to(torch.bfloat16)
+    save_safetensors_atomic(out, args.out, metadata=metadata)
+    read_lora_file(args.out)  # validate what was written
+    print(f"wrote {args.out} ({len(out)} tensors)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ltxdist-export", description="Inspect, convert or merge LoRA files")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("inspect")
+    p.add_argument("lora", type=Path)
+    p.set_defaults(fn=cmd_inspect)
+    p = sub.add_parser("merge")
+    p.add_argument("--base", type=Path, required=True)
+    p.add_argument("--lora", type=Path, required=True)
+    p.add_argument("--strength", type=float, default=1.0)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="merge even if the base model version differs")
+    p.set_defaults(fn=cmd_merge)
+    p = sub.add_parser("convert")
+    p.add_argument("--lora", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(fn=cmd_convert)
+    args = parser.parse_args(argv)
+    try:
+        args.fn(args)
+    except (LoRAFileError, ValueError, FileNotFoundError) as exc:
+        print(f"ltxdist-export: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,64 @@
+"""Reading the metadata of an LTX checkpoint file (config + model_version) with clear errors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+TRANSFORMER_PREFIX = "model.diffusion_model."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable or not in the LTX layout."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path
+    config: dict[str, Any]
+    model_version: str
+    metadata: dict[str, str]
+
+
+def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"checkpoint not found: {path} (set model.checkpoint=... or write a tiny one with "
+            f"`ltxdist-tiny-checkpoint {path.parent}`)"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except Exception as exc:  # safetensors raises several types for a corrupt header
+        raise CheckpointError(f"{path} is not a readable safetensors file: {exc}") from exc
+    if "config" not in metadata:
+        raise CheckpointError(
+            f"{path} has no 'config' entry in its safetensors metadata; an LTX-2.3 checkpoint carries its "
+            "config there (is this an LTX checkpoint, or a LoRA file?)"
+        )
+    try:
+        config = json.loads(metadata["config"])
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: metadata 'config' is not valid JSON: {exc}") from exc
+    if "transformer" not in config:
+        raise CheckpointError(f"{path}: metadata config has no 'transformer' section")
+    return CheckpointInfo(
+        path=path, config=config, model_version=metadata.get("model_version", "unknown"), metadata=metadata
+    )
+
+
+def transformer_keys_in_file(path: str | Path) -> list[str]:
+    """Transformer parameter names stored in the file, with the checkpoint prefix stripped."""
+    with safe_open(str(path), framework="pt") as f:
+        return [k[len(TRANSFORMER_PREFIX) :] for k in f.keys() if k.startswith(TRANSFORMER_PREFIX)]
+
+
+def major_minor(version: str) -> tuple[str, ...]:
+    """'2.3.0' -> ('2', '3'); used to decide whether a LoRA fits a base model."""
+    parts = version.strip().lstrip("v").split(".")
+    return tuple(parts[:2])

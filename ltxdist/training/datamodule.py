@@ -1,0 +1,32 @@
+"""DataModule over cached-latent shards; resumes at the data position saved in the checkpoint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ltxdist.data.streaming import CachedLatentStream, StreamPlan
+
+
+class CachedLatentDataModule(pl.LightningDataModule):
+    def __init__(self, data_cfg: Any, seed: int):
+        super().__init__()
+        self.data_cfg = data_cfg
+        self.seed = seed
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        trainer = self.trainer
+        assert trainer is not None
+        # Restored from the checkpoint before dataloaders are built (Lightning restores modules first).
+        skip = int(getattr(trainer.lightning_module, "batches_seen", 0))
+        stream = CachedLatentStream(
+            self.data_cfg.path,
+            StreamPlan(batch_size=self.data_cfg.batch_size, seed=self.seed, rank=trainer.global_rank,
+                       world_size=trainer.world_size, shuffle_buffer=self.data_cfg.shuffle_buffer,
+                       split=self.data_cfg.split),
+            skip_batches=skip,
+        )
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.data_cfg.num_workers,
+                                           persistent_workers=False)

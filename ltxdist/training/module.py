@@ -1,0 +1,160 @@
+"""LightningModule: flow-matching LoRA training of the LTX-2.3 transformer.
+
+The transformer is built in `configure_model` (so parallel strategies can shard between building and
+loading), LoRA is injected, and only adapter parameters reach the optimizer. Every random draw of a
+step comes from a generator seeded by (seed, rank, batch counter): a resumed run draws exactly what an
+uninterrupted one would, without saving generator state.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ltxdist._ltx_core import BatchedPerturbationConfig
+from ltxdist.data.shards import load_empty_caption
+from ltxdist.lora import LoRASpec, inject_lora, lora_parameters
+from ltxdist.lora.inject import lora_state_dict, reset_lora
+from ltxdist.models import load_transformer
+from ltxdist.strategies import StrategyOutput, build_strategy
+from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
+from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
+from ltxdist.training.optim import build_optimizer, build_scheduler
+
+SIGMA_BUCKET_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+_STATE_KEY = "ltxdist"
+
+
+class LTXLoRAModule(pl.LightningModule):
+    def __init__(self, cfg: Any):
+        super().__init__()
+        self.cfg = cfg
+        self.strategy_impl = build_strategy(cfg.strategy)
+        self.dtype_compute = _DTYPES[cfg.model.dtype]
+        self.transformer: torch.nn.Module | None = None
+        self.model_version = "unknown"
+        self.target_modules: list[str] = []
+        self.batches_seen = 0  # micro-batches consumed by this rank: the data position
+        self.strict_loading = False  # checkpoints hold adapter weights only
+        self._empty_caption: dict[str, torch.Tensor] | None = None
+        self._t_last = 0.0
+        self._last_parts: dict[str, Any] = {}
+        self._last_grad_norm: torch.Tensor | None = None
+
+    # -- model ------------------------------------------------------------------------------------
+    def configure_model(self) -> None:
+        if self.transformer is not None:
+            return
+        loaded = load_transformer(self.cfg.model.checkpoint, device="cpu", dtype=self.dtype_compute)
+        self.model_version = loaded.model_version
+        spec = LoRASpec(rank=self.cfg.lora.rank, alpha=self.cfg.lora.alpha, dropout=self.cfg.lora.dropout,
+                        targets=tuple(self.cfg.lora.targets),
+                        blocks=tuple(self.cfg.lora.blocks) if self.cfg.lora.blocks else None,
+                        dtype=_DTYPES[self.cfg.lora.dtype])
+        self.target_modules = inject_lora(loaded.model, spec)
+        reset_lora(loaded.model, self.cfg.lora.init_seed)  # identical adapters on every rank
+        loaded.model.set_gradient_checkpointing(self.cfg.model.gradient_checkpointing)
+        self.transformer = loaded.model
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        assert self.transformer is not None
+        return lora_parameters(self.transformer)
+
+    # -- step -------------------------------------------------------------------------------------
+    def _caption_dropout(self, batch: dict[str, Any], gens: list[torch.Generator]) -> dict[str, Any]:
+        p = self.cfg.strategy.caption_dropout_p
+        if p <= 0:
+            return batch
+        drop_B = rand_per_sample(gens) < p
+        if not bool(drop_B.any()):
+            return batch
+        if self._empty_caption is None:
+            self._empty_caption = load_empty_caption(Path(self.cfg.data.path))
+        batch = dict(batch)
+        for key in ("video_context", "audio_context", "context_mask"):
+            empty = self._empty_caption[key].to(device=batch[key].device, dtype=batch[key].dtype)
+            batch[key] = torch.where(drop_B.to(batch[key].device).view(-1, *[1] * empty.ndim),
+                                     empty.unsqueeze(0), batch[key])
+        batch["context_mask_all_ones"] = batch["context_mask_all_ones"] and bool(
+            self._empty_caption["context_mask"].bool().all())
+        return batch
+
+    def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
+        assert self.transformer is not None
+        gens = sample_generators(self.cfg.run.seed, batch["ids"], batch["epochs"])
+        batch = self._caption_dropout(batch, gens)
+        out: StrategyOutput = self.strategy_impl.prepare(batch, dtype=self.dtype_compute, device=self.device,
+                                                         generators=gens)
+        b = out.video.latent.shape[0] if out.video is not None else out.audio.latent.shape[0]
+        vx, ax = self.transformer(out.video, out.audio, BatchedPerturbationConfig.empty(b))
+        s = self.cfg.strategy
+        total = torch.zeros((), device=self.device)
+        parts: dict[str, Any] = {"tokens": out.num_tokens}
+        for name, pred, targets, weight in (("video", vx, out.video_targets, s.video_loss_weight),
+                                            ("audio", ax, out.audio_targets, s.audio_loss_weight)):
+            if targets is None or pred is None:
+                continue
+            per_sample_B = masked_mse_per_sample(pred, targets)
+            loss = per_sample_B.mean()
+            total = total + weight * loss
+            parts[f"loss/{name}"] = loss.detach()
+            parts[f"sigma_buckets/{name}"] = sigma_bucket_losses(per_sample_B, targets.sigma_B, SIGMA_BUCKET_EDGES)
+        parts["loss/total"] = total.detach()
+        return total, parts
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        # LoRA dropout draws from torch's global RNG: reseed it per batch so a resumed run matches.
+        torch.manual_seed(sample_seed(self.cfg.run.seed, "|".join(batch["ids"]), self.batches_seen))
+        loss, parts = self.compute_loss(batch)
+        self.batches_seen += 1
+        bs = len(batch["ids"])
+        self.log("loss", parts["loss/total"], prog_bar=True, batch_size=bs, sync_dist=False)
+        for key in ("loss/video", "loss/audio"):
+            if key in parts:
+                self.log(key, parts[key], batch_size=bs)
+        now = time.perf_counter()
+        if self._t_last:
+            self.log("throughput/tokens_per_s", parts["tokens"] / max(now - self._t_last, 1e-9), prog_bar=True,
+                     batch_size=bs)
+        self._t_last = now
+        self._last_parts = parts
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        grads = [p.grad for p in self.lora_parameters() if p.grad is not None]
+        # Kept as a tensor: read (and synced) only when metrics are written.
+        self._last_grad_norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) \
+            if grads else None
+
+    # -- optimizer --------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = build_optimizer(self.lora_parameters(), self.cfg.optim)
+        sched = build_scheduler(opt, self.cfg.optim.schedule, self.cfg.optim.lr, self.cfg.trainer.max_steps)
+        # interval=step: one scheduler step per optimizer step, whatever the number of processes.
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+    # -- checkpoint contents ----------------------------------------------------------------------
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        # Only the adapters: the frozen base comes from the base checkpoint.
+        assert self.transformer is not None
+        return {"transformer." + k: v.detach() for k, v in lora_state_dict(self.transformer).items()}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[_STATE_KEY] = {"batches_seen": self.batches_seen, "model_version": self.model_version,
+                                  "target_modules": self.target_modules}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get(_STATE_KEY, {})
+        self.batches_seen = int(state.get("batches_seen", 0))
+        expected = set(self.state_dict())
+        found = set(checkpoint.get("state_dict", {}))
+        if expected != found:
+            raise ValueError(
+                f"checkpoint adapters do not match this run's LoRA: missing {sorted(expected - found)[:5]}, "
+                f"unexpected {sorted(found - expected)[:5]} (did lora.rank / lora.targets change?)"
+            )

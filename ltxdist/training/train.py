@@ -1,0 +1,129 @@
+"""`ltxdist-train [hydra overrides]`: the training entry point (a thin Hydra app over `train(cfg)`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig, OmegaConf
+
+from ltxdist.config.schema import validate_config
+from ltxdist.config.store import CONF_DIR, register_configs
+from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl, StepProgressBar
+from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
+from ltxdist.training.datamodule import CachedLatentDataModule
+from ltxdist.training.module import LTXLoRAModule
+from ltxdist.training.run_dir import lora_path, resolve_resume
+
+log = logging.getLogger("ltxdist")
+
+
+def _prepare_inputs(cfg: Any) -> None:
+    """Demo conveniences: a tiny checkpoint and synthetic data when asked for and missing."""
+    ckpt = Path(cfg.model.checkpoint)
+    if not ckpt.is_file() and cfg.model.create_if_missing:
+        from ltxdist.models.tiny_checkpoint import write_random_checkpoint
+
+        if cfg.model.name != "tiny":
+            raise ValueError(f"model.create_if_missing only writes tiny checkpoints, not model={cfg.model.name}")
+        write_random_checkpoint(ckpt)
+        log.info("wrote tiny checkpoint %s", ckpt)
+    data = Path(cfg.data.path)
+    if not (data / "index.json").is_file() and cfg.data.synthetic_if_missing:
+        from ltxdist.data.synthetic import write_synthetic_dataset
+
+        write_synthetic_dataset(data, ckpt, num_samples=cfg.data.synthetic_num_samples,
+                                buckets=tuple(cfg.data.synthetic_buckets), seed=cfg.run.seed)
+        log.info("wrote synthetic dataset %s", data)
+
+
+def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger: Any) -> pl.Trainer:
+    p = cfg.parallel
+    if p.name == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy: Any = DDPStrategy(process_group_backend=p.process_group_backend)
+    else:
+        strategy = "auto"
+    return pl.Trainer(
+        accelerator=p.accelerator,
+        devices=p.devices,
+        num_nodes=p.num_nodes,
+        strategy=strategy,
+        precision="32-true",  # dtypes are explicit: frozen base in model.dtype, adapters in lora.dtype
+        max_steps=cfg.trainer.max_steps,
+        max_epochs=-1,
+        accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        gradient_clip_val=cfg.trainer.gradient_clip_val,
+        log_every_n_steps=cfg.trainer.log_every_n_steps,
+        enable_progress_bar=False,  # StepProgressBar counts optimizer steps instead of epochs
+        enable_checkpointing=False,  # CheckpointAndExport owns checkpoints
+        enable_model_summary=False,
+        deterministic=cfg.trainer.deterministic,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        default_root_dir=str(run_dir),
+        plugins=[SafetensorsCheckpointIO()],
+        callbacks=callbacks,
+        logger=logger if logger is not None else False,
+        use_distributed_sampler=False,  # the stream splits data by rank itself
+    )
+
+
+def train(cfg: Any) -> Path:
+    """Train from a composed config; returns the path of the final LoRA file."""
+    validate_config(cfg)
+    run_dir = Path(cfg.run.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0:
+        _prepare_inputs(cfg)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    resume_from = resolve_resume(run_dir, cfg.run.resume)
+    if resume_from is not None and rank == 0:
+        log.info("resuming from %s", resume_from)
+    pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
+
+    module = LTXLoRAModule(cfg)
+    datamodule = CachedLatentDataModule(cfg.data, seed=cfg.run.seed)
+    callbacks: list[pl.Callback] = [
+        CheckpointAndExport(run_dir, cfg.trainer.checkpoint_every_n_steps, cfg.trainer.keep_last_k,
+                            strategy_name=cfg.strategy.name),
+        MetricsJsonl(run_dir / "metrics.jsonl"),
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(StepProgressBar())
+    logger = None
+    if cfg.logger.name == "wandb":
+        from ltxdist.tracking.wandb_setup import build_wandb_logger
+
+        logger = build_wandb_logger(cfg.logger, run_dir, cfg.run.name, resolved)
+    trainer = build_trainer(cfg, run_dir, callbacks, logger)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    final = lora_path(run_dir, trainer.global_step)
+    if trainer.is_global_zero:
+        log.info("final LoRA: %s", final)
+    return final
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+def main() -> None:
+    register_configs()
+    try:
+        _hydra_main()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()
