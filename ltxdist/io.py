@@ -62,7 +62,10 @@ def save_safetensors_atomic(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
 ) -> None:
     # safetensors refuses non-contiguous or shared-storage tensors; copy into fresh contiguous buffers.
-    clean = {k: v.detach().contiguous().clone() if not v.is_contiguous() else v.detach() for k, v in tensors.items()}
+    clean = {
+        k: v.detach().contiguous().clone() if not v.is_contiguous() else v.detach()
+        for k, v in tensors.items()
+    }
     write_bytes_atomic(path, safetensors_save(clean, metadata=metadata))
 
 

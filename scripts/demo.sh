@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 OUT=${DEMO_DIR:-runs/tiny_demo}
-CKPT=checkpoints/ltx-2.3-tiny.safetensors
-DATA=data/synthetic-tiny
+CKPT=${DEMO_CKPT:-checkpoints/ltx-2.3-tiny.safetensors}
+DATA=${DEMO_DATA:-data/synthetic-tiny}
 
 echo "== 1/4 tiny checkpoint"
 [ -f "$CKPT" ] || $BIN/ltxdist-tiny-checkpoint "$CKPT"

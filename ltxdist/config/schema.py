@@ -149,23 +149,38 @@ def validate_config(cfg: Any) -> None:
     _require(cfg.lora.alpha > 0, "lora.alpha", f"must be > 0, got {cfg.lora.alpha}")
     _require(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
     _require(cfg.lora.dtype in ("float32", "bfloat16"), "lora.dtype", "must be float32 or bfloat16")
-    _require(cfg.strategy.name == "standard", "strategy",
-             f"{cfg.strategy.name!r} is not available yet (available: standard)")
-    _require(0 <= cfg.strategy.first_frame_conditioning_p <= 1, "strategy.first_frame_conditioning_p",
-             "must be a probability in [0, 1]")
+    _require(
+        cfg.strategy.name == "standard",
+        "strategy",
+        f"{cfg.strategy.name!r} is not available yet (available: standard)",
+    )
+    _require(
+        0 <= cfg.strategy.first_frame_conditioning_p <= 1,
+        "strategy.first_frame_conditioning_p",
+        "must be a probability in [0, 1]",
+    )
     _require(0 <= cfg.strategy.caption_dropout_p <= 1, "strategy.caption_dropout_p", "must be in [0, 1]")
-    _require(cfg.strategy.audio_sigma in ("shared", "independent"), "strategy.audio_sigma",
-             "must be shared or independent")
-    _require(cfg.strategy.video_loss_weight >= 0 and cfg.strategy.audio_loss_weight >= 0,
-             "strategy.video_loss_weight / strategy.audio_loss_weight", "must be >= 0")
+    _require(
+        cfg.strategy.audio_sigma in ("shared", "independent"),
+        "strategy.audio_sigma",
+        "must be shared or independent",
+    )
+    _require(
+        cfg.strategy.video_loss_weight >= 0 and cfg.strategy.audio_loss_weight >= 0,
+        "strategy.video_loss_weight / strategy.audio_loss_weight",
+        "must be >= 0",
+    )
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")
     _require(cfg.data.split in ("auto", "shard", "sample"), "data.split", "must be auto, shard or sample")
     _require(cfg.optim.name in ("adamw", "adamw8bit"), "optim", f"unknown optimizer {cfg.optim.name!r}")
     _require(cfg.optim.lr > 0, "optim.lr", f"must be > 0, got {cfg.optim.lr}")
     sched = cfg.optim.schedule
-    _require(sched.name in ("constant", "linear", "cosine", "two_phase"), "optim.schedule.name",
-             f"unknown schedule {sched.name!r} (constant | linear | cosine | two_phase)")
+    _require(
+        sched.name in ("constant", "linear", "cosine", "two_phase"),
+        "optim.schedule.name",
+        f"unknown schedule {sched.name!r} (constant | linear | cosine | two_phase)",
+    )
     _require(sched.warmup_steps >= 0, "optim.schedule.warmup_steps", "must be >= 0")
     if sched.name == "two_phase":
         _require(sched.phase_one_steps > 0, "optim.schedule.phase_one_steps", "must be > 0 for two_phase")
@@ -174,13 +189,25 @@ def validate_config(cfg: Any) -> None:
     _require(cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1")
     _require(cfg.trainer.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps", "must be >= 1")
     _require(cfg.trainer.keep_last_k >= 1, "trainer.keep_last_k", "must be >= 1 (the newest is always kept)")
-    _require(cfg.parallel.name in ("single", "ddp"), "parallel",
-             f"{cfg.parallel.name!r} is not available yet (single | ddp)")
-    _require(cfg.parallel.devices >= 1 and cfg.parallel.num_nodes >= 1, "parallel.devices / parallel.num_nodes",
-             "must be >= 1")
+    _require(
+        cfg.parallel.name in ("single", "ddp"),
+        "parallel",
+        f"{cfg.parallel.name!r} is not available yet (single | ddp)",
+    )
+    _require(
+        cfg.parallel.devices >= 1 and cfg.parallel.num_nodes >= 1,
+        "parallel.devices / parallel.num_nodes",
+        "must be >= 1",
+    )
     if cfg.parallel.name == "single":
-        _require(cfg.parallel.devices == 1 and cfg.parallel.num_nodes == 1, "parallel",
-                 "parallel=single runs one process; use parallel=ddp for devices > 1 or num_nodes > 1")
+        _require(
+            cfg.parallel.devices == 1 and cfg.parallel.num_nodes == 1,
+            "parallel",
+            "parallel=single runs one process; use parallel=ddp for devices > 1 or num_nodes > 1",
+        )
     _require(cfg.logger.name in ("none", "wandb"), "logger", f"unknown logger {cfg.logger.name!r}")
-    _require(cfg.logger.mode in ("auto", "online", "offline", "disabled"), "logger.mode",
-             "must be auto, online, offline or disabled")
+    _require(
+        cfg.logger.mode in ("auto", "online", "offline", "disabled"),
+        "logger.mode",
+        "must be auto, online, offline or disabled",
+    )

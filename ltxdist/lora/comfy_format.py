@@ -86,7 +86,7 @@ def read_lora_file(path: str | Path) -> LoRAFile:
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            raw = {k: f.get_tensor(k) for k in f.keys()}
+            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except Exception as exc:
         raise LoRAFileError(f"{path} is not a readable safetensors file: {exc}") from exc
     tensors: dict[str, torch.Tensor] = {}
@@ -97,10 +97,16 @@ def read_lora_file(path: str | Path) -> LoRAFile:
                 "would silently match nothing. Re-export with `ltxdist-export convert`."
             )
         if not key.startswith(COMFY_PREFIX) or not key.endswith((_A_SUFFIX, _B_SUFFIX)):
-            raise LoRAFileError(f"{path}: unexpected key {key!r} (expected diffusion_model.*.lora_A/B.weight)")
+            raise LoRAFileError(
+                f"{path}: unexpected key {key!r} (expected diffusion_model.*.lora_A/B.weight)"
+            )
         tensors[key[len(COMFY_PREFIX) :]] = value
     for key in tensors:
-        twin = key.replace(_A_SUFFIX, _B_SUFFIX) if key.endswith(_A_SUFFIX) else key.replace(_B_SUFFIX, _A_SUFFIX)
+        twin = (
+            key.replace(_A_SUFFIX, _B_SUFFIX)
+            if key.endswith(_A_SUFFIX)
+            else key.replace(_B_SUFFIX, _A_SUFFIX)
+        )
         if twin not in tensors:
             raise LoRAFileError(f"{path}: {key!r} has no matching {twin!r}")
     if not tensors:
@@ -128,7 +134,9 @@ def check_base_version(lora: LoRAFile, base_model_version: str, *, force: bool =
 
 
 @torch.no_grad()
-def import_lora(model: torch.nn.Module, lora: LoRAFile, *, base_model_version: str, force: bool = False) -> None:
+def import_lora(
+    model: torch.nn.Module, lora: LoRAFile, *, base_model_version: str, force: bool = False
+) -> None:
     """Load a LoRA file into an injected model (undoing the baked alpha/rank scale)."""
     check_base_version(lora, base_model_version, force=force)
     modules = lora_modules(model)

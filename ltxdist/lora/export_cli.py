@@ -1,9 +1,9 @@
 """`ltxdist-export`: inspect, convert or merge a trained LoRA.
 
-  ltxdist-export inspect LORA                         metadata, modules, ranks
-  ltxdist-export merge --base CKPT --lora LORA [--strength S] --out MERGED   full checkpoint with W += S*B@A
-  ltxdist-export convert --lora IN --out OUT          rewrite keys to the ComfyUI layout (fixes a
-                                                      'model.diffusion_model.' prefix), bf16
+ltxdist-export inspect LORA                         metadata, modules, ranks
+ltxdist-export merge --base CKPT --lora LORA [--strength S] --out MERGED   full checkpoint with W += S*B@A
+ltxdist-export convert --lora IN --out OUT          rewrite keys to the ComfyUI layout (fixes a
+                                                    'model.diffusion_model.' prefix), bf16
 """
 
 from __future__ import annotations
@@ -32,8 +32,19 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     ranks = sorted({int(lora.tensors[m + ".lora_A.weight"].shape[0]) for m in lora.modules})
     blocks = sorted({int(m.split(".")[1]) for m in lora.modules if m.startswith("transformer_blocks.")})
     kinds = sorted({m.split(".", 2)[2] for m in lora.modules if m.startswith("transformer_blocks.")})
-    print(json.dumps({"path": str(lora.path), "metadata": lora.metadata, "num_modules": len(lora.modules),
-                      "ranks": ranks, "blocks": blocks, "module_kinds": kinds}, indent=2))
+    print(
+        json.dumps(
+            {
+                "path": str(lora.path),
+                "metadata": lora.metadata,
+                "num_modules": len(lora.modules),
+                "ranks": ranks,
+                "blocks": blocks,
+                "module_kinds": kinds,
+            },
+            indent=2,
+        )
+    )
 
 
 def cmd_merge(args: argparse.Namespace) -> None:
@@ -41,7 +52,7 @@ def cmd_merge(args: argparse.Namespace) -> None:
     lora = read_lora_file(args.lora)
     check_base_version(lora, info.model_version, force=args.force)
     with safe_open(str(info.path), framework="pt") as f:
-        sd = {k: f.get_tensor(k) for k in f.keys()}
+        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     n = merge_lora_file_into_state_dict(sd, lora, strength=args.strength, prefix=TRANSFORMER_PREFIX)
     metadata = dict(info.metadata)
     metadata["merged_loras"] = json.dumps([{"path": str(lora.path), "strength": args.strength}])
@@ -53,7 +64,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     src = Path(args.lora)
     with safe_open(str(src), framework="pt") as f:
         metadata = f.metadata() or {}
-        raw = {k: f.get_tensor(k) for k in f.keys()}
+        raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     out = {}
     for key, value in raw.items():
         name = key.removeprefix("model.").removeprefix(COMFY_PREFIX)
@@ -64,7 +75,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ltxdist-export", description="Inspect, convert or merge LoRA files")
+    parser = argparse.ArgumentParser(
+        prog="ltxdist-export", description="Inspect, convert or merge LoRA files"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("inspect")
     p.add_argument("lora", type=Path)

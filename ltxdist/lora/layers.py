@@ -57,13 +57,16 @@ class LoRALinear(torch.nn.Linear):
 
     def to_linear(self) -> torch.nn.Linear:
         """A plain Linear with the adapter merged in."""
-        linear = torch.nn.Linear(self.in_features, self.out_features, bias=self.bias is not None,
-                                 device="meta")
+        linear = torch.nn.Linear(
+            self.in_features, self.out_features, bias=self.bias is not None, device="meta"
+        )
         linear.weight = torch.nn.Parameter(self.merged_weight(), requires_grad=False)
         if self.bias is not None:
             linear.bias = torch.nn.Parameter(self.bias.detach().clone(), requires_grad=False)
         return linear
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha}, "
-                f"dropout={self.dropout_p}")
+        return (
+            f"in={self.in_features}, out={self.out_features}, rank={self.rank}, alpha={self.alpha}, "
+            f"dropout={self.dropout_p}"
+        )

@@ -10,6 +10,13 @@ from typing import Any
 from safetensors import safe_open
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
+# The official checkpoint also stores the text-encoder connectors under model.diffusion_model.; they
+# belong to the text encoder (ltx-core's Gemma configurator loads them), not to the transformer.
+TEXT_CONNECTOR_PREFIXES = (
+    "video_embeddings_connector.",
+    "audio_embeddings_connector.",
+    "embeddings_connector.",
+)
 
 
 class CheckpointError(ValueError):
@@ -52,10 +59,16 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
     )
 
 
+def is_transformer_key(name: str) -> bool:
+    """`name` without the checkpoint prefix: a transformer weight (not a text connector)?"""
+    return not name.startswith(TEXT_CONNECTOR_PREFIXES)
+
+
 def transformer_keys_in_file(path: str | Path) -> list[str]:
     """Transformer parameter names stored in the file, with the checkpoint prefix stripped."""
     with safe_open(str(path), framework="pt") as f:
-        return [k[len(TRANSFORMER_PREFIX) :] for k in f.keys() if k.startswith(TRANSFORMER_PREFIX)]
+        names = [k[len(TRANSFORMER_PREFIX) :] for k in f.keys() if k.startswith(TRANSFORMER_PREFIX)]  # noqa: SIM118 (safe_open is not iterable)
+    return [n for n in names if is_transformer_key(n)]
 
 
 def major_minor(version: str) -> tuple[str, ...]:

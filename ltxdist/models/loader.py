@@ -23,6 +23,7 @@ from ltxdist._ltx_core import (
 from ltxdist.models.checkpoint_file import (
     CheckpointError,
     CheckpointInfo,
+    is_transformer_key,
     read_checkpoint_info,
     transformer_keys_in_file,
 )
@@ -79,9 +80,10 @@ def load_transformer_weights(
     model: LTXModel, path: Path, device: torch.device, dtype: torch.dtype | None
 ) -> LTXModel:
     """Materialise `model` (meta or real) with the file's weights, through ltx-core's loader."""
-    state = _ltx_builder(path).load_sd([str(path)], registry=_NoCache(), device=device,
-                                       sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP)
-    sd = state.sd if dtype is None else {k: v.to(dtype) for k, v in state.sd.items()}
+    state = _ltx_builder(path).load_sd(
+        [str(path)], registry=_NoCache(), device=device, sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP
+    )
+    sd = {k: v if dtype is None else v.to(dtype) for k, v in state.sd.items() if is_transformer_key(k)}
     model.load_state_dict(sd, strict=True, assign=True)
     return model
 
@@ -103,5 +105,6 @@ def load_transformer(
     model = build_meta_transformer(info.config)
     check_transformer_keys(model, info.path)
     load_transformer_weights(model, info.path, torch.device(device), dtype)
-    return LoadedTransformer(model=model, config=info.config, model_version=info.model_version,
-                             checkpoint=info.path)
+    return LoadedTransformer(
+        model=model, config=info.config, model_version=info.model_version, checkpoint=info.path
+    )

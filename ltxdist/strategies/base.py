@@ -34,8 +34,14 @@ class StrategyOutput:
 class TrainingStrategy(Protocol):
     name: str
 
-    def prepare(self, batch: dict[str, Any], *, dtype: torch.dtype, device: torch.device,
-                generators: list[torch.Generator]) -> StrategyOutput: ...
+    def prepare(
+        self,
+        batch: dict[str, Any],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        generators: list[torch.Generator],
+    ) -> StrategyOutput: ...
 
 
 def noised(x0: torch.Tensor, noise: torch.Tensor, sigma_B: torch.Tensor) -> torch.Tensor:

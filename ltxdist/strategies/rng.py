@@ -19,7 +19,10 @@ def sample_seed(seed: int, sample_id: str, epoch: int) -> int:
 
 
 def sample_generators(seed: int, sample_ids: list[str], epochs: list[int]) -> list[torch.Generator]:
-    return [torch.Generator().manual_seed(sample_seed(seed, i, e)) for i, e in zip(sample_ids, epochs, strict=True)]
+    return [
+        torch.Generator().manual_seed(sample_seed(seed, i, e))
+        for i, e in zip(sample_ids, epochs, strict=True)
+    ]
 
 
 def randn_per_sample(shape_per_sample: tuple[int, ...], gens: list[torch.Generator]) -> torch.Tensor:

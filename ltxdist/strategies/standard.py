@@ -9,7 +9,7 @@ Legend: B batch, T tokens, C channels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -29,14 +29,20 @@ from ltxdist.strategies.sigma import SigmaSampler
 
 @dataclass(frozen=True)
 class StandardStrategy:
-    sigma_sampler: SigmaSampler = SigmaSampler()
+    sigma_sampler: SigmaSampler = field(default_factory=SigmaSampler)
     first_frame_conditioning_p: float = 0.1
     with_audio: bool = True
     audio_sigma: str = "shared"
     name: str = "standard"
 
-    def prepare(self, batch: dict[str, Any], *, dtype: torch.dtype, device: torch.device,
-                generators: list[torch.Generator]) -> StrategyOutput:
+    def prepare(
+        self,
+        batch: dict[str, Any],
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        generators: list[torch.Generator],
+    ) -> StrategyOutput:
         """`generators[b]` drives every random draw of sample b (see strategies/rng.py)."""
         lat_BCFHW = batch["video_latents"].to(device=device, dtype=torch.float32)
         b = lat_BCFHW.shape[0]
@@ -68,10 +74,18 @@ class StandardStrategy:
         audio, audio_targets = None, None
         if self.with_audio and "audio_latents" in batch:
             audio, audio_targets = self._audio(batch, sigma_B, dtype, device, generators)
-        return StrategyOutput(video=video, audio=audio, video_targets=video_targets, audio_targets=audio_targets)
+        return StrategyOutput(
+            video=video, audio=audio, video_targets=video_targets, audio_targets=audio_targets
+        )
 
-    def _audio(self, batch: dict[str, Any], video_sigma_B: torch.Tensor, dtype: torch.dtype,
-               device: torch.device, generators: list[torch.Generator]) -> tuple[Modality, StreamTargets]:
+    def _audio(
+        self,
+        batch: dict[str, Any],
+        video_sigma_B: torch.Tensor,
+        dtype: torch.dtype,
+        device: torch.device,
+        generators: list[torch.Generator],
+    ) -> tuple[Modality, StreamTargets]:
         lat_BCTM = batch["audio_latents"].to(device=device, dtype=torch.float32)
         x0_BTC = audio_tokens(lat_BCTM)
         b, t, _ = x0_BTC.shape

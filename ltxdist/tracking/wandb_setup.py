@@ -19,8 +19,16 @@ def build_wandb_logger(cfg: Any, run_dir: Path, run_name: str, resolved_config: 
     from lightning.pytorch.loggers import WandbLogger
 
     mode = resolve_wandb_mode(cfg.mode)
-    logger = WandbLogger(project=cfg.project, entity=cfg.entity, name=run_name, save_dir=str(run_dir),
-                         mode=mode, tags=list(cfg.tags), id=_stable_run_id(run_dir), resume="allow")
+    logger = WandbLogger(
+        project=cfg.project,
+        entity=cfg.entity,
+        name=run_name,
+        save_dir=str(run_dir),
+        mode=mode,
+        tags=list(cfg.tags),
+        id=_stable_run_id(run_dir),
+        resume="allow",
+    )
     logger.log_hyperparams(resolved_config)
     return logger
 

@@ -9,6 +9,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from ltxdist.io import write_bytes_atomic
 from ltxdist.lora import export_lora
 from ltxdist.lora.targets import expand_targets
 from ltxdist.training.run_dir import checkpoint_path, complete_checkpoints, lora_path
@@ -18,8 +19,14 @@ class CheckpointAndExport(pl.Callback):
     """Every `every_n_steps` optimizer steps (and at the end): a full training-state checkpoint under
     checkpoints/step-N/, and the ComfyUI-format LoRA under lora/. Keeps the newest `keep_last_k`."""
 
-    def __init__(self, run_dir: Path, every_n_steps: int, keep_last_k: int, strategy_name: str,
-                 extra_metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        run_dir: Path,
+        every_n_steps: int,
+        keep_last_k: int,
+        strategy_name: str,
+        extra_metadata: dict[str, Any] | None = None,
+    ):
         self.run_dir = run_dir
         self.every_n_steps = every_n_steps
         self.keep_last_k = keep_last_k
@@ -44,10 +51,15 @@ class CheckpointAndExport(pl.Callback):
         step = trainer.global_step
         trainer.save_checkpoint(checkpoint_path(self.run_dir, step), weights_only=False)  # all ranks call
         if trainer.is_global_zero:
-            export_lora(pl_module.transformer, lora_path(self.run_dir, step),
-                        base_model_version=pl_module.model_version, training_strategy=self.strategy_name,
-                        step=step, target_modules=expand_targets(list(pl_module.cfg.lora.targets)),
-                        extra_metadata=self.extra_metadata)
+            export_lora(
+                pl_module.transformer,
+                lora_path(self.run_dir, step),
+                base_model_version=pl_module.model_version,
+                training_strategy=self.strategy_name,
+                step=step,
+                target_modules=expand_targets(list(pl_module.cfg.lora.targets)),
+                extra_metadata=self.extra_metadata,
+            )
             for _, old in complete_checkpoints(self.run_dir)[: -self.keep_last_k]:
                 trainer.strategy.checkpoint_io.remove_checkpoint(old)
         trainer.strategy.barrier("ltxdist-checkpoint")
@@ -64,10 +76,16 @@ class MetricsJsonl(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or not self.path.exists():
             return
-        # On resume, drop lines from steps after the checkpoint: they will be trained again.
-        keep = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= trainer.global_step]
-        self.path.write_text("".join(ln + "\n" for ln in keep))
+        # On resume, drop lines from steps after the checkpoint (they will be trained again) and a line
+        # cut short by a kill.
+        keep = []
+        for line in self.path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= trainer.global_step:
+                    keep.append(line)
+            except json.JSONDecodeError:
+                continue
+        write_bytes_atomic(self.path, "".join(ln + "\n" for ln in keep).encode())
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
         step = trainer.global_step
@@ -100,8 +118,13 @@ class StepProgressBar(pl.Callback):
         if trainer.is_global_zero:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=trainer.max_steps, initial=trainer.global_step, desc="train", unit="step",
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=trainer.max_steps,
+                initial=trainer.global_step,
+                desc="train",
+                unit="step",
+                dynamic_ncols=True,
+            )
             self._last_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:

@@ -92,7 +92,9 @@ class SafetensorsCheckpointIO(CheckpointIO):
             # written last: a directory with meta.json is complete
             write_json_atomic(tmp / COMPLETE_FILE, {"complete": True, "global_step": step, "format": 1})
 
-    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Any = None, weights_only: Any = None
+    ) -> dict[str, Any]:
         path = Path(path)
         if not is_complete_checkpoint(path):
             raise CheckpointFormatError(

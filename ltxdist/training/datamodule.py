@@ -23,10 +23,16 @@ class CachedLatentDataModule(pl.LightningDataModule):
         skip = int(getattr(trainer.lightning_module, "batches_seen", 0))
         stream = CachedLatentStream(
             self.data_cfg.path,
-            StreamPlan(batch_size=self.data_cfg.batch_size, seed=self.seed, rank=trainer.global_rank,
-                       world_size=trainer.world_size, shuffle_buffer=self.data_cfg.shuffle_buffer,
-                       split=self.data_cfg.split),
+            StreamPlan(
+                batch_size=self.data_cfg.batch_size,
+                seed=self.seed,
+                rank=trainer.global_rank,
+                world_size=trainer.world_size,
+                shuffle_buffer=self.data_cfg.shuffle_buffer,
+                split=self.data_cfg.split,
+            ),
             skip_batches=skip,
         )
-        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=self.data_cfg.num_workers,
-                                           persistent_workers=False)
+        return torch.utils.data.DataLoader(
+            stream, batch_size=None, num_workers=self.data_cfg.num_workers, persistent_workers=False
+        )

@@ -52,10 +52,14 @@ class LTXLoRAModule(pl.LightningModule):
             return
         loaded = load_transformer(self.cfg.model.checkpoint, device="cpu", dtype=self.dtype_compute)
         self.model_version = loaded.model_version
-        spec = LoRASpec(rank=self.cfg.lora.rank, alpha=self.cfg.lora.alpha, dropout=self.cfg.lora.dropout,
-                        targets=tuple(self.cfg.lora.targets),
-                        blocks=tuple(self.cfg.lora.blocks) if self.cfg.lora.blocks else None,
-                        dtype=_DTYPES[self.cfg.lora.dtype])
+        spec = LoRASpec(
+            rank=self.cfg.lora.rank,
+            alpha=self.cfg.lora.alpha,
+            dropout=self.cfg.lora.dropout,
+            targets=tuple(self.cfg.lora.targets),
+            blocks=tuple(self.cfg.lora.blocks) if self.cfg.lora.blocks else None,
+            dtype=_DTYPES[self.cfg.lora.dtype],
+        )
         self.target_modules = inject_lora(loaded.model, spec)
         reset_lora(loaded.model, self.cfg.lora.init_seed)  # identical adapters on every rank
         loaded.model.set_gradient_checkpointing(self.cfg.model.gradient_checkpointing)
@@ -78,32 +82,39 @@ class LTXLoRAModule(pl.LightningModule):
         batch = dict(batch)
         for key in ("video_context", "audio_context", "context_mask"):
             empty = self._empty_caption[key].to(device=batch[key].device, dtype=batch[key].dtype)
-            batch[key] = torch.where(drop_B.to(batch[key].device).view(-1, *[1] * empty.ndim),
-                                     empty.unsqueeze(0), batch[key])
+            batch[key] = torch.where(
+                drop_B.to(batch[key].device).view(-1, *[1] * empty.ndim), empty.unsqueeze(0), batch[key]
+            )
         batch["context_mask_all_ones"] = batch["context_mask_all_ones"] and bool(
-            self._empty_caption["context_mask"].bool().all())
+            self._empty_caption["context_mask"].bool().all()
+        )
         return batch
 
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         assert self.transformer is not None
         gens = sample_generators(self.cfg.run.seed, batch["ids"], batch["epochs"])
         batch = self._caption_dropout(batch, gens)
-        out: StrategyOutput = self.strategy_impl.prepare(batch, dtype=self.dtype_compute, device=self.device,
-                                                         generators=gens)
+        out: StrategyOutput = self.strategy_impl.prepare(
+            batch, dtype=self.dtype_compute, device=self.device, generators=gens
+        )
         b = out.video.latent.shape[0] if out.video is not None else out.audio.latent.shape[0]
         vx, ax = self.transformer(out.video, out.audio, BatchedPerturbationConfig.empty(b))
         s = self.cfg.strategy
         total = torch.zeros((), device=self.device)
         parts: dict[str, Any] = {"tokens": out.num_tokens}
-        for name, pred, targets, weight in (("video", vx, out.video_targets, s.video_loss_weight),
-                                            ("audio", ax, out.audio_targets, s.audio_loss_weight)):
+        for name, pred, targets, weight in (
+            ("video", vx, out.video_targets, s.video_loss_weight),
+            ("audio", ax, out.audio_targets, s.audio_loss_weight),
+        ):
             if targets is None or pred is None:
                 continue
             per_sample_B = masked_mse_per_sample(pred, targets)
             loss = per_sample_B.mean()
             total = total + weight * loss
             parts[f"loss/{name}"] = loss.detach()
-            parts[f"sigma_buckets/{name}"] = sigma_bucket_losses(per_sample_B, targets.sigma_B, SIGMA_BUCKET_EDGES)
+            parts[f"sigma_buckets/{name}"] = sigma_bucket_losses(
+                per_sample_B, targets.sigma_B, SIGMA_BUCKET_EDGES
+            )
         parts["loss/total"] = total.detach()
         return total, parts
 
@@ -119,8 +130,12 @@ class LTXLoRAModule(pl.LightningModule):
                 self.log(key, parts[key], batch_size=bs)
         now = time.perf_counter()
         if self._t_last:
-            self.log("throughput/tokens_per_s", parts["tokens"] / max(now - self._t_last, 1e-9), prog_bar=True,
-                     batch_size=bs)
+            self.log(
+                "throughput/tokens_per_s",
+                parts["tokens"] / max(now - self._t_last, 1e-9),
+                prog_bar=True,
+                batch_size=bs,
+            )
         self._t_last = now
         self._last_parts = parts
         return loss
@@ -128,8 +143,9 @@ class LTXLoRAModule(pl.LightningModule):
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.lora_parameters() if p.grad is not None]
         # Kept as a tensor: read (and synced) only when metrics are written.
-        self._last_grad_norm = torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) \
-            if grads else None
+        self._last_grad_norm = (
+            torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) if grads else None
+        )
 
     # -- optimizer --------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -145,8 +161,11 @@ class LTXLoRAModule(pl.LightningModule):
         return {"transformer." + k: v.detach() for k, v in lora_state_dict(self.transformer).items()}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[_STATE_KEY] = {"batches_seen": self.batches_seen, "model_version": self.model_version,
-                                  "target_modules": self.target_modules}
+        checkpoint[_STATE_KEY] = {
+            "batches_seen": self.batches_seen,
+            "model_version": self.model_version,
+            "target_modules": self.target_modules,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_STATE_KEY, {})

@@ -17,8 +17,10 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.O
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
         except ImportError as exc:
-            raise ImportError("optim=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); "
-                              "use optim=adamw on CPU") from exc
+            raise ImportError(
+                "optim=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); "
+                "use optim=adamw on CPU"
+            ) from exc
         return bnb.optim.AdamW8bit(params, **kwargs)
     raise ValueError(f"optim.name: unknown optimizer {cfg.name!r}")
 
@@ -46,8 +48,9 @@ def lr_multiplier(step: int, *, cfg: Any, base_lr: float, max_steps: int) -> flo
     raise ValueError(f"optim.schedule.name: unknown schedule {cfg.name!r}")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Any, base_lr: float, max_steps: int
-                    ) -> torch.optim.lr_scheduler.LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: Any, base_lr: float, max_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_multiplier(step, cfg=cfg, base_lr=base_lr, max_steps=max_steps)
     )

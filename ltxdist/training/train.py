@@ -30,15 +30,22 @@ def _prepare_inputs(cfg: Any) -> None:
         from ltxdist.models.tiny_checkpoint import write_random_checkpoint
 
         if cfg.model.name != "tiny":
-            raise ValueError(f"model.create_if_missing only writes tiny checkpoints, not model={cfg.model.name}")
+            raise ValueError(
+                f"model.create_if_missing only writes tiny checkpoints, not model={cfg.model.name}"
+            )
         write_random_checkpoint(ckpt)
         log.info("wrote tiny checkpoint %s", ckpt)
     data = Path(cfg.data.path)
     if not (data / "index.json").is_file() and cfg.data.synthetic_if_missing:
         from ltxdist.data.synthetic import write_synthetic_dataset
 
-        write_synthetic_dataset(data, ckpt, num_samples=cfg.data.synthetic_num_samples,
-                                buckets=tuple(cfg.data.synthetic_buckets), seed=cfg.run.seed)
+        write_synthetic_dataset(
+            data,
+            ckpt,
+            num_samples=cfg.data.synthetic_num_samples,
+            buckets=tuple(cfg.data.synthetic_buckets),
+            seed=cfg.run.seed,
+        )
         log.info("wrote synthetic dataset %s", data)
 
 
@@ -92,10 +99,16 @@ def train(cfg: Any) -> Path:
 
     module = LTXLoRAModule(cfg)
     datamodule = CachedLatentDataModule(cfg.data, seed=cfg.run.seed)
+    # Metrics before checkpoints: a step's metrics line exists before its checkpoint does, so a run
+    # killed right after checkpoint N and resumed from it has no gap in metrics.jsonl.
     callbacks: list[pl.Callback] = [
-        CheckpointAndExport(run_dir, cfg.trainer.checkpoint_every_n_steps, cfg.trainer.keep_last_k,
-                            strategy_name=cfg.strategy.name),
         MetricsJsonl(run_dir / "metrics.jsonl"),
+        CheckpointAndExport(
+            run_dir,
+            cfg.trainer.checkpoint_every_n_steps,
+            cfg.trainer.keep_last_k,
+            strategy_name=cfg.strategy.name,
+        ),
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar())

@@ -1,0 +1,120 @@
+"""Every YAML in conf/ composes against the typed schema and builds; mistakes name the key or flag."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError
+
+from ltxdist.config import ConfigError, validate_config
+from ltxdist.config.store import CONF_DIR, register_configs
+from ltxdist.lora import LoRASpec, inject_lora, lora_parameters
+from ltxdist.models import build_meta_transformer, load_transformer, read_checkpoint_info
+from ltxdist.models.presets import transformer_config
+from ltxdist.strategies import build_strategy
+from ltxdist.training.optim import build_optimizer, build_scheduler
+
+register_configs()
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir())
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF_DIR / g).glob("*.yaml"))]
+
+
+def _compose(overrides):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def test_every_group_has_options():
+    assert {
+        "model",
+        "strategy",
+        "lora",
+        "data",
+        "optim",
+        "trainer",
+        "parallel",
+        "logger",
+        "experiment",
+    } <= set(GROUPS)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}/{o}" for g, o in OPTIONS])
+def test_config_composes_validates_and_builds(group, option, tiny_ckpt, tmp_path):
+    overrides = [f"{group}={option}", f"data.path={tmp_path}"]
+    if not (group == "model" and option != "tiny"):
+        overrides.append(f"model.checkpoint={tiny_ckpt}")
+    cfg = _compose(overrides)
+    validate_config(cfg)
+    build_strategy(cfg.strategy)
+    spec = LoRASpec(
+        rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=tuple(cfg.lora.targets)
+    )
+    if group == "model" and option != "tiny":
+        # The real checkpoint is not here: build the preset on the meta device and inject LoRA there.
+        model = build_meta_transformer(transformer_config(option))
+        inject_lora(model, spec)
+        return
+    assert read_checkpoint_info(cfg.model.checkpoint).model_version
+    model = load_transformer(cfg.model.checkpoint).model
+    inject_lora(model, spec)
+    if cfg.optim.name == "adamw8bit":
+        pytest.importorskip("bitsandbytes")
+    opt = build_optimizer(lora_parameters(model), cfg.optim)
+    sched = build_scheduler(opt, cfg.optim.schedule, cfg.optim.lr, cfg.trainer.max_steps)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] > 0
+
+
+def test_misspelt_override_names_the_key(tmp_path):
+    with pytest.raises(ConfigCompositionException) as err:
+        _compose(["lora.rnak=4"])
+    assert "rnak" in str(err.value) + str(err.value.__cause__)
+
+
+def test_misspelt_key_in_a_yaml_file_names_the_key(tmp_path):
+    exp = tmp_path / "experiment"
+    exp.mkdir()
+    (exp / "typo.yaml").write_text("# @package _global_\ntrainer:\n  max_stpes: 3\n")
+    with (
+        pytest.raises((ConfigCompositionException, ConfigKeyError)) as err,
+        initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"),
+    ):
+        compose("train", overrides=[f"hydra.searchpath=[file://{tmp_path}]", "experiment=typo"])
+    assert "max_stpes" in str(err.value) + str(err.value.__cause__)
+
+
+@pytest.mark.parametrize(
+    ("override", "flag"),
+    [
+        ("lora.rank=0", "lora.rank"),
+        ("parallel.devices=2", "parallel"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("optim.schedule.name=stepwise", "optim.schedule.name"),
+        ("strategy.first_frame_conditioning_p=1.5", "strategy.first_frame_conditioning_p"),
+        ("model.dtype=float16", "model.dtype"),
+    ],
+)
+def test_cross_field_errors_name_the_flag(override, flag, tiny_ckpt):
+    cfg = _compose([override, f"model.checkpoint={tiny_ckpt}"])
+    with pytest.raises(ConfigError, match=rf"^{flag}:"):
+        validate_config(cfg)
+
+
+def test_two_phase_schedule_matches_the_ic_lora_recipe():
+    from ltxdist.config.schema import ScheduleConfig
+    from ltxdist.training.optim import lr_multiplier
+
+    sched = ScheduleConfig(name="two_phase", phase_one_steps=100, phase_two_lr=1.3e-5)
+    lr = [1.3e-4 * lr_multiplier(s, cfg=sched, base_lr=1.3e-4, max_steps=1000) for s in (0, 50, 100, 500)]
+    assert lr == pytest.approx([1.3e-4, (1.3e-4 + 1.3e-5) / 2, 1.3e-5, 1.3e-5])
+
+
+def test_resolved_config_has_no_secret(tiny_ckpt, monkeypatch):
+    from omegaconf import OmegaConf
+
+    monkeypatch.setenv("WANDB_API_KEY", "sk-secret-should-not-appear")
+    cfg = _compose(["logger=wandb", f"model.checkpoint={tiny_ckpt}"])
+    assert "sk-secret" not in OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True))
+    assert Path(cfg.model.checkpoint) == tiny_ckpt

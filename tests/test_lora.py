@@ -1,0 +1,228 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ltxdist._ltx_core import (
+    LTXV_LORA_COMFY_RENAMING_MAP,
+    LTXV_MODEL_COMFY_RENAMING_MAP,
+    BatchedPerturbationConfig,
+    LTXModelConfigurator,
+    SingleGPUModelBuilder,
+)
+from ltxdist.data.streaming import CachedLatentStream, StreamPlan
+from ltxdist.lora import (
+    LoRAFileError,
+    LoRALinear,
+    LoRASpec,
+    export_lora,
+    import_lora,
+    inject_lora,
+    lora_modules,
+    lora_parameters,
+    merge_lora,
+    read_lora_file,
+    resolve_target_modules,
+)
+from ltxdist.models import load_transformer
+from ltxdist.strategies import StandardStrategy
+from ltxdist.strategies.rng import sample_generators
+
+
+def _batch(tiny_data, b=2):
+    return next(CachedLatentStream(tiny_data, StreamPlan(batch_size=b, seed=3)).iter_batches())
+
+
+def _forward(model, batch, dtype):
+    out = StandardStrategy(first_frame_conditioning_p=0.5).prepare(
+        batch, dtype=dtype, device=torch.device("cpu"), generators=sample_generators(0, batch["ids"], [0] * 2)
+    )
+    with torch.no_grad():
+        return model(out.video, out.audio, BatchedPerturbationConfig.empty(2))
+
+
+@torch.no_grad()
+def _randomise_lora(model, scale=0.2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for m in lora_modules(model).values():
+        m.lora_A.copy_(torch.randn(m.lora_A.shape, generator=g) * scale)
+        m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * scale)
+
+
+def test_injection_freezes_base_and_starts_at_the_base_output(tiny_ckpt, tiny_data):
+    base = load_transformer(tiny_ckpt).model
+    model = load_transformer(tiny_ckpt).model
+    names = inject_lora(model, LoRASpec(rank=4, alpha=8, targets=("attn",)))
+    # 6 attentions x 4 projections x 2 blocks
+    assert len(names) == 48
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(n.endswith((".lora_A", ".lora_B")) for n in trainable)
+    assert all(p.dtype == torch.bfloat16 for n, p in model.named_parameters() if not p.requires_grad)
+    assert all(p.dtype == torch.float32 for p in lora_parameters(model))
+    # base keys unchanged: the injected model still loads base checkpoints by name
+    assert set(base.state_dict()) <= set(model.state_dict())
+    batch = _batch(tiny_data)
+    v0, a0 = _forward(base, batch, torch.bfloat16)
+    v1, a1 = _forward(model, batch, torch.bfloat16)
+    assert torch.equal(v0, v1) and torch.equal(a0, a1)  # B = 0
+
+
+def test_target_sets_and_unmatched_pattern_error(tiny_ckpt):
+    model = load_transformer(tiny_ckpt).model
+    audio_id = resolve_target_modules(model, ["audio_id"])
+    assert "transformer_blocks.0.audio_ff.net.2" in audio_id
+    assert "transformer_blocks.1.video_to_audio_attn.to_v" in audio_id
+    assert not any(".attn1." in n or ".ff." in n for n in audio_id)
+    only_b1 = resolve_target_modules(model, ["attn1.to_q"], blocks=[1])
+    assert only_b1 == ["transformer_blocks.1.attn1.to_q"]
+    with pytest.raises(ValueError, match=r"\['attn9\.to_q'\] match no Linear"):
+        resolve_target_modules(model, ["attn1.to_q", "attn9.to_q"])
+
+
+def test_merge_matches_the_injected_forward(tiny_ckpt, tiny_data):
+    model = load_transformer(tiny_ckpt, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=3, alpha=6, targets=("attn_ff",)))
+    _randomise_lora(model)
+    batch = _batch(tiny_data)
+    v_inj, a_inj = _forward(model, batch, torch.float32)
+    assert merge_lora(model) == len(resolve_target_modules(load_transformer(tiny_ckpt).model, ["attn_ff"]))
+    assert not lora_modules(model)
+    v_mrg, a_mrg = _forward(model, batch, torch.float32)
+    torch.testing.assert_close(v_mrg, v_inj, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a_mrg, a_inj, rtol=1e-4, atol=1e-4)
+
+
+def _export(model, path, version="2.3.0", **kw):
+    return export_lora(
+        model,
+        path,
+        base_model_version=version,
+        training_strategy="standard",
+        step=7,
+        target_modules=["attn"],
+        **kw,
+    )
+
+
+def test_export_format_metadata_and_roundtrip(tiny_ckpt, tmp_path):
+    model = load_transformer(tiny_ckpt).model
+    inject_lora(model, LoRASpec(rank=4, alpha=8, targets=("attn",)))
+    _randomise_lora(model)
+    path = _export(model, tmp_path / "l.safetensors", extra_metadata={"reference_downscale_factor": 2})
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    assert all(k.startswith("diffusion_model.transformer_blocks.") for k in keys)
+    assert "diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight" in keys
+    assert "diffusion_model.transformer_blocks.1.audio_to_video_attn.to_out.0.lora_B.weight" in keys
+    assert {meta[k] for k in ("rank", "alpha", "base_model_version", "training_strategy", "step")} == {
+        "4",
+        "8.0",
+        "2.3.0",
+        "standard",
+        "7",
+    }
+    assert json.loads(meta["target_modules"]) == ["attn"]
+    assert meta["reference_downscale_factor"] == "2"
+    sd = load_file(str(path))
+    assert all(v.dtype == torch.bfloat16 for v in sd.values())
+    # alpha / rank = 2 is baked into B
+    m = lora_modules(model)["transformer_blocks.0.attn1.to_q"]
+    torch.testing.assert_close(
+        sd["diffusion_model.transformer_blocks.0.attn1.to_q.lora_B.weight"].float(),
+        (m.lora_B * 2).float(),
+        rtol=1e-2,
+        atol=1e-3,
+    )
+    # import back into a fresh model
+    fresh = load_transformer(tiny_ckpt).model
+    inject_lora(fresh, LoRASpec(rank=4, alpha=8, targets=("attn",)))
+    import_lora(fresh, read_lora_file(path), base_model_version="2.3.1")
+    for name, mod in lora_modules(fresh).items():
+        torch.testing.assert_close(mod.lora_B, lora_modules(model)[name].lora_B, rtol=1e-2, atol=1e-3)
+
+
+def test_base_version_mismatch_is_refused_unless_forced(tiny_ckpt, tmp_path):
+    model = load_transformer(tiny_ckpt).model
+    inject_lora(model, LoRASpec(rank=2, alpha=2, targets=("video_attn",)))
+    path = _export(model, tmp_path / "ltx2.safetensors", version="2.0.0")  # trained on LTX-2 (19B)
+    lora = read_lora_file(path)
+    with pytest.raises(
+        LoRAFileError, match=r"trained on base model version 2\.0\.0, but the base is 2\.3\.0"
+    ):
+        import_lora(model, lora, base_model_version="2.3.0")
+    import_lora(model, lora, base_model_version="2.3.0", force=True)
+
+
+def test_bad_lora_files_are_refused(tmp_path):
+    save_file(
+        {
+            "model.diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 4),
+            "model.diffusion_model.transformer_blocks.0.attn1.to_q.lora_B.weight": torch.zeros(4, 2),
+        },
+        str(tmp_path / "prefixed.safetensors"),
+    )
+    with pytest.raises(LoRAFileError, match="would silently match nothing"):
+        read_lora_file(tmp_path / "prefixed.safetensors")
+    (tmp_path / "lora.pt").write_bytes(b"\x80\x04pickle")
+    with pytest.raises(LoRAFileError, match=r"only \.safetensors"):
+        read_lora_file(tmp_path / "lora.pt")
+    save_file(
+        {"diffusion_model.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 4)},
+        str(tmp_path / "half.safetensors"),
+    )
+    with pytest.raises(LoRAFileError, match="has no matching"):
+        read_lora_file(tmp_path / "half.safetensors")
+
+
+def _ltx_core_fused(tiny_ckpt, lora_path, strength=1.0):
+    builder = SingleGPUModelBuilder(
+        model_class_configurator=LTXModelConfigurator,
+        model_path=str(tiny_ckpt),
+        model_sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP,
+    )
+    builder = builder.lora(str(lora_path), strength, LTXV_LORA_COMFY_RENAMING_MAP)
+    return builder.build(device=torch.device("cpu"), dtype=torch.bfloat16)
+
+
+def test_exported_lora_fused_by_ltx_core_matches_injected_model(tiny_ckpt, tiny_data, tmp_path):
+    model = load_transformer(tiny_ckpt, dtype=torch.bfloat16).model
+    inject_lora(model, LoRASpec(rank=4, alpha=16, targets=("attn_ff",)))
+    _randomise_lora(model, scale=0.15)
+    path = _export(model, tmp_path / "l.safetensors")
+    batch = _batch(tiny_data)
+    v_ours, a_ours = _forward(model, batch, torch.bfloat16)
+    v_base, _ = _forward(load_transformer(tiny_ckpt).model, batch, torch.bfloat16)
+    v_core, a_core = _forward(_ltx_core_fused(tiny_ckpt, path), batch, torch.bfloat16)
+
+    def rel_err(x, ref):
+        return ((x.float() - ref.float()).norm() / ref.float().norm()).item()
+
+    assert rel_err(v_base, v_ours) > 0.2, "the LoRA must change the output for this check to mean anything"
+    assert rel_err(v_core, v_ours) < 0.03 and rel_err(a_core, a_ours) < 0.03  # bf16 tolerance
+
+    # A deliberately wrong file (alpha/rank not baked in, i.e. B off by 4x) must fail the same check.
+    sd = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    wrong = {k: (v.float() / 4).to(v.dtype) if k.endswith("lora_B.weight") else v for k, v in sd.items()}
+    save_file(wrong, str(tmp_path / "wrong.safetensors"), metadata=meta)
+    v_wrong, _ = _forward(_ltx_core_fused(tiny_ckpt, tmp_path / "wrong.safetensors"), batch, torch.bfloat16)
+    assert rel_err(v_wrong, v_ours) > 0.1
+
+
+def test_lora_linear_gradients_reach_only_adapters():
+    base = torch.nn.Linear(6, 5)
+    layer = LoRALinear(base, rank=2, alpha=4, dropout=0.0, dtype=torch.float32)
+    torch.nn.init.normal_(layer.lora_B)
+    for p in (layer.weight, layer.bias):
+        p.requires_grad_(False)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    layer = layer.double()
+    y = layer(x)
+    ref = x @ layer.weight.T + layer.bias + 2.0 * (x @ layer.lora_A.T) @ layer.lora_B.T
+    torch.testing.assert_close(y, ref)
+    y.sum().backward()
+    assert layer.lora_A.grad is not None and layer.lora_B.grad is not None and layer.weight.grad is None

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ltxdist.models import CheckpointError, build_meta_transformer, load_transformer, read_checkpoint_info
+from ltxdist.models.presets import LTX23_MODEL_VERSION, transformer_config
+from ltxdist.models.tiny_checkpoint import write_random_checkpoint
+
+
+def test_tiny_checkpoint_is_in_the_official_layout(tiny_ckpt):
+    with safe_open(str(tiny_ckpt), framework="pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    transformer_keys = [k for k in keys if k.startswith("model.diffusion_model.")]
+    assert transformer_keys, "transformer weights must live under model.diffusion_model."
+    assert meta["model_version"] == LTX23_MODEL_VERSION
+    config = json.loads(meta["config"])
+    assert config["transformer"]["rope_type"] == "split"
+    assert config["transformer"]["caption_proj_before_connector"] is True
+    sd = load_file(str(tiny_ckpt))
+    assert all(sd[k].dtype == torch.bfloat16 for k in transformer_keys)
+    # every tensor initialised: finite, and no tensor left all-zero (torch.empty would give garbage/zeros)
+    for k in transformer_keys:
+        assert torch.isfinite(sd[k].float()).all(), k
+        assert sd[k].float().abs().sum() > 0, k
+
+
+def test_tiny_checkpoint_is_seeded(tmp_path):
+    a = load_file(str(write_random_checkpoint(tmp_path / "a.safetensors", seed=1)))
+    b = load_file(str(write_random_checkpoint(tmp_path / "b.safetensors", seed=1)))
+    c = load_file(str(write_random_checkpoint(tmp_path / "c.safetensors", seed=2)))
+    k = "model.diffusion_model.transformer_blocks.0.attn1.to_q.weight"
+    assert torch.equal(a[k], b[k])
+    assert not torch.equal(a[k], c[k])
+
+
+def test_loader_builds_every_parameter_and_exposes_version(tiny_ckpt):
+    loaded = load_transformer(tiny_ckpt, dtype=torch.bfloat16)
+    params = dict(loaded.model.named_parameters())
+    assert all(p.device.type == "cpu" for p in params.values())
+    assert loaded.model_version == LTX23_MODEL_VERSION
+    sd = load_file(str(tiny_ckpt))
+    for name, p in params.items():
+        assert torch.equal(p.detach(), sd["model.diffusion_model." + name]), name
+    assert 300_000 < sum(p.numel() for p in params.values()) < 600_000
+
+
+def _rewrite(src, dst, drop=(), add=None):
+    with safe_open(str(src), framework="pt") as f:
+        meta = f.metadata()
+    sd = {k: v for k, v in load_file(str(src)).items() if k not in drop}
+    sd.update(add or {})
+    save_file(sd, str(dst), metadata=meta)
+
+
+def test_missing_and_unexpected_keys_are_errors_listing_them(tiny_ckpt, tmp_path):
+    missing = "model.diffusion_model.transformer_blocks.1.attn2.to_k.bias"
+    _rewrite(tiny_ckpt, tmp_path / "m.safetensors", drop=[missing])
+    with pytest.raises(CheckpointError, match=r"missing 1 keys: transformer_blocks\.1\.attn2\.to_k\.bias"):
+        load_transformer(tmp_path / "m.safetensors")
+    extra = {"model.diffusion_model.transformer_blocks.7.attn1.to_q.weight": torch.zeros(2, 2)}
+    _rewrite(tiny_ckpt, tmp_path / "u.safetensors", add=extra)
+    with pytest.raises(
+        CheckpointError, match=r"unexpected 1 keys: transformer_blocks\.7\.attn1\.to_q\.weight"
+    ):
+        load_transformer(tmp_path / "u.safetensors")
+
+
+def test_missing_file_and_missing_config_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        read_checkpoint_info(tmp_path / "nope.safetensors")
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "noconf.safetensors"))
+    with pytest.raises(CheckpointError, match=r"noconf\.safetensors has no 'config'"):
+        read_checkpoint_info(tmp_path / "noconf.safetensors")
+
+
+def test_22b_preset_builds_on_meta_with_the_published_size():
+    model = build_meta_transformer(transformer_config("ltx23_22b"))
+    n_params = sum(p.numel() for p in model.parameters())
+    per_block = sum(p.numel() for p in model.transformer_blocks[0].parameters())
+    assert all(p.device.type == "meta" for p in model.parameters())
+    assert len(model.transformer_blocks) == 48
+    # public figures: ~19.0B in the transformer, ~386.7M per block
+    assert 18.5e9 < n_params < 19.5e9, n_params
+    assert 380e6 < per_block < 392e6, per_block

@@ -1,0 +1,169 @@
+"""End-to-end training runs on the tiny model: the README demo, kill + resume, DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BIN, REPO, train_overrides
+from safetensors.torch import load_file
+
+from ltxdist.lora import read_lora_file
+from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
+from ltxdist.training.run_dir import complete_checkpoints
+
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _train(args: list[str], **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ltxdist-train"), *args], env=ENV, capture_output=True, text=True, timeout=600, **kw
+    )
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _adapters(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
+    return SafetensorsCheckpointIO().load_checkpoint(checkpoint_dir)["state_dict"]
+
+
+@pytest.mark.slow
+def test_readme_demo_runs_and_loss_goes_down(tmp_path):
+    env = {
+        **ENV,
+        "DEMO_DIR": str(tmp_path / "run"),
+        "DEMO_CKPT": str(tmp_path / "tiny.safetensors"),
+        "DEMO_DATA": str(tmp_path / "data"),
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "demo.sh"), "trainer.progress_bar=false"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = _metrics(tmp_path / "run")
+    assert [r["step"] for r in rows] == list(range(1, 201))
+    first = sum(r["loss"] for r in rows[:40]) / 40
+    last = sum(r["loss"] for r in rows[-40:]) / 40
+    assert last < 0.85 * first, (first, last)
+    lora = read_lora_file(tmp_path / "run" / "lora" / "lora_weights_step_000200.safetensors")
+    assert lora.metadata["step"] == "200" and lora.metadata["base_model_version"] == "2.3.0"
+    assert (tmp_path / "run" / "merged.safetensors").is_file()
+    assert (tmp_path / "run" / "config.yaml").is_file()
+    # keep_last_k=2 of the demo
+    assert [s for s, _ in complete_checkpoints(tmp_path / "run")] == [150, 200]
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_last_complete_checkpoint(tiny_ckpt, tiny_data, tmp_path):
+    common = dict(**{"trainer.max_steps": 60, "trainer.checkpoint_every_n_steps": 5})
+    ref = _train(train_overrides(tiny_ckpt, tiny_data, tmp_path / "ref", **common))
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    args = train_overrides(tiny_ckpt, tiny_data, run, **common)
+    proc = subprocess.Popen(
+        [str(BIN / "ltxdist-train"), *args],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "step-000015").exists():
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = [s for s, _ in complete_checkpoints(run)]
+    assert done and done[-1] < 60, f"the kill must land mid-run, found checkpoints {done}"
+    last = done[-1]
+
+    resumed = _train(args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {run / 'checkpoints' / f'step-{last:06d}'}" in resumed.stderr + resumed.stdout
+    steps = [r["step"] for r in _metrics(run)]
+    assert steps == list(range(1, 61)), "metrics continue at the checkpoint step, no gap and no repeat"
+    a, b = (
+        _adapters(tmp_path / "ref" / "checkpoints" / "step-000060"),
+        _adapters(run / "checkpoints" / "step-000060"),
+    )
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one_process(tiny_ckpt, tmp_path):
+    # Same global batch (2): one process x batch 2 vs two processes x batch 1. One bucket and no shuffle
+    # buffer so both layouts read the same samples; per-sample noise streams make the draws identical.
+    from ltxdist.data.synthetic import write_synthetic_dataset
+
+    tiny_data = tmp_path / "data"
+    write_synthetic_dataset(tiny_data, tiny_ckpt, num_samples=16, samples_per_shard=4, seed=1)
+    common = {
+        "trainer.max_steps": 6,
+        "trainer.checkpoint_every_n_steps": 6,
+        "data.shuffle_buffer": 1,
+        "data.split": "sample",
+        "lora.dropout": 0.0,
+    }
+    single = _train(
+        train_overrides(tiny_ckpt, tiny_data, tmp_path / "single", **common, **{"data.batch_size": 2})
+    )
+    assert single.returncode == 0, single.stderr[-3000:]
+    args = train_overrides(
+        tiny_ckpt,
+        tiny_data,
+        tmp_path / "ddp",
+        **common,
+        **{
+            "data.batch_size": 1,
+            "parallel": "ddp",
+            "parallel.devices": 2,
+            "parallel.accelerator": "cpu",
+            "parallel.process_group_backend": "gloo",
+        },
+    )
+    ddp = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29517",
+            "-m",
+            "ltxdist.training.train",
+            *args,
+        ],
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
+    a = _adapters(tmp_path / "single" / "checkpoints" / "step-000006")
+    b = _adapters(tmp_path / "ddp" / "checkpoints" / "step-000006")
+    moved = max(
+        (a[k] - load_file(str(tiny_ckpt)).get(k, torch.zeros_like(a[k]))).abs().max()
+        for k in a
+        if k.endswith("lora_B")
+    )
+    assert moved > 1e-4, "training must have moved the adapters for the comparison to mean anything"
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+    la, lb = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
+    assert len(la) == len(lb) == 6
