@@ -98,6 +98,27 @@ class _NoCache:
         return None
 
 
+@torch.no_grad()
+def copy_base_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype | None) -> None:
+    """Copy the file's transformer weights into an already materialised model (e.g. after `to_empty`).
+
+    Parameters the file does not have must be LoRA adapters; anything else missing is an error.
+    """
+    device = next(model.parameters()).device
+    state = _ltx_builder(path).load_sd(
+        [str(path)], registry=_NoCache(), device=torch.device("cpu"), sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP
+    )
+    params = dict(model.named_parameters())
+    missing = [n for n in params if n not in state.sd and not n.endswith((".lora_A", ".lora_B"))]
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} transformer weights: {_format_keys(missing)}")
+    for name, tensor in state.sd.items():
+        if not is_transformer_key(name):
+            continue
+        target = params[name]
+        target.copy_(tensor.to(device=device, dtype=dtype or target.dtype))
+
+
 def load_transformer(
     path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = torch.bfloat16
 ) -> LoadedTransformer:

@@ -19,7 +19,9 @@ from ltxdist._ltx_core import BatchedPerturbationConfig
 from ltxdist.data.shards import load_empty_caption
 from ltxdist.lora import LoRASpec, inject_lora, lora_parameters
 from ltxdist.lora.inject import lora_state_dict, reset_lora
-from ltxdist.models import load_transformer
+from ltxdist.models import build_meta_transformer, read_checkpoint_info
+from ltxdist.models.loader import check_transformer_keys, copy_base_weights
+from ltxdist.parallel import parallelize_transformer
 from ltxdist.strategies import StrategyOutput, build_strategy
 from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
@@ -48,10 +50,14 @@ class LTXLoRAModule(pl.LightningModule):
 
     # -- model ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
+        """Build on meta, inject LoRA, parallelize, then materialise and load (DESIGN.md order): no
+        process ever allocates the full model before it is sharded."""
         if self.transformer is not None:
             return
-        loaded = load_transformer(self.cfg.model.checkpoint, device="cpu", dtype=self.dtype_compute)
-        self.model_version = loaded.model_version
+        info = read_checkpoint_info(self.cfg.model.checkpoint)
+        self.model_version = info.model_version
+        model = build_meta_transformer(info.config).to(self.dtype_compute)  # meta: no memory yet
+        check_transformer_keys(model, info.path)
         spec = LoRASpec(
             rank=self.cfg.lora.rank,
             alpha=self.cfg.lora.alpha,
@@ -60,10 +66,16 @@ class LTXLoRAModule(pl.LightningModule):
             blocks=tuple(self.cfg.lora.blocks) if self.cfg.lora.blocks else None,
             dtype=_DTYPES[self.cfg.lora.dtype],
         )
-        self.target_modules = inject_lora(loaded.model, spec)
-        reset_lora(loaded.model, self.cfg.lora.init_seed)  # identical adapters on every rank
-        loaded.model.set_gradient_checkpointing(self.cfg.model.gradient_checkpointing)
-        self.transformer = loaded.model
+        self.target_modules = inject_lora(model, spec)
+        model = parallelize_transformer(
+            model, self.cfg.parallel, gradient_checkpointing=self.cfg.model.gradient_checkpointing
+        )
+        # Materialise straight on this rank's device (not on the CPU first and then copy).
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        model.to_empty(device=device)
+        copy_base_weights(model, info.path, self.dtype_compute)
+        reset_lora(model, self.cfg.lora.init_seed)  # identical adapters on every rank
+        self.transformer = model
 
     def lora_parameters(self) -> list[torch.nn.Parameter]:
         assert self.transformer is not None

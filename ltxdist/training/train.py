@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ltxdist.config.schema import validate_config
 from ltxdist.config.store import CONF_DIR, register_configs
+from ltxdist.parallel import lightning_strategy
 from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl, StepProgressBar
 from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
 from ltxdist.training.datamodule import CachedLatentDataModule
@@ -51,17 +52,11 @@ def _prepare_inputs(cfg: Any) -> None:
 
 def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger: Any) -> pl.Trainer:
     p = cfg.parallel
-    if p.name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy: Any = DDPStrategy(process_group_backend=p.process_group_backend)
-    else:
-        strategy = "auto"
     return pl.Trainer(
         accelerator=p.accelerator,
         devices=p.devices,
         num_nodes=p.num_nodes,
-        strategy=strategy,
+        strategy=lightning_strategy(p),
         precision="32-true",  # dtypes are explicit: frozen base in model.dtype, adapters in lora.dtype
         max_steps=cfg.trainer.max_steps,
         max_epochs=-1,
