@@ -19,14 +19,15 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-
 from ltx_core.model.transformer.attention import Attention
 from ltx_core.model.transformer.rope import LTXRopeType, apply_rotary_emb
+
 from ltxdist.lora.layers import LoRALinear
 from ltxdist_kernels.fused_lora_linear import draw_dropout_seed, fused_lora_linear
 from ltxdist_kernels.qk_norm_rope import qk_norm_rope
 
 Backend = Literal["triton", "torch", "auto"]
+RopeTables = tuple[torch.Tensor, torch.Tensor]  # ltx-core's (cos, sin)
 BACKENDS: tuple[str, ...] = ("triton", "torch", "auto")
 
 
@@ -56,7 +57,7 @@ def lora_linear_forward(module: torch.nn.Linear, x: torch.Tensor, backend: str) 
 def norm_rope(
     norm: torch.nn.RMSNorm,
     x_BTC: torch.Tensor,
-    pe: tuple[torch.Tensor, torch.Tensor] | None,
+    pe: RopeTables | None,
     rope_type: LTXRopeType,
     backend: str,
 ) -> torch.Tensor:
@@ -79,8 +80,8 @@ class KernelAttention(Attention):
         x: torch.Tensor,
         context: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
-        pe: torch.Tensor | None = None,
-        k_pe: torch.Tensor | None = None,
+        pe: RopeTables | None = None,
+        k_pe: RopeTables | None = None,
         perturbation_mask: torch.Tensor | None = None,
         all_perturbed: bool = False,
     ) -> torch.Tensor:

@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 
 from ltxdist_kernels._triton_utils import (
+    cdiv,
     check_launchable,
     dot_precision,
     dropout_keep_tile,
@@ -54,14 +55,14 @@ def _lora_down_kernel(
     row_ok = rows < M
     rank_ok = ranks < R
     a_rows = a_ptr + rows.to(tl.int64)[:, None] * stride_am
-    acc = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_R), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         col_ok = cols < K
         a = tl.load(a_rows + cols[None, :] * stride_ak, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         if HAS_DROPOUT:
             keep = dropout_keep_tile(seed, rows, k0, keep_threshold, BLOCK_M, BLOCK_K)
-            a = tl.where(keep, a, tl.zeros_like(a))
+            a = a * keep.to(a.dtype)  # exact: multiply by 0 or 1
         b_t = tl.load(
             b_ptr + cols[:, None] * stride_bk + ranks[None, :] * stride_br,
             mask=col_ok[:, None] & rank_ok[None, :],
@@ -91,11 +92,11 @@ def _gemm_lora_kernel(
     """
     # Grouped program order: GROUP_M row blocks share each column block while it is hot in L2.
     pid = tl.program_id(0)
-    num_pid_m = tl.cdiv(M, BLOCK_M)
-    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_m = cdiv(M, BLOCK_M)
+    num_pid_n = cdiv(N, BLOCK_N)
     programs_per_group = GROUP_M * num_pid_n
     first_pid_m = (pid // programs_per_group) * GROUP_M
-    group_rows = min(num_pid_m - first_pid_m, GROUP_M)
+    group_rows = tl.minimum(num_pid_m - first_pid_m, GROUP_M)
     pid_m = first_pid_m + (pid % programs_per_group) % group_rows
     pid_n = (pid % programs_per_group) // group_rows
 
@@ -106,7 +107,7 @@ def _gemm_lora_kernel(
     a_rows = a_ptr + rows.to(tl.int64)[:, None] * stride_am
     c_rows = c_ptr + rows.to(tl.int64)[:, None] * stride_cm
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K)
         k_ok = ks < K
@@ -119,10 +120,7 @@ def _gemm_lora_kernel(
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
 
     # LoRA term: a short extra reduction over R. Without dropout it shares the main accumulator.
-    if HAS_DROPOUT:
-        lora = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    else:
-        lora = acc
+    lora = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32) if HAS_DROPOUT else acc
     for r0 in range(0, R, BLOCK_R):
         rs = r0 + tl.arange(0, BLOCK_R)
         r_ok = rs < R
@@ -166,8 +164,8 @@ def _lora_wgrad_kernel(
     col_ok = cols < K
     rank_ok = ranks < R
     m_start = split * rows_per_split
-    m_end = min(M, m_start + rows_per_split)
-    acc = tl.zeros((BLOCK_R, BLOCK_K), dtype=tl.float32)
+    m_end = tl.minimum(M, m_start + rows_per_split)
+    acc = tl.full((BLOCK_R, BLOCK_K), 0.0, tl.float32)
     for m0 in range(m_start, m_end, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < m_end
@@ -183,7 +181,7 @@ def _lora_wgrad_kernel(
         )
         if HAS_DROPOUT:
             keep = dropout_keep_tile(seed, rows, pid_k * BLOCK_K, keep_threshold, BLOCK_M, BLOCK_K)
-            a = tl.where(keep, a, tl.zeros_like(a))
+            a = a * keep.to(a.dtype)  # exact: multiply by 0 or 1
         acc = tl.dot(c_t, a, acc, input_precision=DOT_PRECISION)
     out_ptrs = out_ptr + split * stride_os + ranks[:, None] * stride_or + cols[None, :] * stride_ok
     tl.store(out_ptrs, acc * scale, mask=rank_ok[:, None] & col_ok[None, :])
@@ -203,8 +201,9 @@ def _keep_mask_kernel(out_ptr, M, K, seed, keep_threshold, BLOCK_M: tl.constexpr
 # Launch configuration
 # ---------------------------------------------------------------------------------------------------
 
-# Tile sizes for H100-class GPUs (bf16). Autotuned once per (M, N, K); all kernels overwrite their
-# outputs, so re-running them while tuning is harmless.
+# Tile sizes for H100-class GPUs (bf16). Autotuned once per (M, N, K, R): a new token count re-tunes
+# (seconds). All kernels overwrite their outputs, so re-running them while tuning is harmless; configs
+# that do not fit in shared memory are skipped by the autotuner.
 _GEMM_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 256, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
@@ -212,10 +211,13 @@ _GEMM_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=4, num_stages=4),
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 128, "GROUP_M": 8}, num_warps=8, num_stages=3),
     triton.Config({"BLOCK_M": 64, "BLOCK_N": 256, "BLOCK_K": 64, "GROUP_M": 8}, num_warps=8, num_stages=3),
+    # Small tiles: short inputs (text context) and fp32, where the big tiles exceed shared memory.
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8}, num_warps=4, num_stages=3),
 ]
 _DOWN_CONFIGS = [
     triton.Config({"BLOCK_M": bm, "BLOCK_K": bk}, num_warps=w, num_stages=s)
-    for bm, bk, w, s in [(32, 128, 4, 4), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3), (32, 256, 4, 3)]
+    for bm, bk, w, s in [(32, 128, 4, 4), (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 8, 3), (32, 64, 4, 2)]
 ]
 _gemm_lora_tuned = triton.autotune(_GEMM_CONFIGS, key=["M", "N", "K", "R"])(_gemm_lora_kernel)
 _lora_down_tuned = triton.autotune(_DOWN_CONFIGS, key=["M", "K", "R"])(_lora_down_kernel)
@@ -321,7 +323,7 @@ class FusedLoRALinearFunction(torch.autograd.Function):
     """Autograd wrapper; inputs as in `fused_lora_linear`, x already 2-D (M, K)."""
 
     @staticmethod
-    def forward(ctx, x_MK, weight_NK, bias_N, lora_A_RK, lora_B_NR, scaling, dropout_p, seed):  # noqa: ANN001
+    def forward(ctx, x_MK, weight_NK, bias_N, lora_A_RK, lora_B_NR, scaling, dropout_p, seed):
         dtype = x_MK.dtype
         has_dropout = dropout_p > 0.0
         keep_threshold = dropout_threshold(dropout_p)
@@ -340,7 +342,7 @@ class FusedLoRALinearFunction(torch.autograd.Function):
         return y_MN
 
     @staticmethod
-    def backward(ctx, dy_MN):  # noqa: ANN001
+    def backward(ctx, dy_MN):
         x_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR = ctx.saved_tensors
         scaling, dropout_p, seed = ctx.lora_args
         need_dx, need_W, need_b, need_A, need_B = ctx.needs_input_grad[:5]
@@ -357,7 +359,8 @@ class FusedLoRALinearFunction(torch.autograd.Function):
                 dx = _gemm_lora(dy_MN, weight_NK.to(dtype), None, g_MR, A_RK, keep_scale, seed,
                                 keep_threshold, has_dropout)  # fmt: skip
             if need_A:
-                dA = _lora_wgrad(g_MR, x_MK, keep_scale, seed, keep_threshold, has_dropout).to(lora_A_RK.dtype)
+                dA_RK = _lora_wgrad(g_MR, x_MK, keep_scale, seed, keep_threshold, has_dropout)
+                dA = dA_RK.to(lora_A_RK.dtype)
         if need_B:
             dB = _lora_wgrad(u_MR, dy_MN, 1.0, 0, 0, has_dropout=False).t().contiguous().to(lora_B_NR.dtype)
         # The base layer is frozen in LoRA training; these unfused paths only keep autograd complete.
@@ -392,10 +395,12 @@ def fused_lora_linear(
     reproduces it for x flattened to (M, K).
     """
     K = x.shape[-1]
-    if weight.shape[1] != K or lora_A.shape[1] != K:
-        raise ValueError(f"in_features mismatch: x {tuple(x.shape)}, W {tuple(weight.shape)}, A {tuple(lora_A.shape)}")
-    if lora_B.shape != (weight.shape[0], lora_A.shape[0]):
-        raise ValueError(f"lora_B must be (out, rank) = {(weight.shape[0], lora_A.shape[0])}, got {tuple(lora_B.shape)}")
+    N, R = weight.shape[0], lora_A.shape[0]
+    if weight.shape[1] != K or lora_A.shape[1] != K or lora_B.shape != (N, R):
+        shapes = (
+            f"x {tuple(x.shape)}, W {tuple(weight.shape)}, A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}"
+        )
+        raise ValueError(f"expected x (..., K), W (N, K), A (R, K), B (N, R); got {shapes}")
     if dropout_p > 0 and seed is None:
         seed = draw_dropout_seed()
     if x.numel() == 0:  # nothing to launch; keeps autograd and shapes consistent

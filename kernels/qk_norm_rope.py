@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ltxdist_kernels._triton_utils import check_launchable, interpreting, parallel_programs
+from ltxdist_kernels._triton_utils import check_launchable, interpreting, parallel_programs, row_sum
 from ltxdist_kernels.reference import qk_norm_rope_reference
 
 
@@ -47,7 +47,7 @@ def _qk_norm_rope_fwd_kernel(
     ok = channels < C
     x_row = x_ptr + m.to(tl.int64) * stride_xm
     x = tl.load(x_row + channels, mask=ok, other=0.0).to(tl.float32)
-    rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / C + eps)
+    rstd = 1.0 / tl.sqrt(row_sum(x * x) / C + eps)
     w = tl.load(w_ptr + channels, mask=ok, other=0.0).to(tl.float32)
     out = x * rstd * w
     if HAS_ROPE:
@@ -57,8 +57,10 @@ def _qk_norm_rope_fwd_kernel(
         b = m // T
         t = m % T
         h = channels // (2 * HALF)
-        cos = tl.load(cos_ptr + b * stride_cb + h * stride_ch + t * stride_ct + j * stride_cd, mask=ok, other=0.0)
-        sin = tl.load(sin_ptr + b * stride_sb + h * stride_sh + t * stride_st + j * stride_sd, mask=ok, other=0.0)
+        cs_off = b * stride_cb + h * stride_ch + t * stride_ct + j * stride_cd
+        sn_off = b * stride_sb + h * stride_sh + t * stride_st + j * stride_sd
+        cos = tl.load(cos_ptr + cs_off, mask=ok, other=0.0)
+        sin = tl.load(sin_ptr + sn_off, mask=ok, other=0.0)
         rotated = x_p * rstd * w_p
         out = out * cos.to(tl.float32) + tl.where(first, -rotated, rotated) * sin.to(tl.float32)
     tl.store(out_ptr + m.to(tl.int64) * stride_om + channels, out.to(out_ptr.dtype.element_ty), mask=ok)
@@ -79,7 +81,7 @@ def _qk_norm_rope_bwd_kernel(
     if HAS_ROPE:
         partner, first, j = _rope_partner(channels, HALF)
         h = channels // (2 * HALF)
-    dw = tl.zeros((BLOCK_C,), dtype=tl.float32)
+    dw = tl.full((BLOCK_C,), 0.0, tl.float32)
     for m in range(pid, M, tl.num_programs(0)):
         m64 = tl.cast(m, tl.int64)
         dout = tl.load(dout_ptr + m64 * stride_dom + channels, mask=ok, other=0.0).to(tl.float32)
@@ -87,10 +89,10 @@ def _qk_norm_rope_bwd_kernel(
             # Transpose of the rotation: d xn[c] = dout[c] cos + dout[partner] sin * (+1 first, -1 second).
             b = m // T
             t = m % T
-            cos = tl.load(cos_ptr + b * stride_cb + h * stride_ch + t * stride_ct + j * stride_cd, mask=ok,
-                          other=0.0).to(tl.float32)  # fmt: skip
-            sin = tl.load(sin_ptr + b * stride_sb + h * stride_sh + t * stride_st + j * stride_sd, mask=ok,
-                          other=0.0).to(tl.float32)  # fmt: skip
+            cs_off = b * stride_cb + h * stride_ch + t * stride_ct + j * stride_cd
+            sn_off = b * stride_sb + h * stride_sh + t * stride_st + j * stride_sd
+            cos = tl.load(cos_ptr + cs_off, mask=ok, other=0.0).to(tl.float32)
+            sin = tl.load(sin_ptr + sn_off, mask=ok, other=0.0).to(tl.float32)
             dout_p = tl.load(dout_ptr + m64 * stride_dom + partner, mask=ok, other=0.0).to(tl.float32)
             dxn = dout * cos + tl.where(first, dout_p, -dout_p) * sin
         else:
@@ -100,7 +102,7 @@ def _qk_norm_rope_bwd_kernel(
         if COMPUTE_DW:
             dw += dxn * x_hat
         dx_hat = dxn * w
-        dx = rstd * (dx_hat - x_hat * (tl.sum(dx_hat * x_hat, axis=0) / C))
+        dx = rstd * (dx_hat - x_hat * (row_sum(dx_hat * x_hat) / C))
         tl.store(dx_ptr + m64 * stride_dxm + channels, dx.to(dx_ptr.dtype.element_ty), mask=ok)
     if COMPUTE_DW:
         tl.store(dw_ptr + pid * stride_dws + channels, dw, mask=ok)
@@ -131,7 +133,7 @@ def _rope_tables(cos_BHTd: torch.Tensor | None, sin_BHTd: torch.Tensor | None, x
 
 class QKNormRoPEFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x_BTC, weight_C, cos_BHTd, sin_BHTd, eps):  # noqa: ANN001
+    def forward(ctx, x_BTC, weight_C, cos_BHTd, sin_BHTd, eps):
         B, T, C = x_BTC.shape
         x_MC = x_BTC.reshape(B * T, C)
         if x_MC.stride(-1) != 1:
@@ -149,7 +151,7 @@ class QKNormRoPEFunction(torch.autograd.Function):
         return out_MC.reshape(B, T, C)
 
     @staticmethod
-    def backward(ctx, dout_BTC):  # noqa: ANN001
+    def backward(ctx, dout_BTC):
         x_MC, weight_C, cos, sin, rstd_M = ctx.saved_tensors
         B, T, C, half, rope_strides, has_rope = ctx.meta
         M = B * T

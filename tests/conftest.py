@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
-
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -31,21 +27,3 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory, tiny_ckpt: Path) -> Path
         out, tiny_ckpt, num_samples=24, samples_per_shard=6, buckets=("64x64x17", "96x64x9"), seed=0
     )
     return out
-
-
-def train_overrides(ckpt: Path, data: Path, run_dir: Path, **extra: object) -> list[str]:
-    """Hydra overrides for a small, deterministic fp32 CPU run."""
-    base = {
-        "experiment": "tiny_demo",
-        "model.checkpoint": ckpt,
-        "model.dtype": "float32",
-        "data.path": data,
-        "run.dir": run_dir,
-        "trainer.progress_bar": "false",
-        "trainer.max_steps": 12,
-        "trainer.checkpoint_every_n_steps": 4,
-        "lora.rank": 4,
-        "lora.alpha": 8,
-    }
-    base.update({k: v for k, v in extra.items()})
-    return [f"{k}={v}" for k, v in base.items()]

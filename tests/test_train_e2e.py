@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BIN, REPO, train_overrides
+from e2e_utils import BIN, REPO, train_overrides
 from safetensors.torch import load_file
 
 from ltxdist.lora import read_lora_file
@@ -167,3 +167,45 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_ckpt, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     la, lb = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
     assert len(la) == len(lb) == 6
+
+
+STRATEGY_RUNS = {
+    "standard": {},
+    "video_to_video": {
+        "data.synthetic_reference_video_downscale": 2,
+        "strategy.reference_downscale_factor": 2,
+    },
+    "audio_ref_only_ic": {
+        "data.synthetic_reference_audio_frames": 10,
+        "strategy.mask_video_to_ref_audio": "true",
+        "strategy.mask_ref_audio_to_text": "true",
+    },
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", list(STRATEGY_RUNS))
+def test_each_strategy_trains_with_falling_loss(tiny_ckpt, tmp_path, strategy):
+    extra = {
+        "strategy": strategy,
+        "data.path": tmp_path / "data",
+        "data.synthetic_if_missing": "true",
+        "data.synthetic_num_samples": 16,
+        "trainer.max_steps": 80,
+        "trainer.checkpoint_every_n_steps": 80,
+        "optim.lr": 3e-3,
+        **STRATEGY_RUNS[strategy],
+    }
+    args = train_overrides(tiny_ckpt, tmp_path / "data", tmp_path / "run", **extra)
+    proc = _train(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = _metrics(tmp_path / "run")
+    first = sum(r["loss"] for r in rows[:15]) / 15
+    last = sum(r["loss"] for r in rows[-15:]) / 15
+    assert last < 0.9 * first, (first, last)
+    streams = {"loss/video"} if strategy == "video_to_video" else {"loss/video", "loss/audio"}
+    assert streams <= set(rows[-1])
+    meta = read_lora_file(tmp_path / "run" / "lora" / "lora_weights_step_000080.safetensors").metadata
+    assert meta["training_strategy"] == strategy
+    if strategy == "video_to_video":
+        assert meta["reference_downscale_factor"] == "2"

@@ -18,6 +18,9 @@ class ModelConfig:
     checkpoint: str = MISSING  # path to the LTX-2.3 .safetensors (transformer under model.diffusion_model.)
     dtype: str = "bfloat16"  # frozen base weights and compute dtype: bfloat16 | float32
     gradient_checkpointing: bool = False  # per transformer block (non-reentrant)
+    # Attention LoRA projections + q/k norm + RoPE: triton (fused kernels, CUDA), torch (ltx-core's own
+    # code), auto (triton on CUDA, torch elsewhere)
+    kernels: str = "auto"
     # Write a tiny random checkpoint at `checkpoint` when it is missing (tiny preset only; demo & tests).
     create_if_missing: bool = False
 
@@ -42,6 +45,12 @@ class StrategyConfig:
     video_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
     caption_dropout_p: float = 0.0
+    # video_to_video: target H/W over reference H/W (one integer for both); written into the LoRA file
+    reference_downscale_factor: int = 1
+    # audio_ref_only_ic
+    use_negative_ref_positions: bool = True
+    mask_video_to_ref_audio: bool = False
+    mask_ref_audio_to_text: bool = False
     # shifted logit-normal sigma sampling (mu linear in the generated token count)
     sigma_mu_at_1024: float = 0.95
     sigma_mu_at_4096: float = 2.05
@@ -60,6 +69,8 @@ class DataConfig:
     synthetic_if_missing: bool = False
     synthetic_num_samples: int = 32
     synthetic_buckets: list[str] = field(default_factory=lambda: ["64x64x17"])
+    synthetic_reference_video_downscale: int | None = None  # add IC-LoRA references (video_to_video)
+    synthetic_reference_audio_frames: int | None = None  # add ID-LoRA reference audio (audio_ref_only_ic)
 
 
 @dataclass
@@ -93,13 +104,23 @@ class TrainerConfig:
     deterministic: bool = False
 
 
+PARALLEL_NAMES = ("single", "ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3")
+
+
 @dataclass
 class ParallelConfig:
-    name: str = "single"  # single | ddp
+    name: str = "single"  # single | ddp | fsdp2 | deepspeed_zero2 | deepspeed_zero3 (docs/distributed.md)
     accelerator: str = "auto"  # auto | cpu | gpu
-    devices: int = 1
+    devices: int = 1  # processes per node
     num_nodes: int = 1
     process_group_backend: str | None = None  # None: nccl on GPU, gloo on CPU
+    compile: bool = False  # torch.compile each transformer block (after activation checkpointing)
+    # fsdp2: free the gathered block weights after forward (re-gather in backward): less memory, more comm
+    reshard_after_forward: bool = True
+    reduce_dtype: str = "float32"  # fsdp2: dtype of the gradient reduce-scatter (LoRA grads)
+    # deepspeed_zero2 / deepspeed_zero3: keep optimizer state (and for zero3 also parameters) on the CPU
+    offload_optimizer: bool = False
+    offload_params: bool = False
 
 
 @dataclass
@@ -145,14 +166,22 @@ def _require(cond: bool, flag: str, message: str) -> None:
 def validate_config(cfg: Any) -> None:
     """Cross-field checks that must pass before any model is built."""
     _require(cfg.model.dtype in ("bfloat16", "float32"), "model.dtype", "must be bfloat16 or float32")
+    _require(
+        cfg.model.kernels in ("auto", "triton", "torch"), "model.kernels", "must be auto, triton or torch"
+    )
     _require(cfg.lora.rank >= 1, "lora.rank", f"must be >= 1, got {cfg.lora.rank}")
     _require(cfg.lora.alpha > 0, "lora.alpha", f"must be > 0, got {cfg.lora.alpha}")
     _require(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
     _require(cfg.lora.dtype in ("float32", "bfloat16"), "lora.dtype", "must be float32 or bfloat16")
     _require(
-        cfg.strategy.name == "standard",
+        cfg.strategy.name in ("standard", "video_to_video", "audio_ref_only_ic"),
         "strategy",
-        f"{cfg.strategy.name!r} is not available yet (available: standard)",
+        f"unknown strategy {cfg.strategy.name!r} (standard | video_to_video | audio_ref_only_ic)",
+    )
+    _require(
+        cfg.strategy.reference_downscale_factor >= 1,
+        "strategy.reference_downscale_factor",
+        "must be an integer >= 1",
     )
     _require(
         0 <= cfg.strategy.first_frame_conditioning_p <= 1,
@@ -190,9 +219,30 @@ def validate_config(cfg: Any) -> None:
     _require(cfg.trainer.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps", "must be >= 1")
     _require(cfg.trainer.keep_last_k >= 1, "trainer.keep_last_k", "must be >= 1 (the newest is always kept)")
     _require(
-        cfg.parallel.name in ("single", "ddp"),
+        cfg.parallel.name in PARALLEL_NAMES,
         "parallel",
-        f"{cfg.parallel.name!r} is not available yet (single | ddp)",
+        f"unknown parallel config {cfg.parallel.name!r} ({' | '.join(PARALLEL_NAMES)})",
+    )
+    _require(
+        cfg.parallel.accelerator in ("auto", "cpu", "gpu", "cuda"),
+        "parallel.accelerator",
+        f"must be auto, cpu or gpu, got {cfg.parallel.accelerator!r}",
+    )
+    _require(
+        cfg.parallel.reduce_dtype in ("float32", "bfloat16"),
+        "parallel.reduce_dtype",
+        "must be float32 or bfloat16",
+    )
+    _require(
+        not (cfg.parallel.offload_optimizer or cfg.parallel.offload_params)
+        or cfg.parallel.name.startswith("deepspeed"),
+        "parallel.offload_optimizer / parallel.offload_params",
+        "CPU offload is a DeepSpeed option: use parallel=deepspeed_zero2 or parallel=deepspeed_zero3",
+    )
+    _require(
+        not cfg.parallel.offload_params or cfg.parallel.name == "deepspeed_zero3",
+        "parallel.offload_params",
+        "only ZeRO-3 partitions parameters; use parallel=deepspeed_zero3 to offload them",
     )
     _require(
         cfg.parallel.devices >= 1 and cfg.parallel.num_nodes >= 1,

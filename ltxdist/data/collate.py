@@ -33,6 +33,8 @@ def collate_samples(samples: list[CachedSample]) -> dict[str, Any]:
             padded = [torch.nn.functional.pad(t, _time_pad(t, longest)) for t in items]
             batch[name] = torch.stack(padded)
             batch[name.replace("_latents", "_lengths")] = lengths
+            # Decided on the CPU: strategies add padding masks only when needed, without a device sync.
+            batch[name.replace("_latents", "_padded")] = bool((lengths < longest).any())
         else:
             shapes = {tuple(t.shape) for t in items}
             if len(shapes) != 1:

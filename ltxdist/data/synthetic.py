@@ -54,7 +54,12 @@ def write_synthetic_dataset(
     num_concepts: int = 4,
     text_tokens: int = 16,
     seed: int = 0,
+    reference_video_downscale: int | None = None,
+    reference_audio_frames: int | None = None,
 ) -> ShardIndex:
+    """`reference_video_downscale`: add an IC-LoRA reference (the target latents average-pooled by that
+    factor in H and W, so the reference really predicts the target); `reference_audio_frames`: add an
+    ID-LoRA reference audio clip of that many latent frames from the same concept."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = read_checkpoint_info(checkpoint)
@@ -95,6 +100,15 @@ def write_synthetic_dataset(
                 c["audio"].expand(-1, t, -1)
                 + 0.1 * torch.randn(AUDIO_CHANNELS, t, AUDIO_MEL_BINS, generator=gen)
             ).to(torch.bfloat16)
+        if reference_video_downscale:
+            k = reference_video_downscale
+            pooled = torch.nn.functional.avg_pool3d(tensors["video_latents"].float()[None], (1, k, k))[0]
+            tensors["reference_video_latents"] = pooled.to(torch.bfloat16)
+        if reference_audio_frames:
+            noise = 0.1 * torch.randn(AUDIO_CHANNELS, reference_audio_frames, AUDIO_MEL_BINS, generator=gen)
+            tensors["reference_audio_latents"] = (
+                c["audio"].expand(-1, reference_audio_frames, -1) + noise
+            ).to(torch.bfloat16)
         meta = {
             "id": f"sample-{i:06d}",
             "bucket": bucket,
@@ -102,6 +116,8 @@ def write_synthetic_dataset(
             "caption": c["caption"],
             "source": "synthetic",
         }
+        if reference_video_downscale:
+            meta["reference_downscale_factor"] = reference_video_downscale
         shard.append(CachedSample(tensors=tensors, meta=meta))
         if len(shard) == samples_per_shard or i == num_samples - 1:
             index.shards.append(write_shard(out / shard_name(len(index.shards)), shard))
@@ -128,6 +144,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--buckets", default="64x64x17", help="';'-separated WxHxF buckets")
     parser.add_argument("--no-audio", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--reference-downscale",
+        type=int,
+        default=None,
+        help="add IC-LoRA reference video latents downscaled by this factor",
+    )
+    parser.add_argument(
+        "--reference-audio-frames",
+        type=int,
+        default=None,
+        help="add ID-LoRA reference audio latents of this many frames",
+    )
     args = parser.parse_args(argv)
     index = write_synthetic_dataset(
         args.out,
@@ -137,6 +165,8 @@ def main(argv: list[str] | None = None) -> None:
         buckets=tuple(b for b in args.buckets.split(";") if b),
         with_audio=not args.no_audio,
         seed=args.seed,
+        reference_video_downscale=args.reference_downscale,
+        reference_audio_frames=args.reference_audio_frames,
     )
     print(f"wrote {index.num_samples} samples in {len(index.shards)} shards to {args.out}")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
-import ltxdist._ltx_core  # noqa: F401  (import order)
 from ltx_core.model.audio_vae import decode_audio, encode_audio
 from ltx_core.types import Audio
+
+import ltxdist._ltx_core  # noqa: F401  (import order)
 from ltxdist.encoders.components import AUDIO_DECODER, AUDIO_ENCODER, VOCODER
 from ltxdist.encoders.loading import build_component
 from ltxdist.models.checkpoint_file import read_checkpoint_info
@@ -19,8 +19,9 @@ LATENT_DOWNSAMPLE = 4  # mel frames per latent frame (ltx-core's LATENT_DOWNSAMP
 class AudioVAE:
     def __init__(self, checkpoint: str | Path, device: torch.device, dtype: torch.dtype):
         self.checkpoint, self.device, self.dtype = Path(checkpoint), device, dtype
-        params = read_checkpoint_info(checkpoint).config.get("audio_vae", {}).get("model", {}).get("params", {})
-        stft = read_checkpoint_info(checkpoint).config.get("audio_vae", {}).get("preprocessing", {}).get("stft", {})
+        section = read_checkpoint_info(checkpoint).config.get("audio_vae", {})
+        params = section.get("model", {}).get("params", {})
+        stft = section.get("preprocessing", {}).get("stft", {})
         # The rate and hop the encoder's mel front-end expects (16 kHz and 160 for LTX-2.3).
         self.sample_rate: int = int(params.get("sampling_rate", 16000))
         self.hop_length: int = int(stft.get("hop_length", 160))
@@ -39,7 +40,9 @@ class AudioVAE:
     @property
     def encoder(self) -> torch.nn.Module:
         if self._encoder is None:
-            self._encoder = build_component(self.checkpoint, AUDIO_ENCODER, device=self.device, dtype=self.dtype)
+            self._encoder = build_component(
+                self.checkpoint, AUDIO_ENCODER, device=self.device, dtype=self.dtype
+            )
         return self._encoder
 
     @torch.inference_mode()
@@ -51,7 +54,9 @@ class AudioVAE:
         """
         if waveform_CN.ndim != 2 or waveform_CN.shape[0] != 2:
             raise ValueError(f"audio VAE expects a stereo waveform (2, N), got {tuple(waveform_CN.shape)}")
-        audio = Audio(waveform=waveform_CN.unsqueeze(0).float().to(self.device), sampling_rate=self.sample_rate)
+        audio = Audio(
+            waveform=waveform_CN.unsqueeze(0).float().to(self.device), sampling_rate=self.sample_rate
+        )
         z = encode_audio(audio, self.encoder)[0].float().cpu()
         have = z.shape[1]
         if have >= num_latent_frames:
@@ -64,7 +69,9 @@ class AudioVAE:
     def decode(self, latents_CTM: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(8, T, 16) -> (stereo waveform (2, N), sample rate) through the decoder and vocoder."""
         if self._decoder is None:
-            self._decoder = build_component(self.checkpoint, AUDIO_DECODER, device=self.device, dtype=self.dtype)
+            self._decoder = build_component(
+                self.checkpoint, AUDIO_DECODER, device=self.device, dtype=self.dtype
+            )
             self._vocoder = build_component(self.checkpoint, VOCODER, device=self.device, dtype=self.dtype)
         assert self._vocoder is not None
         out = decode_audio(latents_CTM.unsqueeze(0).to(self.device, self.dtype), self._decoder, self._vocoder)

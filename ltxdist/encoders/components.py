@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
-import ltxdist._ltx_core  # noqa: F401  (import order: ltx_core.loader first)
 from ltx_core.loader.sd_ops import SDOps
 from ltx_core.model.audio_vae import (
     AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
@@ -38,6 +36,8 @@ from ltx_core.text_encoders.gemma.embeddings_connector import (
 from ltx_core.text_encoders.gemma.embeddings_processor import EmbeddingsProcessor
 from ltx_core.text_encoders.gemma.encoders.encoder_configurator import _V2_EXPECTED_CONFIG
 from ltx_core.text_encoders.gemma.feature_extractor import FeatureExtractorV2
+
+import ltxdist._ltx_core  # noqa: F401  (import order: ltx_core.loader first)
 
 
 def _prefixed(stats_prefix: str, body_prefix: str) -> Callable[[str], str]:
@@ -72,18 +72,37 @@ class Component:
     to_checkpoint_key: Callable[[str], str]  # module key -> checkpoint key (writing tiny checkpoints)
 
 
-VIDEO_ENCODER = Component("video_encoder", "vae", VideoEncoderConfigurator, VAE_ENCODER_COMFY_KEYS_FILTER,
-                          _prefixed("vae.per_channel_statistics.", "vae.encoder."))
-VIDEO_DECODER = Component("video_decoder", "vae", VideoDecoderConfigurator, VAE_DECODER_COMFY_KEYS_FILTER,
-                          _prefixed("vae.per_channel_statistics.", "vae.decoder."))
-AUDIO_ENCODER = Component("audio_encoder", "audio_vae", AudioEncoderConfigurator,
-                          AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER,
-                          _prefixed("audio_vae.per_channel_statistics.", "audio_vae.encoder."))
-AUDIO_DECODER = Component("audio_decoder", "audio_vae", AudioDecoderConfigurator,
-                          AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
-                          _prefixed("audio_vae.per_channel_statistics.", "audio_vae.decoder."))
-VOCODER = Component("vocoder", "vocoder", VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER,
-                    lambda key: "vocoder." + key)
+VIDEO_ENCODER = Component(
+    "video_encoder",
+    "vae",
+    VideoEncoderConfigurator,
+    VAE_ENCODER_COMFY_KEYS_FILTER,
+    _prefixed("vae.per_channel_statistics.", "vae.encoder."),
+)
+VIDEO_DECODER = Component(
+    "video_decoder",
+    "vae",
+    VideoDecoderConfigurator,
+    VAE_DECODER_COMFY_KEYS_FILTER,
+    _prefixed("vae.per_channel_statistics.", "vae.decoder."),
+)
+AUDIO_ENCODER = Component(
+    "audio_encoder",
+    "audio_vae",
+    AudioEncoderConfigurator,
+    AUDIO_VAE_ENCODER_COMFY_KEYS_FILTER,
+    _prefixed("audio_vae.per_channel_statistics.", "audio_vae.encoder."),
+)
+AUDIO_DECODER = Component(
+    "audio_decoder",
+    "audio_vae",
+    AudioDecoderConfigurator,
+    AUDIO_VAE_DECODER_COMFY_KEYS_FILTER,
+    _prefixed("audio_vae.per_channel_statistics.", "audio_vae.decoder."),
+)
+VOCODER = Component(
+    "vocoder", "vocoder", VocoderConfigurator, VOCODER_COMFY_KEYS_FILTER, lambda key: "vocoder." + key
+)
 
 
 def embeddings_processor_component(gemma_hidden_size: int, gemma_num_layers: int) -> Component:
@@ -98,8 +117,13 @@ def embeddings_processor_component(gemma_hidden_size: int, gemma_num_layers: int
         configurator: Any = EmbeddingsProcessorConfigurator
     else:
         configurator = _sized_processor_configurator(gemma_hidden_size, gemma_num_layers)
-    return Component("embeddings_processor", "transformer", configurator, EMBEDDINGS_PROCESSOR_KEY_OPS,
-                     _processor_to_checkpoint)
+    return Component(
+        "embeddings_processor",
+        "transformer",
+        configurator,
+        EMBEDDINGS_PROCESSOR_KEY_OPS,
+        _processor_to_checkpoint,
+    )
 
 
 def _sized_processor_configurator(hidden_size: int, num_layers: int) -> Any:

@@ -40,8 +40,9 @@ def hash_safetensors(paths: Iterable[Path], include: Callable[[str], bool], extr
     return digest.hexdigest()[:16]
 
 
-def checkpoint_component_fingerprint(checkpoint: Path, config: dict[str, Any], prefixes: tuple[str, ...],
-                                     config_sections: tuple[str, ...]) -> str:
+def checkpoint_component_fingerprint(
+    checkpoint: Path, config: dict[str, Any], prefixes: tuple[str, ...], config_sections: tuple[str, ...]
+) -> str:
     section = {s: config.get(s) for s in config_sections}
     return hash_safetensors([checkpoint], lambda k: k.startswith(prefixes), extra=section)
 

@@ -49,11 +49,14 @@ def build_component(
             "ltx-2.3-22b-dev.safetensors, or `ltxdist-tiny-checkpoint OUT` for the tiny one)."
         )
     builder = SingleGPUModelBuilder(
-        model_class_configurator=component.configurator, model_path=str(info.path), model_sd_ops=component.sd_ops
+        model_class_configurator=component.configurator,
+        model_path=str(info.path),
+        model_sd_ops=component.sd_ops,
     )
     model = builder.meta_model(info.config, ())
-    state = builder.load_sd([str(info.path)], registry=_NoCache(), device=torch.device(device),
-                            sd_ops=component.sd_ops).sd
+    state = builder.load_sd(
+        [str(info.path)], registry=_NoCache(), device=torch.device(device), sd_ops=component.sd_ops
+    ).sd
     expected = set(model.state_dict().keys())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:

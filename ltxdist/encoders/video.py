@@ -28,13 +28,17 @@ class VideoVAE:
     @property
     def encoder(self) -> torch.nn.Module:
         if self._encoder is None:
-            self._encoder = build_component(self.checkpoint, VIDEO_ENCODER, device=self.device, dtype=self.dtype)
+            self._encoder = build_component(
+                self.checkpoint, VIDEO_ENCODER, device=self.device, dtype=self.dtype
+            )
         return self._encoder
 
     @property
     def decoder(self) -> torch.nn.Module:
         if self._decoder is None:
-            self._decoder = build_component(self.checkpoint, VIDEO_DECODER, device=self.device, dtype=self.dtype)
+            self._decoder = build_component(
+                self.checkpoint, VIDEO_DECODER, device=self.device, dtype=self.dtype
+            )
         return self._decoder
 
     @torch.inference_mode()

@@ -8,11 +8,13 @@ Building and loading are separate functions so parallel wrappers can shard betwe
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
 
 from ltxdist._ltx_core import (
     LTXV_MODEL_COMFY_RENAMING_MAP,
@@ -28,7 +30,11 @@ from ltxdist.models.checkpoint_file import (
     transformer_keys_in_file,
 )
 
+if TYPE_CHECKING:
+    from ltxdist.parallel.shard_rows import LocalSlice
+
 _MAX_LISTED_KEYS = 20
+_SD_OPS = LTXV_MODEL_COMFY_RENAMING_MAP
 
 
 @dataclass
@@ -98,25 +104,73 @@ class _NoCache:
         return None
 
 
+class BaseWeightReader:
+    """Reads single transformer tensors, or one rank's rows of them, from the checkpoint file.
+
+    ltx-core's loader reads the whole file into memory (44 GB for the 22B model); doing that on every
+    rank is how the reference trainer ran out of CPU memory. This reader memory-maps the file and reads
+    tensor by tensor (and, for a sharded parameter, only this rank's rows), using ltx-core's own key
+    renaming so names match exactly what `load_transformer_weights` would produce.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = safe_open(str(self.path), framework="pt")
+        if any(hasattr(op, "kv_operation") for op in _SD_OPS.mapping):
+            # A value transform cannot be applied to a row slice; ltx-core's LTX-2.3 map has none.
+            raise CheckpointError(f"{_SD_OPS.name} transforms values; sliced loading is not possible")
+        self._file_key: dict[str, str] = {}
+        for key in self._file.keys():  # noqa: SIM118 (safe_open is not iterable)
+            name = _SD_OPS.apply_to_key(key)
+            if name is not None and is_transformer_key(name):
+                self._file_key[name] = key
+
+    def names(self) -> set[str]:
+        return set(self._file_key)
+
+    def read(self, name: str, part: LocalSlice | None = None) -> torch.Tensor:
+        """The whole tensor, or only [part.start, part.stop) along part.dim."""
+        key = self._file_key[name]
+        if part is None:
+            return self._file.get_tensor(key)
+        view = self._file.get_slice(key)
+        index = [slice(None)] * len(view.get_shape())
+        index[part.dim] = slice(part.start, part.stop)
+        return view[tuple(index)]
+
+
 @torch.no_grad()
-def copy_base_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype | None) -> None:
+def copy_base_weights(
+    model: torch.nn.Module,
+    path: Path,
+    dtype: torch.dtype | None,
+    *,
+    select: Callable[[str], bool] | None = None,
+) -> None:
     """Copy the file's transformer weights into an already materialised model (e.g. after `to_empty`).
 
-    Parameters the file does not have must be LoRA adapters; anything else missing is an error.
+    Reads one tensor at a time, and for a parameter sharded by FSDP2 only this rank's rows, so peak
+    extra memory is one tensor, never the file. Parameters the file does not have must be LoRA
+    adapters; anything else missing is an error. `select(name)` restricts the copy to some weights
+    (materialising block by block).
     """
-    device = next(model.parameters()).device
-    state = _ltx_builder(path).load_sd(
-        [str(path)], registry=_NoCache(), device=torch.device("cpu"), sd_ops=LTXV_MODEL_COMFY_RENAMING_MAP
-    )
-    params = dict(model.named_parameters())
-    missing = [n for n in params if n not in state.sd and not n.endswith((".lora_A", ".lora_B"))]
+    from ltxdist.parallel.shard_rows import local_slice, local_tensor  # here: parallel imports this module
+
+    keep = select or (lambda name: True)
+    reader = BaseWeightReader(path)
+    available = {n for n in reader.names() if keep(n)}
+    targets = {n: t for n, t in model.state_dict(keep_vars=True).items() if keep(n)}
+    missing = [n for n in targets if n not in available and not n.endswith((".lora_A", ".lora_B"))]
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} transformer weights: {_format_keys(missing)}")
-    for name, tensor in state.sd.items():
-        if not is_transformer_key(name):
-            continue
-        target = params[name]
-        target.copy_(tensor.to(device=device, dtype=dtype or target.dtype))
+    unexpected = sorted(available - set(targets))
+    if unexpected:
+        raise CheckpointError(f"{path} has {len(unexpected)} unexpected weights: {_format_keys(unexpected)}")
+    for name in sorted(available):
+        target = targets[name]
+        local = local_tensor(target)
+        tensor = reader.read(name, local_slice(target))
+        local.copy_(tensor.to(device=local.device, dtype=dtype or local.dtype))
 
 
 def load_transformer(

@@ -67,12 +67,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path, help="output directory (or a .safetensors file path)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model-version", default=LTX23_MODEL_VERSION)
-    parser.add_argument("--transformer-only", action="store_true",
-                        help="write only the transformer (no VAEs, vocoder, text connectors or Gemma)")
+    parser.add_argument(
+        "--transformer-only",
+        action="store_true",
+        help="write only the transformer (no VAEs, vocoder, text connectors or Gemma)",
+    )
     args = parser.parse_args(argv)
     out = args.out if args.out.suffix == ".safetensors" else args.out / TINY_CHECKPOINT_NAME
-    path = write_random_checkpoint(out, seed=args.seed, model_version=args.model_version,
-                                   with_encoders=not args.transformer_only)
+    path = write_random_checkpoint(
+        out, seed=args.seed, model_version=args.model_version, with_encoders=not args.transformer_only
+    )
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB, model_version {args.model_version})")
     if not args.transformer_only:
         from ltxdist.models.tiny_encoders import TINY_GEMMA_DIR, write_tiny_gemma

@@ -146,26 +146,41 @@ def connector_transformer_keys(transformer: dict[str, Any], num_layers: int = 1)
 
 
 def tiny_encoder_config_sections() -> dict[str, Any]:
-    return {"vae": json.loads(json.dumps(TINY_VAE)), "audio_vae": json.loads(json.dumps(TINY_AUDIO_VAE)),
-            "vocoder": json.loads(json.dumps(TINY_VOCODER))}
+    return {
+        "vae": json.loads(json.dumps(TINY_VAE)),
+        "audio_vae": json.loads(json.dumps(TINY_AUDIO_VAE)),
+        "vocoder": json.loads(json.dumps(TINY_VOCODER)),
+    }
 
 
-def _component_tensors(component: Component, config: dict[str, Any], generator: torch.Generator,
-                       dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _component_tensors(
+    component: Component, config: dict[str, Any], generator: torch.Generator, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     model = component.configurator.from_config(config)
     init_encoder_weights(model, generator)
     return {component.to_checkpoint_key(k): v.detach().to(dtype) for k, v in model.state_dict().items()}
 
 
-def encoder_tensors(config: dict[str, Any], *, seed: int, dtype: torch.dtype = torch.bfloat16,
-                    gemma_hidden_size: int = TINY_GEMMA_TEXT["hidden_size"],
-                    gemma_num_layers: int = TINY_GEMMA_TEXT["num_hidden_layers"]) -> dict[str, torch.Tensor]:
+def encoder_tensors(
+    config: dict[str, Any],
+    *,
+    seed: int,
+    dtype: torch.dtype = torch.bfloat16,
+    gemma_hidden_size: int = TINY_GEMMA_TEXT["hidden_size"],
+    gemma_num_layers: int = TINY_GEMMA_TEXT["num_hidden_layers"],
+) -> dict[str, torch.Tensor]:
     """Checkpoint tensors (official key names) of random VAE, audio VAE, vocoder and text connectors."""
     generator = torch.Generator().manual_seed(seed + 1)
     tensors: dict[str, torch.Tensor] = {}
     stats: dict[str, torch.Tensor] = {}
-    for component in (VIDEO_ENCODER, VIDEO_DECODER, AUDIO_ENCODER, AUDIO_DECODER, VOCODER,
-                      embeddings_processor_component(gemma_hidden_size, gemma_num_layers)):
+    for component in (
+        VIDEO_ENCODER,
+        VIDEO_DECODER,
+        AUDIO_ENCODER,
+        AUDIO_DECODER,
+        VOCODER,
+        embeddings_processor_component(gemma_hidden_size, gemma_num_layers),
+    ):
         for key, value in _component_tensors(component, config, generator, dtype).items():
             if ".per_channel_statistics." in key:
                 # Encoder and decoder share one set of statistics in the file: keep the first.
@@ -178,14 +193,14 @@ def encoder_tensors(config: dict[str, Any], *, seed: int, dtype: torch.dtype = t
 # --- tiny Gemma 3 + tokenizer ---------------------------------------------------------------------
 
 _SPECIALS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
-_CORPUS_WORDS = (
-    "a an the of and with on in at to from by is are was red green blue yellow white black orange purple "
-    "ball cube square circle dot line stripe moving moves slowly quickly left right up down across centre "
-    "person man woman dog cat car bird tree sky sea city street room light dark bright sound tone music "
-    "voice speaking talking says hello video clip scene camera pans zooms close shot wide style cinematic "
-    "animation cartoon painting photo realistic demo test sample caption trigger sks ohwx concept one two "
-    "three four five"
-).split()
+_CORPUS_TEXT = (
+    "a an the of and with on in at to from by is are was red green blue yellow white black orange "
+    "purple ball cube square circle dot line stripe moving moves slowly quickly left right up down "
+    "across centre person man woman dog cat car bird tree sky sea city street room light dark bright "
+    "sound tone music voice speaking talking says hello video clip scene camera pans zooms close "
+    "shot wide style cinematic animation cartoon painting photo realistic demo test sample caption "
+    "trigger sks ohwx concept one two three four five"
+)
 
 
 def build_tiny_tokenizer(vocab_size: int = 512) -> Any:
@@ -195,9 +210,14 @@ def build_tiny_tokenizer(vocab_size: int = 512) -> Any:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    corpus = [" ".join(_CORPUS_WORDS[i:] + _CORPUS_WORDS[:i]) for i in range(len(_CORPUS_WORDS))]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_SPECIALS,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    words = _CORPUS_TEXT.split()
+    corpus = [" ".join(words[i:] + words[:i]) for i in range(len(words))]
     tok.train_from_iterator(corpus, trainer=trainer)
     bos = tok.token_to_id("<bos>")
     # Gemma prepends <bos> to every prompt.
@@ -209,10 +229,22 @@ def _gemma_config(vocab_size: int, special_ids: dict[str, int]) -> Any:
     from transformers import Gemma3Config
 
     return Gemma3Config(
-        text_config={**TINY_GEMMA_TEXT, "vocab_size": vocab_size, "pad_token_id": special_ids["<pad>"],
-                     "bos_token_id": special_ids["<bos>"], "eos_token_id": special_ids["<eos>"]},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": 28, "patch_size": 14, "vision_use_head": False},
+        text_config={
+            **TINY_GEMMA_TEXT,
+            "vocab_size": vocab_size,
+            "pad_token_id": special_ids["<pad>"],
+            "bos_token_id": special_ids["<bos>"],
+            "eos_token_id": special_ids["<eos>"],
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 28,
+            "patch_size": 14,
+            "vision_use_head": False,
+        },
         mm_tokens_per_image=4,
         boi_token_index=special_ids["<start_of_image>"],
         eoi_token_index=special_ids["<end_of_image>"],
@@ -223,9 +255,11 @@ def _gemma_config(vocab_size: int, special_ids: dict[str, int]) -> Any:
 
 def _official_gemma_key(key: str) -> str | None:
     """transformers-5 module key -> the key layout of google/gemma-3-12b-it's safetensors files."""
-    for new, old in (("model.language_model.", "language_model.model."),
-                     ("model.vision_tower.", "vision_tower.vision_model."),
-                     ("model.multi_modal_projector.", "multi_modal_projector.")):
+    for new, old in (
+        ("model.language_model.", "language_model.model."),
+        ("model.vision_tower.", "vision_tower.vision_model."),
+        ("model.multi_modal_projector.", "multi_modal_projector."),
+    ):
         if key.startswith(new):
             return old + key[len(new) :]
     if key == "lm_head.weight":
@@ -254,12 +288,25 @@ def write_tiny_gemma(directory: str | Path, *, seed: int = 0, dtype: torch.dtype
         write_json_atomic(tmp / "config.json", config_dict)
         save_safetensors_atomic(tensors, tmp / "model.safetensors", metadata={"format": "pt"})
         tokenizer.save(str(tmp / "tokenizer.json"))
-        write_json_atomic(tmp / "tokenizer_config.json", {
-            "tokenizer_class": "PreTrainedTokenizerFast",
-            "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-            "model_max_length": TINY_TEXT_TOKENS, "padding_side": "left",
-        })
-        write_json_atomic(tmp / "special_tokens_map.json", {
-            "bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>",
-        })
+        write_json_atomic(
+            tmp / "tokenizer_config.json",
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<bos>",
+                "eos_token": "<eos>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+                "model_max_length": TINY_TEXT_TOKENS,
+                "padding_side": "left",
+            },
+        )
+        write_json_atomic(
+            tmp / "special_tokens_map.json",
+            {
+                "bos_token": "<bos>",
+                "eos_token": "<eos>",
+                "pad_token": "<pad>",
+                "unk_token": "<unk>",
+            },
+        )
     return directory

@@ -2,26 +2,72 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ltxdist.parallel.activation_checkpointing import apply_activation_checkpointing
+from ltxdist.parallel.compile import apply_compile
+
+if TYPE_CHECKING:
+    from torch.distributed.device_mesh import DeviceMesh
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 def parallelize_transformer(
-    model: torch.nn.Module, parallel_cfg: Any, *, gradient_checkpointing: bool
+    model: torch.nn.Module,
+    parallel_cfg: Any,
+    *,
+    gradient_checkpointing: bool,
+    device_mesh: DeviceMesh | None = None,
+    compute_dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
-    """Order matters: checkpointing wraps each block first, so that compile and sharding (added per
-    block after it) see the checkpointed block as their unit."""
+    """Apply, in this order, to a meta-device model with LoRA injected:
+
+    1. activation checkpointing per block: it wraps the block call, so compile and sharding (added
+       per block after it) see the checkpointed block as their unit and recomputation re-runs the
+       compiled, sharded block;
+    2. torch.compile per block (`parallel.compile`): after checkpointing so the recompute is compiled
+       too, and before sharding so FSDP2's all-gather hooks stay outside the compiled graph;
+    3. FSDP2 `fully_shard` per block, then the root (`parallel=fsdp2`). DeepSpeed needs nothing here:
+       ZeRO-3 partitions while materialising (`materialize_transformer`), ZeRO-2 in its engine.
+    """
     if gradient_checkpointing:
         apply_activation_checkpointing(model)
+    if parallel_cfg.compile:
+        apply_compile(model)
+    if parallel_cfg.name == "fsdp2":
+        from ltxdist.parallel.fsdp2 import apply_fsdp2
+
+        if device_mesh is None:
+            raise ValueError("parallel=fsdp2 needs the device mesh of Lightning's ModelParallelStrategy")
+        apply_fsdp2(
+            model,
+            device_mesh,
+            param_dtype=compute_dtype or next(model.parameters()).dtype,
+            reduce_dtype=_DTYPES[parallel_cfg.reduce_dtype],
+            reshard_after_forward=parallel_cfg.reshard_after_forward,
+        )
     return model
 
 
 def lightning_strategy(parallel_cfg: Any) -> Any:
-    if parallel_cfg.name == "ddp":
+    """The Lightning strategy for `parallel.name` (imports DeepSpeed only when asked for)."""
+    name = parallel_cfg.name
+    if name == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
         return DDPStrategy(process_group_backend=parallel_cfg.process_group_backend)
+    if name == "fsdp2":
+        from ltxdist.parallel.fsdp2_strategy import FSDP2Strategy
+
+        return FSDP2Strategy(
+            world_size=parallel_cfg.devices * parallel_cfg.num_nodes,
+            process_group_backend=parallel_cfg.process_group_backend,
+        )
+    if name.startswith("deepspeed"):
+        from ltxdist.parallel.deepspeed_strategy import build_deepspeed_strategy
+
+        return build_deepspeed_strategy(parallel_cfg)
     return "auto"

@@ -1,8 +1,8 @@
-"""What a training strategy produces from a batch: model inputs, targets and loss masks."""
+"""What a training strategy produces from a batch: model inputs, targets, loss masks, attention masks."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -12,11 +12,16 @@ from ltxdist._ltx_core import Modality
 
 @dataclass
 class StreamTargets:
-    """Velocity target and loss mask of one modality; mask (B, T) is 1 where a token is trained."""
+    """Velocity target of the trained tokens of one modality.
+
+    `pred_slice` selects, on the model's output, the tokens the target describes (a strategy may append
+    reference tokens to the sequence); mask (B, T) is 1 where a token is trained.
+    """
 
     target_BTC: torch.Tensor
     loss_mask_BT: torch.Tensor
     sigma_B: torch.Tensor
+    pred_slice: slice = field(default_factory=lambda: slice(None))
 
 
 @dataclass
@@ -25,6 +30,9 @@ class StrategyOutput:
     audio: Modality | None
     video_targets: StreamTargets | None
     audio_targets: StreamTargets | None
+    # {attention module name: (B, S) bool}: see strategies/attention_masks.py
+    key_keep: dict[str, torch.Tensor] = field(default_factory=dict)
+    query_keep: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:
@@ -50,12 +58,10 @@ def noised(x0: torch.Tensor, noise: torch.Tensor, sigma_B: torch.Tensor) -> torc
     return (1 - s) * x0 + s * noise
 
 
-def per_token_timesteps(sigma_B: torch.Tensor, clean_BT: torch.Tensor | None) -> torch.Tensor:
-    """(B, 1) when every token shares sigma (saves a per-token modulation tensor), else (B, T) with
-    zeros on clean conditioning tokens."""
-    if clean_BT is None or not bool(clean_BT.any()):
-        return sigma_B.view(-1, 1)
-    return sigma_B.view(-1, 1) * (~clean_BT).to(sigma_B.dtype)
+def compact_timesteps(timesteps_BT: torch.Tensor, any_clean: bool) -> torch.Tensor:
+    """(B, 1) when every token shares its sample's sigma (same result, and it saves a per-token
+    modulation tensor of width 9x the model dim), else the per-token (B, T)."""
+    return timesteps_BT if any_clean else timesteps_BT[:, :1]
 
 
 def text_mask(batch: dict[str, Any], device: torch.device) -> torch.Tensor | None:
@@ -64,3 +70,8 @@ def text_mask(batch: dict[str, Any], device: torch.device) -> torch.Tensor | Non
     if batch.get("context_mask_all_ones", False):
         return None
     return batch["context_mask"].to(device=device, dtype=torch.long)
+
+
+def key_mask_if_padded(keep_BT: torch.Tensor, padded: bool) -> torch.Tensor | None:
+    """A key mask only when the batch has padding (decided on the CPU by the caller)."""
+    return keep_BT if padded else None

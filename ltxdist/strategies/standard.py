@@ -3,8 +3,6 @@
 All target tokens of a sample share one sigma; with probability `first_frame_conditioning_p` (per
 sample) latent frame 0 stays clean (timestep 0, no loss), as in image-to-video inference. Audio tokens
 share the video sigma unless `audio_sigma=independent`.
-
-Legend: B batch, T tokens, C channels.
 """
 
 from __future__ import annotations
@@ -15,16 +13,35 @@ from typing import Any
 import torch
 
 from ltxdist._ltx_core import Modality
-from ltxdist.strategies.base import StrategyOutput, StreamTargets, noised, per_token_timesteps, text_mask
-from ltxdist.strategies.positions import (
-    audio_positions,
-    audio_tokens,
-    first_frame_token_mask,
-    video_positions,
-    video_tokens,
-)
-from ltxdist.strategies.rng import rand_per_sample, randn_per_sample
+from ltxdist.strategies.base import StrategyOutput, StreamTargets, compact_timesteps, text_mask
 from ltxdist.strategies.sigma import SigmaSampler
+from ltxdist.strategies.streams import Stream, noised_audio, noised_video
+
+
+def video_modality(
+    stream: Stream, sigma_B: torch.Tensor, batch: dict[str, Any], dtype: torch.dtype, device: torch.device
+) -> Modality:
+    return Modality(
+        latent=stream.latent_BTC.to(dtype),
+        sigma=sigma_B.to(device),
+        timesteps=compact_timesteps(stream.timesteps_BT, stream.any_clean),
+        positions=stream.positions,
+        context=batch["video_context"].to(device=device, dtype=dtype),
+        context_mask=text_mask(batch, device),
+    )
+
+
+def audio_modality(
+    stream: Stream, sigma_B: torch.Tensor, batch: dict[str, Any], dtype: torch.dtype, device: torch.device
+) -> Modality:
+    return Modality(
+        latent=stream.latent_BTC.to(dtype),
+        sigma=sigma_B.to(device),
+        timesteps=compact_timesteps(stream.timesteps_BT, stream.any_clean),
+        positions=stream.positions,
+        context=batch["audio_context"].to(device=device, dtype=dtype),
+        context_mask=text_mask(batch, device),
+    )
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,17 @@ class StandardStrategy:
     audio_sigma: str = "shared"
     name: str = "standard"
 
+    def video_sigmas(self, batch: dict[str, Any], generators: list[torch.Generator]) -> torch.Tensor:
+        lat = batch["video_latents"]
+        return self.sigma_sampler.sample(lat.shape[2] * lat.shape[3] * lat.shape[4], generators)
+
+    def audio_sigmas(
+        self, batch: dict[str, Any], video_sigma_B: torch.Tensor, generators: list[torch.Generator]
+    ) -> torch.Tensor:
+        if self.audio_sigma == "shared":
+            return video_sigma_B
+        return self.sigma_sampler.sample(batch["audio_latents"].shape[2], generators)
+
     def prepare(
         self,
         batch: dict[str, Any],
@@ -44,65 +72,27 @@ class StandardStrategy:
         generators: list[torch.Generator],
     ) -> StrategyOutput:
         """`generators[b]` drives every random draw of sample b (see strategies/rng.py)."""
-        lat_BCFHW = batch["video_latents"].to(device=device, dtype=torch.float32)
-        b = lat_BCFHW.shape[0]
-        x0_BTC = video_tokens(lat_BCFHW)
-        t = x0_BTC.shape[1]
-
-        # All draws happen on the CPU from per-sample generators: same on any device, no GPU sync.
-        sigma_B = self.sigma_sampler.sample(t, generators)
-        cond_B = rand_per_sample(generators) < self.first_frame_conditioning_p
-        noise_BTC = randn_per_sample(tuple(x0_BTC.shape[1:]), generators).to(device)
-
-        clean_BT = None
-        if bool(cond_B.any()):
-            clean_BT = cond_B.to(device).view(b, 1) & first_frame_token_mask(lat_BCFHW).view(1, t)
-        xt_BTC = noised(x0_BTC, noise_BTC, sigma_B.to(device))
-        if clean_BT is not None:
-            xt_BTC = torch.where(clean_BT.unsqueeze(-1), x0_BTC, xt_BTC)
-        video = Modality(
-            latent=xt_BTC.to(dtype),
-            sigma=sigma_B.to(device),
-            timesteps=per_token_timesteps(sigma_B.to(device), clean_BT),
-            positions=video_positions(lat_BCFHW, batch["fps"], dtype),
-            context=batch["video_context"].to(device=device, dtype=dtype),
-            context_mask=text_mask(batch, device),
+        sigma_B = self.video_sigmas(batch, generators)
+        v = noised_video(
+            batch,
+            sigma_B,
+            first_frame_p=self.first_frame_conditioning_p,
+            generators=generators,
+            dtype=dtype,
+            device=device,
         )
-        loss_mask_BT = torch.ones(b, t, device=device) if clean_BT is None else (~clean_BT).float()
-        video_targets = StreamTargets(noise_BTC - x0_BTC, loss_mask_BT, sigma_B)
-
-        audio, audio_targets = None, None
+        out = StrategyOutput(
+            video=video_modality(v, sigma_B, batch, dtype, device),
+            audio=None,
+            video_targets=StreamTargets(v.target_BTC, v.loss_mask_BT, sigma_B),
+            audio_targets=None,
+        )
         if self.with_audio and "audio_latents" in batch:
-            audio, audio_targets = self._audio(batch, sigma_B, dtype, device, generators)
-        return StrategyOutput(
-            video=video, audio=audio, video_targets=video_targets, audio_targets=audio_targets
-        )
-
-    def _audio(
-        self,
-        batch: dict[str, Any],
-        video_sigma_B: torch.Tensor,
-        dtype: torch.dtype,
-        device: torch.device,
-        generators: list[torch.Generator],
-    ) -> tuple[Modality, StreamTargets]:
-        lat_BCTM = batch["audio_latents"].to(device=device, dtype=torch.float32)
-        x0_BTC = audio_tokens(lat_BCTM)
-        b, t, _ = x0_BTC.shape
-        sigma_B = video_sigma_B if self.audio_sigma == "shared" else self.sigma_sampler.sample(t, generators)
-        noise_BTC = randn_per_sample(tuple(x0_BTC.shape[1:]), generators).to(device)
-        audio = Modality(
-            latent=noised(x0_BTC, noise_BTC, sigma_B.to(device)).to(dtype),
-            sigma=sigma_B.to(device),
-            timesteps=sigma_B.to(device).view(b, 1),
-            positions=audio_positions(lat_BCTM),
-            context=batch["audio_context"].to(device=device, dtype=dtype),
-            context_mask=text_mask(batch, device),
-        )
-        # Padding frames of shorter clips in the batch never enter the loss.
-        lengths_B = batch.get("audio_lengths")
-        if lengths_B is None:
-            mask_BT = torch.ones(b, t, device=device)
-        else:
-            mask_BT = (torch.arange(t, device=device).view(1, t) < lengths_B.to(device).view(b, 1)).float()
-        return audio, StreamTargets(noise_BTC - x0_BTC, mask_BT, sigma_B)
+            a_sigma_B = self.audio_sigmas(batch, sigma_B, generators)
+            a = noised_audio(batch, a_sigma_B, generators=generators, device=device)
+            out.audio = audio_modality(a, a_sigma_B, batch, dtype, device)
+            out.audio_targets = StreamTargets(a.target_BTC, a.loss_mask_BT, a_sigma_B)
+            if batch.get("audio_padded", False):
+                # padded audio frames are neither trained nor attended to
+                out.key_keep = {"audio_attn1": a.key_keep_BT, "audio_to_video_attn": a.key_keep_BT}
+        return out

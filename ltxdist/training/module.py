@@ -18,14 +18,16 @@ import torch
 from ltxdist._ltx_core import BatchedPerturbationConfig
 from ltxdist.data.shards import load_empty_caption
 from ltxdist.lora import LoRASpec, inject_lora, lora_parameters
-from ltxdist.lora.inject import lora_state_dict, reset_lora
+from ltxdist.lora.inject import lora_state_dict
 from ltxdist.models import build_meta_transformer, read_checkpoint_info
-from ltxdist.models.loader import check_transformer_keys, copy_base_weights
-from ltxdist.parallel import parallelize_transformer
+from ltxdist.models.loader import check_transformer_keys
+from ltxdist.parallel import materialize_transformer, parallelize_transformer
 from ltxdist.strategies import StrategyOutput, build_strategy
+from ltxdist.strategies.attention_masks import set_attention_masks
 from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
 from ltxdist.training.optim import build_optimizer, build_scheduler
+from ltxdist_kernels.attention import patch_attention_modules, resolve_backend
 
 SIGMA_BUCKET_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -67,14 +69,27 @@ class LTXLoRAModule(pl.LightningModule):
             dtype=_DTYPES[self.cfg.lora.dtype],
         )
         self.target_modules = inject_lora(model, spec)
-        model = parallelize_transformer(
-            model, self.cfg.parallel, gradient_checkpointing=self.cfg.model.gradient_checkpointing
-        )
-        # Materialise straight on this rank's device (not on the CPU first and then copy).
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
-        model.to_empty(device=device)
-        copy_base_weights(model, info.path, self.dtype_compute)
-        reset_lora(model, self.cfg.lora.init_seed)  # identical adapters on every rank
+        if resolve_backend(self.cfg.model.kernels, device) == "triton":
+            # before parallelize: sharding and compile must wrap the kernel-dispatching modules
+            patch_attention_modules(model, backend="triton")
+        model = parallelize_transformer(
+            model,
+            self.cfg.parallel,
+            gradient_checkpointing=self.cfg.model.gradient_checkpointing,
+            device_mesh=self.device_mesh["data_parallel"] if self.cfg.parallel.name == "fsdp2" else None,
+            compute_dtype=self.dtype_compute,
+        )
+        # Materialise straight on this rank's device, only what this rank keeps (its FSDP2 shards /
+        # ZeRO-3 partitions), then load the base weights and draw identical adapters on every rank.
+        materialize_transformer(
+            model,
+            self.cfg.parallel,
+            checkpoint=info.path,
+            dtype=self.dtype_compute,
+            lora_init_seed=self.cfg.lora.init_seed,
+            device=device,
+        )
         self.transformer = model
 
     def lora_parameters(self) -> list[torch.nn.Parameter]:
@@ -110,6 +125,8 @@ class LTXLoRAModule(pl.LightningModule):
             batch, dtype=self.dtype_compute, device=self.device, generators=gens
         )
         b = out.video.latent.shape[0] if out.video is not None else out.audio.latent.shape[0]
+        # Always set (or clear) the strategy's masks: they stay in place for a checkpointed recompute.
+        set_attention_masks(self.transformer, out.key_keep, out.query_keep)
         vx, ax = self.transformer(out.video, out.audio, BatchedPerturbationConfig.empty(b))
         s = self.cfg.strategy
         total = torch.zeros((), device=self.device)
@@ -120,7 +137,7 @@ class LTXLoRAModule(pl.LightningModule):
         ):
             if targets is None or pred is None:
                 continue
-            per_sample_B = masked_mse_per_sample(pred, targets)
+            per_sample_B = masked_mse_per_sample(pred[:, targets.pred_slice], targets)
             loss = per_sample_B.mean()
             total = total + weight * loss
             parts[f"loss/{name}"] = loss.detach()

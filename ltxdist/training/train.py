@@ -46,8 +46,24 @@ def _prepare_inputs(cfg: Any) -> None:
             num_samples=cfg.data.synthetic_num_samples,
             buckets=tuple(cfg.data.synthetic_buckets),
             seed=cfg.run.seed,
+            reference_video_downscale=cfg.data.synthetic_reference_video_downscale,
+            reference_audio_frames=cfg.data.synthetic_reference_audio_frames,
         )
         log.info("wrote synthetic dataset %s", data)
+
+
+def lora_extra_metadata(strategy_cfg: Any) -> dict[str, Any]:
+    """Strategy facts that inference needs from the LoRA file (ComfyUI and ltx-pipelines read the IC-LoRA
+    reference downscale factor from its metadata)."""
+    if strategy_cfg.name == "video_to_video":
+        return {"reference_downscale_factor": str(strategy_cfg.reference_downscale_factor)}
+    if strategy_cfg.name == "audio_ref_only_ic":
+        return {
+            "use_negative_ref_positions": str(strategy_cfg.use_negative_ref_positions).lower(),
+            "mask_video_to_ref_audio": str(strategy_cfg.mask_video_to_ref_audio).lower(),
+            "mask_ref_audio_to_text": str(strategy_cfg.mask_ref_audio_to_text).lower(),
+        }
+    return {}
 
 
 def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger: Any) -> pl.Trainer:
@@ -103,6 +119,7 @@ def train(cfg: Any) -> Path:
             cfg.trainer.checkpoint_every_n_steps,
             cfg.trainer.keep_last_k,
             strategy_name=cfg.strategy.name,
+            extra_metadata=lora_extra_metadata(cfg.strategy),
         ),
     ]
     if cfg.trainer.progress_bar:

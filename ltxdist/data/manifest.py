@@ -1,0 +1,160 @@
+"""Reading a dataset manifest: `dataset.json`, `.jsonl`, `.csv`, or a folder of clips + `.txt` captions.
+
+Each row keeps its position in the manifest (`index`), and the sample id is derived from it, so a bad
+row that is skipped later can never shift another row's caption onto the wrong clip. Structural
+problems (unreadable file, unknown column) stop the run before anything is encoded; per-row problems
+(missing caption, missing file) are attached to the row and reported when it is processed.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+VIDEO_COLUMNS = ("video_path", "video")
+REFERENCE_COLUMNS = ("reference_video", "reference_image", "reference_audio")
+KNOWN_COLUMNS = frozenset({*VIDEO_COLUMNS, "caption", *REFERENCE_COLUMNS})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"})
+
+
+class ManifestError(ValueError):
+    """The manifest as a whole cannot be used; the message names the file and row."""
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    index: int  # 0-based position among the manifest's rows: the sample id comes from it
+    where: str  # "dataset.csv row 3" / "clips/a.mp4": used in every message about this row
+    video: Path | None
+    caption: str | None
+    reference_video: Path | None = None
+    reference_image: Path | None = None
+    reference_audio: Path | None = None
+    problem: str | None = None  # set when the row itself is unusable (reported, then skipped)
+
+    @property
+    def sample_id(self) -> str:
+        # webdataset splits keys at the first '.', so no dots; zero-padded so ids sort in manifest order.
+        return f"row{self.index:08d}"
+
+
+def _suggest(column: str) -> str:
+    close = difflib.get_close_matches(column, sorted(KNOWN_COLUMNS), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _path(base: Path, value: Any) -> Path | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    p = Path(str(value).strip()).expanduser()
+    return p if p.is_absolute() else base / p
+
+
+def _row(index: int, where: str, base: Path, record: dict[str, Any], source: Path) -> ManifestRow:
+    unknown = sorted(set(record) - KNOWN_COLUMNS)
+    if unknown:
+        raise ManifestError(
+            f"{where}: unknown column(s) {', '.join(repr(c) + _suggest(c) for c in unknown)}; known columns "
+            f"are {', '.join(sorted(KNOWN_COLUMNS))} ({source})"
+        )
+    videos = [c for c in VIDEO_COLUMNS if record.get(c) not in (None, "")]
+    problem = None
+    if len(videos) == 2 and str(record["video_path"]).strip() != str(record["video"]).strip():
+        problem = f"{where}: both 'video_path' and 'video' are set and differ; keep one"
+    video = _path(base, record[videos[0]]) if videos else None
+    if video is None and problem is None:
+        problem = f"{where}: no video (set 'video_path' or 'video')"
+    caption = record.get("caption")
+    caption = None if caption is None else str(caption).strip()
+    if not caption and problem is None:
+        problem = f"{where}: missing or empty caption"
+    return ManifestRow(
+        index=index,
+        where=where,
+        video=video,
+        caption=caption or None,
+        reference_video=_path(base, record.get("reference_video")),
+        reference_image=_path(base, record.get("reference_image")),
+        reference_audio=_path(base, record.get("reference_audio")),
+        problem=problem,
+    )
+
+
+def _read_json(path: Path) -> list[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, list):
+        raise ManifestError(f"{path}: expected a JSON list of objects, one per clip")
+    return [(f"{path.name} row {i}", rec) for i, rec in enumerate(data)]
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
+    out = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            out.append((f"{path.name} line {lineno}", json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise ManifestError(f"{path} line {lineno}: not valid JSON ({exc})") from exc
+    return out
+
+
+def _read_csv(path: Path) -> list[tuple[str, Any]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise ManifestError(f"{path}: empty CSV (expected a header with video_path and caption)")
+        rows = []
+        for rec in reader:
+            if None in rec:
+                raise ManifestError(f"{path} line {reader.line_num}: more values than header columns")
+            # line_num counts physical lines, so a caption with a newline inside quotes still points right.
+            rows.append((f"{path.name} line {reader.line_num}", {k.strip(): v for k, v in rec.items()}))
+    return rows
+
+
+def _read_folder(folder: Path) -> list[ManifestRow]:
+    clips = sorted(p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    if not clips:
+        raise ManifestError(f"{folder}: no video files ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+    rows = []
+    for i, clip in enumerate(clips):
+        sidecar = clip.with_suffix(".txt")
+        where = str(clip.relative_to(folder))
+        caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+        problem = None
+        if caption is None:
+            problem = f"{where}: missing caption file {sidecar.name}"
+        elif not caption:
+            problem = f"{where}: caption file {sidecar.name} is empty"
+        rows.append(ManifestRow(index=i, where=where, video=clip, caption=caption or None, problem=problem))
+    return rows
+
+
+def read_manifest(path: str | Path) -> list[ManifestRow]:
+    path = Path(path)
+    if path.is_dir():
+        return _read_folder(path)
+    if not path.is_file():
+        raise ManifestError(
+            f"{path}: manifest not found (give a .json, .jsonl or .csv file, or a folder of clips)"
+        )
+    readers = {".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv}
+    if path.suffix.lower() not in readers:
+        raise ManifestError(f"{path}: unsupported manifest type {path.suffix!r}; use .json, .jsonl or .csv")
+    records = readers[path.suffix.lower()](path)
+    if not records:
+        raise ManifestError(f"{path}: the manifest has no rows")
+    rows = []
+    for i, (where, rec) in enumerate(records):
+        if not isinstance(rec, dict):
+            raise ManifestError(f"{path}: {where} is not an object with named columns")
+        rows.append(_row(i, where, path.parent, rec, path))
+    return rows

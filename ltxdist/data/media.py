@@ -1,0 +1,214 @@
+"""Decoding and encoding media with PyAV: video frames, the audio track, still images, mp4 output.
+
+Every failure is a `MediaError` naming the file, so a bad clip can be skipped and reported.
+Legend: F frames, H height, W width, C channels, N audio samples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ltxdist.io import atomic_file
+
+
+class MediaError(ValueError):
+    """A media file is missing, unreadable, or lacks what was asked of it."""
+
+
+class NoAudioError(MediaError):
+    """The file decodes but has no audio stream."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: Path
+    width: int
+    height: int
+    fps: float
+    num_frames: int  # container's count or a duration estimate; confirmed by decoding
+    has_audio: bool
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        raise MediaError(f"{path}: file not found")
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        raise MediaError(f"{path}: cannot open as media ({exc})") from exc
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate or float(rate) <= 0:
+            raise MediaError(f"{path}: unknown frame rate")
+        fps = float(rate)
+        frames = int(stream.frames or 0)
+        if frames <= 0 and stream.duration and stream.time_base:
+            frames = int(stream.duration * stream.time_base * fps)
+        if frames <= 0 and container.duration:
+            frames = int(container.duration / av.time_base * fps)
+        if not stream.codec_context.width or not stream.codec_context.height:
+            raise MediaError(f"{path}: video stream has no size (corrupt header?)")
+        return VideoInfo(
+            path,
+            stream.codec_context.width,
+            stream.codec_context.height,
+            fps,
+            frames,
+            bool(container.streams.audio),
+        )
+
+
+def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Scale to cover (width, height) keeping the aspect ratio, then centre-crop. uint8 in, uint8 out."""
+    h, w = frame_HWC.shape[-3], frame_HWC.shape[-2]
+    if (w, h) == (width, height):
+        return frame_HWC
+    scale = max(width / w, height / h)
+    new_w, new_h = max(width, math.ceil(w * scale - 1e-6)), max(height, math.ceil(h * scale - 1e-6))
+    x = frame_HWC.permute(2, 0, 1).unsqueeze(0).float()
+    # antialias: downscaling a 1080p clip to a 32x-divisible bucket without it aliases badly.
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    x = x[0, :, top : top + height, left : left + width]
+    return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
+
+
+def read_frames(path: str | Path, num_frames: int, width: int, height: int) -> torch.Tensor:
+    """The first `num_frames` frames, resized + centre-cropped to (width, height): uint8 (F, H, W, 3).
+
+    Fewer frames than asked means the clip is that long (decoding reached its end).
+    """
+    path = Path(path)
+    frames: list[torch.Tensor] = []
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                frames.append(resize_crop(rgb, width, height))
+                if len(frames) == num_frames:
+                    break
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(f"{path}: decoding failed after {len(frames)} frames ({exc})") from exc
+    if not frames:
+        raise MediaError(f"{path}: no decodable video frames (corrupt or truncated file?)")
+    return torch.stack(frames)
+
+
+def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
+    """A still image (png, jpg, ... or the first frame of a video), resized + cropped: uint8 (H, W, 3)."""
+    return read_frames(path, 1, width, height)[0]
+
+
+def read_audio(
+    path: str | Path, sample_rate: int, seconds: float | None = None, pad: bool = True
+) -> torch.Tensor:
+    """The audio track from its start, resampled to `sample_rate` stereo float32: (2, N).
+
+    With `seconds`, at most round(seconds * sample_rate) samples, and with `pad` exactly that many:
+    padded with silence when the track ends early (tracks are often a few ms shorter than the video).
+    """
+    path = Path(path)
+    want = None if seconds is None else round(seconds * sample_rate)
+    chunks: list[np.ndarray] = []
+    have = 0
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise NoAudioError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        # Resample while decoding: mono is duplicated to stereo, any rate becomes the VAE's rate.
+        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=sample_rate)
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray())
+                    have += chunks[-1].shape[1]
+                if want is not None and have >= want:
+                    break
+            else:
+                for out in resampler.resample(None):
+                    chunks.append(out.to_ndarray())
+                    have += chunks[-1].shape[1]
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(f"{path}: audio decoding failed ({exc})") from exc
+    if not chunks or sum(c.shape[1] for c in chunks) == 0:
+        raise NoAudioError(f"{path}: the audio stream holds no samples")
+    wave = torch.from_numpy(np.concatenate(chunks, axis=1))
+    if want is not None:
+        wave = wave[:, :want]
+        if pad:
+            wave = F.pad(wave, (0, max(0, want - wave.shape[1])))
+    return wave.float().contiguous()
+
+
+def write_video(
+    path: str | Path,
+    frames_FHWC: torch.Tensor,
+    fps: float,
+    audio: tuple[torch.Tensor, int] | None = None,
+    crf: int = 18,
+) -> Path:
+    """Write an H.264 (+ AAC) mp4 atomically. `audio` is (waveform (C, N) in [-1, 1], sample rate)."""
+    path = Path(path)
+    frames = frames_FHWC.cpu().numpy()
+    f, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise MediaError(f"{path}: H.264 needs even width and height, got {w}x{h}")
+    rate = Fraction(fps).limit_denominator(1001)
+    with atomic_file(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
+        vstream = container.add_stream("libx264", rate=rate)
+        vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
+        vstream.options = {"crf": str(crf), "preset": "veryfast"}
+        astream = None
+        if audio is not None:
+            wave, sr = audio
+            astream = container.add_stream("aac", rate=sr)
+            astream.layout = "stereo" if wave.shape[0] == 2 else "mono"
+        for i in range(f):
+            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
+            frame.pts = i
+            for packet in vstream.encode(frame):
+                container.mux(packet)
+        for packet in vstream.encode():
+            container.mux(packet)
+        if astream is not None and audio is not None:
+            _encode_audio(container, astream, audio[0], audio[1])
+    return path
+
+
+def _encode_audio(
+    container: av.container.OutputContainer,
+    stream: av.audio.stream.AudioStream,
+    wave_CN: torch.Tensor,
+    sample_rate: int,
+) -> None:
+    data = wave_CN.clamp(-1, 1).float().cpu().numpy()
+    layout = "stereo" if data.shape[0] == 2 else "mono"
+    chunk = 1024  # AAC frame size
+    for start in range(0, data.shape[1], chunk):
+        block = np.ascontiguousarray(data[:, start : start + chunk])
+        frame = av.AudioFrame.from_ndarray(block, format="fltp", layout=layout)
+        frame.sample_rate = sample_rate
+        frame.pts = start
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)

@@ -1,0 +1,201 @@
+"""`ltxdist-prepare`: raw clips + captions -> webdataset shards of cached latents.
+
+  ltxdist-prepare INPUT --out SHARDS --checkpoint CKPT --gemma GEMMA_DIR [--buckets 960x544x49;...]
+  ltxdist-prepare --decode SHARDS --checkpoint CKPT --out DIR      (latents back to mp4, to look at)
+  ltxdist-prepare --make-demo-clips DIR                            (a few synthetic raw clips)
+
+INPUT is a dataset.json / .jsonl / .csv manifest (video_path or video, caption, and per strategy
+reference_video / reference_image / reference_audio) or a folder of clips with .txt caption sidecars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from ltxdist.data.buckets import check_reference_factor, parse_buckets
+from ltxdist.data.prepare.samples import AUDIO_MODES, STRATEGIES, SampleSpec
+
+
+def _env_rank() -> tuple[int, int]:
+    # torchrun sets RANK/WORLD_SIZE; srun sets SLURM_PROCID/SLURM_NTASKS.
+    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
+        if rank_key in os.environ and world_key in os.environ:
+            return int(os.environ[rank_key]), int(os.environ[world_key])
+    return 0, 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ltxdist-prepare",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument("input", nargs="?", type=Path, help="manifest file or folder of clips")
+    p.add_argument("--out", type=Path, help="output shard directory (or, with --decode, the mp4 directory)")
+    p.add_argument("--checkpoint", type=Path, help="LTX-2.3 checkpoint with VAEs and text connectors")
+    p.add_argument("--gemma", type=Path, help="Gemma 3 folder (Hugging Face layout) for the text encoder")
+    p.add_argument("--buckets", default="64x64x17", help="';'-separated WxHxF buckets (W,H %%32, F=8n+1)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="standard")
+    p.add_argument(
+        "--reference-downscale-factor",
+        type=int,
+        default=1,
+        help="video_to_video: reference W and H are the bucket's divided by this",
+    )
+    p.add_argument(
+        "--audio",
+        choices=AUDIO_MODES,
+        default="required",
+        help="required: a clip without audio is a bad clip; optional: keep it without audio",
+    )
+    p.add_argument(
+        "--reference-audio-seconds",
+        type=float,
+        default=5.0,
+        help="audio_ref_only_ic: longest reference audio kept",
+    )
+    p.add_argument("--lora-trigger", default=None, help="word prepended to every caption")
+    p.add_argument("--samples-per-shard", type=int, default=64)
+    p.add_argument("--strict", action="store_true", help="stop at the first bad clip instead of skipping it")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace shards written by other encoders, model version or manifest",
+    )
+    p.add_argument(
+        "--rank", type=int, default=None, help="this process's rank (default: RANK / SLURM_PROCID)"
+    )
+    p.add_argument("--world-size", type=int, default=None, help="number of processes (default: WORLD_SIZE)")
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda:LOCAL_RANK if any, else cpu), cpu, cuda:0, ..."
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        default="auto",
+        help="encoder precision (auto: bf16 on GPU, fp32 on CPU)",
+    )
+    p.add_argument(
+        "--text-tokens",
+        type=int,
+        default=None,
+        help="text sequence length (default 1024, or the tokenizer's smaller maximum)",
+    )
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--decode", type=Path, metavar="SHARDS", help="decode cached latents in SHARDS to mp4")
+    p.add_argument("--num-samples", type=int, default=4, help="--decode: how many samples")
+    p.add_argument("--make-demo-clips", type=Path, metavar="DIR", help="write synthetic raw clips to DIR")
+    p.add_argument("--num-clips", type=int, default=8, help="--make-demo-clips: how many clips")
+    return p
+
+
+def _need(args: argparse.Namespace, parser: argparse.ArgumentParser, mode: str, *names: str) -> None:
+    missing = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n) is None]
+    if missing:
+        parser.error(f"{mode} needs {', '.join(missing)}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    modes = [
+        m
+        for m, on in (
+            ("--decode", args.decode),
+            ("--make-demo-clips", args.make_demo_clips),
+            ("INPUT", args.input),
+        )
+        if on is not None
+    ]
+    if len(modes) != 1:
+        parser.error("give exactly one of: INPUT (prepare), --decode SHARDS, --make-demo-clips DIR")
+
+    if args.make_demo_clips is not None:
+        from ltxdist.data.prepare.demo import make_demo_clips
+
+        paths = make_demo_clips(args.make_demo_clips, num_clips=args.num_clips)
+        print(f"wrote {len(paths)} clips with captions to {args.make_demo_clips}")
+        return 0
+
+    if args.decode is not None:
+        _need(args, parser, "--decode", "checkpoint", "out")
+        from ltxdist.data.prepare.decode import decode_shards
+
+        paths = decode_shards(
+            args.decode,
+            args.checkpoint,
+            args.out,
+            num_samples=args.num_samples,
+            device=args.device,
+            dtype=args.dtype,
+            progress=not args.no_progress,
+        )
+        print(f"wrote {len(paths)} videos to {args.out}")
+        return 0
+
+    _need(args, parser, "preparing", "out", "checkpoint", "gemma")
+    env_rank, env_world = _env_rank()
+    rank = env_rank if args.rank is None else args.rank
+    world = env_world if args.world_size is None else args.world_size
+    try:
+        buckets = parse_buckets(args.buckets)
+        if args.strategy == "video_to_video":
+            check_reference_factor(buckets, args.reference_downscale_factor)
+        spec = SampleSpec(
+            buckets=tuple(buckets),
+            strategy=args.strategy,
+            reference_downscale_factor=args.reference_downscale_factor,
+            audio=args.audio,
+            reference_audio_seconds=args.reference_audio_seconds,
+            lora_trigger=args.lora_trigger,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    from ltxdist.data.manifest import ManifestError
+    from ltxdist.data.prepare.pipeline import PrepareError, PrepareOptions, prepare_dataset
+
+    opts = PrepareOptions(
+        input=args.input,
+        out=args.out,
+        checkpoint=args.checkpoint,
+        gemma=args.gemma,
+        spec=spec,
+        samples_per_shard=args.samples_per_shard,
+        strict=args.strict,
+        overwrite=args.overwrite,
+        rank=rank,
+        world_size=world,
+        device=args.device,
+        dtype=args.dtype,
+        text_tokens=args.text_tokens,
+        progress=not args.no_progress,
+    )
+    try:
+        result = prepare_dataset(opts)
+    except (ManifestError, PrepareError, FileNotFoundError, ValueError) as exc:
+        print(f"ltxdist-prepare: error: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"rank {rank}/{world}: encoded {result.encoded} samples, {result.resumed_units} shards already done"
+    )
+    if result.complete and result.index is not None:
+        print(
+            f"{args.out}: {result.index.num_samples} samples in {len(result.index.shards)} shards, "
+            f"buckets {result.index.buckets}"
+        )
+        for s in result.skipped:
+            print(f"  skipped {s['where']}: {s['reason']}")
+        if result.skipped:
+            print(f"  ({len(result.skipped)} skipped rows listed in {args.out / 'prepare_report.json'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

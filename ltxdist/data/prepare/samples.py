@@ -1,0 +1,201 @@
+"""One manifest row -> one cached sample: decode, bucket, resize + crop, encode.
+
+A problem with one clip raises `ClipError` naming the row and the file; the pipeline skips and reports
+it (or stops under --strict). Legend: F frames, H height, W width; primes are latent sizes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ltxdist.data.buckets import Bucket, choose_bucket
+from ltxdist.data.manifest import REFERENCE_COLUMNS, ManifestRow
+from ltxdist.data.media import MediaError, NoAudioError, probe_video, read_audio, read_frames, read_image
+from ltxdist.data.sample import CachedSample
+from ltxdist.encoders import EncoderSet, TextEncoding
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("standard", "video_to_video", "audio_ref_only_ic")
+AUDIO_MODES = ("required", "optional", "off")
+CACHE_DTYPE = torch.bfloat16  # what the transformer computes in; halves the cache
+
+
+class ClipError(ValueError):
+    """One row cannot become a sample; the message names the row and the file."""
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    buckets: tuple[Bucket, ...]
+    strategy: str = "standard"
+    reference_downscale_factor: int = 1
+    audio: str = "required"
+    reference_audio_seconds: float = 5.0
+    lora_trigger: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.audio not in AUDIO_MODES:
+            raise ValueError(f"--audio {self.audio!r}: choose one of {', '.join(AUDIO_MODES)}")
+        if self.strategy == "audio_ref_only_ic" and self.audio == "off":
+            raise ValueError(
+                "--strategy audio_ref_only_ic trains the audio stream: it needs --audio required"
+            )
+        if self.reference_audio_seconds <= 0:
+            raise ValueError(f"--reference-audio-seconds must be > 0, got {self.reference_audio_seconds}")
+
+
+def with_trigger(caption: str, trigger: str | None) -> str:
+    if not trigger or caption == trigger or caption.startswith(trigger + " "):
+        return caption
+    return f"{trigger} {caption}"
+
+
+class SampleBuilder:
+    def __init__(self, spec: SampleSpec, encoders: EncoderSet):
+        self.spec, self.enc = spec, encoders
+        self._text_cache: dict[str, TextEncoding] = {}
+        self._warned: set[str] = set()
+        self._min_frames = min(b.frames for b in spec.buckets)
+
+    # -- pieces ------------------------------------------------------------------------------------
+    def _require_file(self, row: ManifestRow, column: str, path: Path | None) -> Path:
+        if path is None:
+            raise ClipError(f"{row.where}: column '{column}' is required by --strategy {self.spec.strategy}")
+        if not path.is_file():
+            raise ClipError(f"{row.where}: {column} file not found: {path}")
+        return path
+
+    def _frames(self, row: ManifestRow, path: Path) -> tuple[torch.Tensor, Bucket, float]:
+        info = probe_video(path)
+        # The container's frame count is a hint; decoding decides. A clip that turns out shorter than
+        # its bucket moves to the longest bucket it does fill.
+        bucket = choose_bucket(
+            list(self.spec.buckets), info.width, info.height, max(info.num_frames, self._min_frames)
+        )
+        assert bucket is not None
+        frames = read_frames(path, bucket.frames, bucket.width, bucket.height)
+        if frames.shape[0] < bucket.frames:
+            shorter = choose_bucket(list(self.spec.buckets), info.width, info.height, frames.shape[0])
+            if shorter is None:
+                raise ClipError(
+                    f"{row.where}: {path} has {frames.shape[0]} frames, shorter than every bucket (the "
+                    f"shortest needs {self._min_frames}); add a shorter bucket to --buckets or drop the clip"
+                )
+            if (shorter.width, shorter.height) != (bucket.width, bucket.height):
+                frames = read_frames(path, shorter.frames, shorter.width, shorter.height)
+            bucket, frames = shorter, frames[: shorter.frames]
+        return frames, bucket, info.fps
+
+    def _text(self, caption: str) -> TextEncoding:
+        if caption not in self._text_cache:
+            if len(self._text_cache) > 4096:  # captions repeat within a dataset; keep memory bounded
+                self._text_cache.clear()
+            self._text_cache[caption] = self.enc.text.encode(caption)
+        return self._text_cache[caption]
+
+    def _audio_latents(self, path: Path, seconds: float, pad: bool = True) -> torch.Tensor:
+        wave = read_audio(path, self.enc.audio.sample_rate, seconds, pad=pad)
+        actual = wave.shape[1] / self.enc.audio.sample_rate
+        return self.enc.audio.encode(wave, max(1, self.enc.audio.latent_frames(actual)))
+
+    # -- the sample --------------------------------------------------------------------------------
+    def build(self, row: ManifestRow) -> CachedSample:
+        try:
+            return self._build(row)
+        except MediaError as exc:
+            raise ClipError(f"{row.where}: {exc}") from exc
+
+    def _build(self, row: ManifestRow) -> CachedSample:
+        if row.problem:
+            raise ClipError(row.problem)
+        assert row.video is not None and row.caption is not None
+        video_path = self._require_file(row, "video_path", row.video)
+        frames, bucket, fps = self._frames(row, video_path)
+        seconds = bucket.frames / fps
+        caption = with_trigger(row.caption, self.spec.lora_trigger)
+        text = self._text(caption)
+        tensors = {
+            "video_latents": self.enc.video.encode(frames),
+            "video_context": text.video_context,
+            "audio_context": text.audio_context,
+            "context_mask": text.context_mask,
+        }
+        if self.spec.audio != "off":
+            try:
+                tensors["audio_latents"] = self._audio_latents(video_path, seconds)
+            except NoAudioError as exc:
+                if self.spec.audio == "required":
+                    raise ClipError(
+                        f"{row.where}: {video_path} has no audio track, but audio is required "
+                        "(--audio required); use --audio optional to keep such clips without audio, "
+                        "or --audio off"
+                    ) from exc
+        meta = {
+            "id": row.sample_id,
+            "bucket": bucket.name,
+            "fps": fps,
+            "caption": caption,
+            "source": str(video_path),
+            "row": row.index,
+            "num_frames": bucket.frames,
+        }
+        if self.spec.strategy == "video_to_video":
+            tensors["reference_video_latents"] = self._reference_video(row, bucket)
+            meta["reference_downscale_factor"] = self.spec.reference_downscale_factor
+        elif self.spec.strategy == "audio_ref_only_ic":
+            ref = self._require_file(row, "reference_audio", row.reference_audio)
+            try:
+                tensors["reference_audio_latents"] = self._audio_latents(
+                    ref, self.spec.reference_audio_seconds, pad=False
+                )
+            except NoAudioError as exc:
+                raise ClipError(f"{row.where}: reference_audio {ref} has no audio track") from exc
+            if row.reference_image is not None:
+                image = read_image(
+                    self._require_file(row, "reference_image", row.reference_image),
+                    bucket.width,
+                    bucket.height,
+                )
+                tensors["reference_image_latents"] = self.enc.video.encode(image.unsqueeze(0))
+        else:
+            self._warn_unused_references(row)
+        sample_tensors = {k: v.to(CACHE_DTYPE) if v.is_floating_point() else v for k, v in tensors.items()}
+        return CachedSample(tensors=sample_tensors, meta=meta)
+
+    def _reference_video(self, row: ManifestRow, bucket: Bucket) -> torch.Tensor:
+        ref_bucket = bucket.downscaled(self.spec.reference_downscale_factor)
+        if row.reference_video is not None:
+            path = self._require_file(row, "reference_video", row.reference_video)
+            frames = read_frames(path, ref_bucket.frames, ref_bucket.width, ref_bucket.height)
+            if frames.shape[0] < ref_bucket.frames:
+                # The reference must cover the whole target: a short one would silently misalign in time.
+                raise ClipError(
+                    f"{row.where}: reference_video {path} has {frames.shape[0]} frames, fewer than "
+                    f"the {ref_bucket.frames} of bucket {bucket.name}"
+                )
+        elif row.reference_image is not None:
+            path = self._require_file(row, "reference_image", row.reference_image)
+            still = read_image(path, ref_bucket.width, ref_bucket.height)
+            # A reference still (e.g. a character sheet) is looped into a static video of the target length.
+            frames = still.unsqueeze(0).expand(ref_bucket.frames, -1, -1, -1).contiguous()
+        else:
+            raise ClipError(
+                f"{row.where}: --strategy video_to_video needs a 'reference_video' (or a "
+                "'reference_image' to loop) for every row"
+            )
+        return self.enc.video.encode(frames)
+
+    def _warn_unused_references(self, row: ManifestRow) -> None:
+        for column in REFERENCE_COLUMNS:
+            if getattr(row, column) is not None and column not in self._warned:
+                self._warned.add(column)
+                log.warning(
+                    "column '%s' is ignored by --strategy standard (first seen at %s)", column, row.where
+                )

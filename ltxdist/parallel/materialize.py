@@ -1,0 +1,96 @@
+"""Materialise a meta-device transformer on this rank's device and load the base weights into it.
+
+Runs after `parallelize_transformer`, so every process allocates only what it will keep: its FSDP2
+shards (rows read straight from the checkpoint file), or for ZeRO-3 one block at a time before
+DeepSpeed partitions it. No rank ever holds the whole 22B model in CPU or GPU memory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ltxdist.lora.inject import lora_modules, reset_lora
+from ltxdist.models.loader import copy_base_weights
+
+_BLOCKS = "transformer_blocks."
+
+
+def materialize_transformer(
+    model: torch.nn.Module,
+    parallel_cfg: Any,
+    *,
+    checkpoint: Path,
+    dtype: torch.dtype,
+    lora_init_seed: int,
+    device: torch.device,
+) -> None:
+    if parallel_cfg.name == "deepspeed_zero3":
+        _materialize_zero3(
+            model, parallel_cfg, checkpoint=checkpoint, dtype=dtype, seed=lora_init_seed, device=device
+        )
+        return
+    model.to_empty(device=device)
+    copy_base_weights(model, checkpoint, dtype)
+    if parallel_cfg.name == "fsdp2":
+        from torch.distributed.tensor.experimental import implicit_replication
+
+        # Every rank draws the same full adapter init from one seeded generator and keeps its rows:
+        # implicit_replication lets a plain (replicated) tensor be copied into a sharded DTensor.
+        with implicit_replication():
+            reset_lora(model, lora_init_seed)
+    else:
+        reset_lora(model, lora_init_seed)
+
+
+def _materialize_zero3(
+    model: torch.nn.Module,
+    parallel_cfg: Any,
+    *,
+    checkpoint: Path,
+    dtype: torch.dtype,
+    seed: int,
+    device: torch.device,
+) -> None:
+    """Block by block: allocate, load the block's weights, draw its adapters, hand it to ZeRO-3 which
+    keeps 1/N of it. Then the same for the parameters outside the blocks."""
+    import deepspeed
+
+    from ltxdist.parallel.deepspeed_config import deepspeed_config
+
+    if any(not name.startswith(_BLOCKS) for name in lora_modules(model)):
+        raise NotImplementedError("parallel=deepspeed_zero3 supports LoRA inside transformer blocks only")
+    ds_config = deepspeed_config(parallel_cfg, on_gpu=device.type == "cuda")
+    # One generator across blocks, consumed in the order `reset_lora(model, seed)` uses, so adapters
+    # start identical to every other parallel config.
+    gen = torch.Generator().manual_seed(seed)
+
+    def partition(module: torch.nn.Module) -> None:
+        # mem_efficient_linear=False: do not patch torch.nn.functional.linear process-wide.
+        deepspeed.zero.Init(module=module, config_dict_or_path=ds_config, mem_efficient_linear=False)
+
+    for i, block in enumerate(model.transformer_blocks):
+        prefix = f"{_BLOCKS}{i}."
+        block.to_empty(device=device)
+        copy_base_weights(model, checkpoint, dtype, select=lambda n, p=prefix: n.startswith(p))
+        with torch.no_grad():
+            for lora in lora_modules(block).values():
+                lora.reset_lora_parameters(gen)
+        partition(block)
+    # What is left (patchify / adaln / output layers, root tables): small. Allocate only tensors still on
+    # meta; the blocks' parameters are already partitioned and must not be touched.
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if name.startswith(_BLOCKS) or name == "transformer_blocks":
+                continue
+            for pname, param in list(module.named_parameters(recurse=False)):
+                if param.is_meta:
+                    new = torch.nn.Parameter(torch.empty_like(param, device=device), param.requires_grad)
+                    setattr(module, pname, new)
+            for bname, buf in list(module.named_buffers(recurse=False)):
+                if buf.is_meta:
+                    module.register_buffer(bname, torch.empty_like(buf, device=device))
+    copy_base_weights(model, checkpoint, dtype, select=lambda n: not n.startswith(_BLOCKS))
+    partition(model)  # partitions only parameters that are not ZeRO-3 parameters yet

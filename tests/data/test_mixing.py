@@ -1,0 +1,82 @@
+import itertools
+from collections import Counter
+
+import pytest
+import torch
+
+from ltxdist.data.mixing import MixedLatentStream, MixSource
+from ltxdist.data.streaming import StreamPlan
+from ltxdist.data.synthetic import write_synthetic_dataset
+from ltxdist.models.tiny_checkpoint import write_random_checkpoint
+
+
+@pytest.fixture(scope="module")
+def two_sets(tmp_path_factory, tiny_model):
+    """Two characters' datasets; different buckets make each batch's origin visible in its shapes."""
+    root = tmp_path_factory.mktemp("mix")
+    write_synthetic_dataset(
+        root / "alice", tiny_model.checkpoint, num_samples=12, samples_per_shard=3, buckets=("64x64x17",)
+    )
+    write_synthetic_dataset(
+        root / "bob", tiny_model.checkpoint, num_samples=8, samples_per_shard=2, buckets=("96x64x9",)
+    )
+    return [MixSource("alice", root / "alice", 3.0), MixSource("bob", root / "bob", 1.0)]
+
+
+def _ids(batches):
+    return [(b["source"], tuple(b["ids"]), b["epochs"][0]) for b in batches]
+
+
+def test_choice_frequencies_follow_weights(two_sets):
+    stream = MixedLatentStream(two_sets, StreamPlan(batch_size=1, seed=0))
+    counts = Counter(itertools.islice(stream.choices(role=0), 4000))
+    assert abs(counts[0] / 4000 - 0.75) < 0.03 and abs(counts[1] / 4000 - 0.25) < 0.03
+    other_seed = MixedLatentStream(two_sets, StreamPlan(batch_size=1, seed=1))
+    assert list(itertools.islice(stream.choices(0), 50)) != list(itertools.islice(other_seed.choices(0), 50))
+
+
+def test_batches_come_whole_from_one_source_and_bucket(two_sets):
+    stream = MixedLatentStream(two_sets, StreamPlan(batch_size=2, seed=3))
+    seen = Counter()
+    for batch in itertools.islice(iter(stream), 40):
+        buckets = {m["bucket"] for m in batch["meta"]}
+        assert buckets == ({"64x64x17"} if batch["source"] == "alice" else {"96x64x9"})
+        seen[batch["source"]] += 1
+    assert seen["alice"] > seen["bob"] > 0
+
+
+def test_skip_batches_resumes_exactly(two_sets):
+    plan = StreamPlan(batch_size=2, seed=5)
+    full = _ids(itertools.islice(iter(MixedLatentStream(two_sets, plan)), 30))
+    resumed = _ids(itertools.islice(iter(MixedLatentStream(two_sets, plan, skip_batches=13)), 17))
+    assert resumed == full[13:30]
+
+
+def test_resume_with_two_dataloader_workers(two_sets):
+    plan = StreamPlan(batch_size=1, seed=2)
+
+    def run(skip, n):
+        loader = torch.utils.data.DataLoader(
+            MixedLatentStream(two_sets, plan, skip_batches=skip), batch_size=None, num_workers=2
+        )
+        return _ids(itertools.islice(loader, n))
+
+    full = run(0, 14)
+    assert run(5, 9) == full[5:14]
+
+
+def test_bad_sources_are_refused(tmp_path, two_sets, tiny_model):
+    plan = StreamPlan(batch_size=1, seed=0)
+    with pytest.raises(ValueError, match=r"'bob' .*weight must be > 0"):
+        MixedLatentStream([two_sets[0], MixSource("bob", two_sets[1].directory, 0.0)], plan)
+    with pytest.raises(ValueError, match="unique"):
+        MixedLatentStream([two_sets[0], two_sets[0]], plan)
+    write_synthetic_dataset(
+        tmp_path / "other", tiny_model.checkpoint, num_samples=2, samples_per_shard=2, seed=9
+    )
+    with pytest.raises(ValueError, match=r"'carol' .*different encoders"):
+        MixedLatentStream([two_sets[0], MixSource("carol", tmp_path / "other")], plan)
+    newer = write_random_checkpoint(tmp_path / "newer.safetensors", model_version="2.4.0")
+    write_synthetic_dataset(tmp_path / "newer", newer, num_samples=2, samples_per_shard=2)
+    with pytest.raises(ValueError, match=r"'dave' .*model version 2.4.0"):
+        MixedLatentStream([two_sets[0], MixSource("dave", tmp_path / "newer")], plan)

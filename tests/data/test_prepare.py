@@ -1,0 +1,289 @@
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from data_helpers import clip, prepare_opts, read_samples
+
+from ltxdist.data.media import read_frames
+from ltxdist.data.prepare import PrepareError, prepare_dataset
+from ltxdist.data.prepare.cli import main as prepare_main
+from ltxdist.data.shards import load_empty_caption, load_index
+from ltxdist.data.streaming import CachedLatentStream, StreamPlan
+from ltxdist.data.synthetic import latent_shape
+from ltxdist.encoders import encoder_fingerprints
+from ltxdist.models.tiny_checkpoint import write_random_checkpoint
+
+
+def _clips(directory):
+    """Raw clips of different sizes, lengths and frame rates, one without audio."""
+    clip(directory, "a.mp4", width=64, height=64, frames=17, caption="alpha square", concept=0)
+    clip(directory, "b.mp4", width=128, height=72, frames=25, fps=25.0, caption="beta square", concept=1)
+    clip(directory, "c.mp4", width=48, height=96, frames=20, caption="gamma square", concept=2)
+    clip(directory, "d.mp4", width=64, height=64, frames=12, caption="delta square", concept=3)
+    clip(directory, "e.mp4", width=64, height=64, frames=17, audio=False, caption="silent square", concept=0)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tiny_model):
+    raw = tmp_path_factory.mktemp("raw")
+    _clips(raw)
+    out = tmp_path_factory.mktemp("shards")
+    result = prepare_dataset(
+        prepare_opts(raw, out, tiny_model, samples_per_shard=2, lora_trigger="sks", audio="optional")
+    )
+    return raw, out, result
+
+
+def test_folder_to_shards(prepared, encoders):
+    raw, out, result = prepared
+    assert result.complete and result.encoded == 5 and not result.skipped
+    index = load_index(out)
+    raw_index = json.loads((out / "index.json").read_text())
+    assert index.model_version == "2.3.0" and raw_index["text_tokens"] == 128 and raw_index["complete"]
+    assert set(index.encoder_fingerprints) == {"video_vae", "audio_vae", "text_connectors", "gemma"}
+    assert index.encoder_fingerprints == encoders.fingerprints
+    assert index.buckets == {"64x64x17": 2, "96x64x17": 1, "64x96x17": 1, "64x64x9": 1}
+    samples = read_samples(out)
+    by_source = {os.path.basename(s.meta["source"]): s for s in samples.values()}
+    expected_bucket = {
+        "a.mp4": "64x64x17",
+        "b.mp4": "96x64x17",
+        "c.mp4": "64x96x17",
+        "d.mp4": "64x64x9",
+        "e.mp4": "64x64x17",
+    }
+    for name, sample in by_source.items():
+        # Each clip keeps its own caption (trigger prepended) and gets its bucket's latent shape.
+        caption = (raw / name).with_suffix(".txt").read_text().strip()
+        assert sample.meta["caption"] == f"sks {caption}"
+        assert sample.bucket == expected_bucket[name]
+        assert tuple(sample.tensors["video_latents"].shape) == latent_shape(sample.bucket)
+        assert sample.tensors["video_latents"].dtype == torch.bfloat16
+        assert sample.tensors["video_context"].shape == (128, 64) and sample.tensors["context_mask"].all()
+        if name == "e.mp4":
+            assert "audio_latents" not in sample.tensors
+        else:
+            frames = int(sample.bucket.split("x")[2])
+            assert sample.tensors["audio_latents"].shape == (8, round(frames / sample.meta["fps"] * 25), 16)
+    # The cached latents are the real encoder's output for the first F frames, resized and cropped.
+    a = by_source["a.mp4"]
+    direct = encoders.video.encode(read_frames(raw / "a.mp4", 17, 64, 64)).to(torch.bfloat16)
+    assert torch.equal(a.tensors["video_latents"], direct)
+    assert torch.equal(
+        a.tensors["video_context"], encoders.text.encode("sks alpha square").video_context.bfloat16()
+    )
+    empty = load_empty_caption(out)
+    assert empty["video_context"].shape == (128, 64) and empty["audio_context"].shape == (128, 32)
+
+
+def test_training_reader_streams_prepared_shards(prepared):
+    _, out, _ = prepared
+    stream = CachedLatentStream(out, StreamPlan(batch_size=1, seed=0))
+    ids = [b["ids"][0] for b in itertools.islice(stream.iter_batches(), 5)]
+    assert sorted(ids) == [f"row{i:08d}" for i in range(5)]
+
+
+def test_rerun_resumes_and_refuses_stale_caches(tmp_path, tiny_model):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for i in range(3):
+        clip(raw, f"c{i}.mp4", caption=f"clip {i}", concept=i)
+    assert prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1)).encoded == 3
+    mtimes = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    again = prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1))
+    assert again.encoded == 0 and again.resumed_units == 3 and again.complete
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")} == mtimes
+    # An interrupted unit (tar renamed into place, record not yet written) and a deleted shard are redone.
+    (out / "shard-000001.unit.json").unlink()
+    (out / "shard-000002.tar").unlink()
+    redo = prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1))
+    assert redo.encoded == 2 and (out / "shard-000000.tar").stat().st_mtime_ns == mtimes["shard-000000.tar"]
+    # Other encoder weights or model version: refused unless --overwrite.
+    other = write_random_checkpoint(tmp_path / "other.safetensors", seed=7, with_encoders=True)
+    newer = write_random_checkpoint(
+        tmp_path / "newer.safetensors", seed=0, with_encoders=True, model_version="2.4.0"
+    )
+    with pytest.raises(PrepareError, match=r"encoder fingerprints changed .*video_vae.*--overwrite"):
+        prepare_dataset(
+            prepare_opts(raw, out, type(tiny_model)(other, tiny_model.gemma), samples_per_shard=1)
+        )
+    with pytest.raises(PrepareError, match=r"model version 2.3.0 -> 2.4.0"):
+        prepare_dataset(
+            prepare_opts(raw, out, type(tiny_model)(newer, tiny_model.gemma), samples_per_shard=1)
+        )
+    clip(raw, "c3.mp4", caption="clip 3")
+    with pytest.raises(PrepareError, match="manifest rows or preparation options changed"):
+        prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1))
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-00000[0].tar")} == {
+        "shard-000000.tar": mtimes["shard-000000.tar"]
+    }  # nothing lost by a refused run
+    over = prepare_dataset(
+        prepare_opts(raw, out, type(tiny_model)(other, tiny_model.gemma), samples_per_shard=1, overwrite=True)
+    )
+    assert over.encoded == 4
+    assert load_index(out).encoder_fingerprints == encoder_fingerprints(other, tiny_model.gemma, 128)
+
+
+def test_ranks_split_the_manifest_and_last_one_writes_the_index(tmp_path, tiny_model):
+    raw = tmp_path / "raw"
+    for i in range(5):
+        clip(raw, f"c{i}.mp4", caption=f"clip {i}", concept=i)
+    out = tmp_path / "out"
+    r1 = prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1, rank=1, world_size=2))
+    assert not r1.complete and r1.encoded == 2 and not (out / "index.json").exists()
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000001.tar", "shard-000003.tar"]
+    r0 = prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1, rank=0, world_size=2))
+    assert r0.complete and r0.encoded == 3
+    assert sorted(read_samples(out)) == [f"row{i:08d}" for i in range(5)]
+    # A rerun with another world size finds everything done.
+    assert (
+        prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1, rank=2, world_size=3)).encoded
+        == 0
+    )
+
+
+def test_two_concurrent_processes_via_torchrun_env(tmp_path, tiny_model):
+    raw = tmp_path / "raw"
+    for i in range(3):
+        clip(raw, f"c{i}.mp4", caption=f"clip {i}", concept=i)
+    out = tmp_path / "out"
+    args = [
+        sys.executable,
+        "-m",
+        "ltxdist.data.prepare.cli",
+        str(raw),
+        "--out",
+        str(out),
+        "--checkpoint",
+        str(tiny_model.checkpoint),
+        "--gemma",
+        str(tiny_model.gemma),
+        "--samples-per-shard",
+        "1",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    procs = [
+        subprocess.Popen(
+            args,
+            env={**os.environ, "RANK": str(r), "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for r in range(2)
+    ]
+    outputs = [p.communicate(timeout=120)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert "rank 0/2" in outputs[0] and "rank 1/2" in outputs[1]
+    assert load_index(out).num_samples == 3
+
+
+def test_reference_strategies(tmp_path, tiny_model):
+    raw = tmp_path / "raw"
+    clip(raw, "t.mp4", width=128, height=64, frames=17)
+    clip(raw, "r.mp4", width=128, height=64, frames=20)
+    clip(raw, "short.mp4", width=128, height=64, frames=9)
+    clip(raw, "img.mp4", width=64, height=64, frames=1, audio=False)
+    (raw / "v2v.jsonl").write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"video": "t.mp4", "caption": "with reference", "reference_video": "r.mp4"},
+                {"video": "t.mp4", "caption": "looped still", "reference_image": "img.mp4"},
+                {"video": "t.mp4", "caption": "too short a reference", "reference_video": "short.mp4"},
+            ]
+        )
+    )
+    out = tmp_path / "v2v"
+    result = prepare_dataset(
+        prepare_opts(
+            raw / "v2v.jsonl",
+            out,
+            tiny_model,
+            buckets="128x64x17",
+            strategy="video_to_video",
+            reference_downscale_factor=2,
+        )
+    )
+    samples = read_samples(out)
+    ref = samples["row00000000"].tensors["reference_video_latents"]
+    assert ref.shape == (128, 3, 1, 2)  # 64x32 reference: W, H halved, same 17 frames
+    assert samples["row00000000"].meta["reference_downscale_factor"] == 2
+    still = samples["row00000001"].tensors["reference_video_latents"]
+    assert still.shape == (128, 3, 1, 2)
+    assert [s["row"] for s in result.skipped] == [2] and "fewer than the 17" in result.skipped[0]["reason"]
+
+    (raw / "id.csv").write_text(
+        "video,caption,reference_audio,reference_image\nt.mp4,speaker one,r.mp4,img.mp4\n"
+    )
+    out = tmp_path / "id"
+    prepare_dataset(
+        prepare_opts(
+            raw / "id.csv",
+            out,
+            tiny_model,
+            buckets="128x64x17",
+            strategy="audio_ref_only_ic",
+            reference_audio_seconds=0.5,
+        )
+    )
+    sample = read_samples(out)["row00000000"]
+    assert sample.tensors["reference_audio_latents"].shape == (8, 12, 16)  # 0.5 s at 25 latents/s, rounded
+    assert sample.tensors["reference_image_latents"].shape == (128, 1, 2, 4)
+    assert sample.tensors["audio_latents"].shape == (8, round(17 / 24 * 25), 16)
+
+
+def test_cli_demo_flow_and_decode(tmp_path, tiny_model, capsys):
+    clips, shards, videos = tmp_path / "clips", tmp_path / "shards", tmp_path / "decoded"
+    assert prepare_main(["--make-demo-clips", str(clips), "--num-clips", "4"]) == 0
+    assert len(list(clips.glob("*.mp4"))) == 4 and len(list(clips.glob("*.txt"))) == 4
+    assert (
+        prepare_main(
+            [
+                str(clips),
+                "--out",
+                str(shards),
+                "--checkpoint",
+                str(tiny_model.checkpoint),
+                "--gemma",
+                str(tiny_model.gemma),
+                "--buckets",
+                "64x64x17;96x64x17;64x96x17",
+                "--no-progress",
+                "--lora-trigger",
+                "sks",
+            ]
+        )
+        == 0
+    )
+    assert load_index(shards).num_samples == 4
+    assert (
+        prepare_main(
+            [
+                "--decode",
+                str(shards),
+                "--checkpoint",
+                str(tiny_model.checkpoint),
+                "--out",
+                str(videos),
+                "--num-samples",
+                "2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    from ltxdist.data.media import probe_video, read_audio
+
+    decoded = sorted(videos.glob("*.mp4"))
+    assert len(decoded) == 2
+    info = probe_video(decoded[0])
+    sample = read_samples(shards)[decoded[0].stem]
+    w, h, f = (int(v) for v in sample.bucket.split("x"))
+    assert (info.width, info.height, info.num_frames, info.has_audio) == (w, h, f, True)
+    assert read_audio(decoded[0], 48000).shape[1] > 0.5 * 48000 * f / sample.meta["fps"]
