@@ -64,6 +64,16 @@ _DIMENSIONS: dict[str, dict[str, Any]] = {
         "audio_attention_head_dim": 64,
         "audio_cross_attention_dim": 2048,
     },
+    # ~14M parameters: enough compute per step for CPU benchmarks of framework overhead.
+    "small": {
+        "num_layers": 4,
+        "num_attention_heads": 8,
+        "attention_head_dim": 32,
+        "cross_attention_dim": 256,
+        "audio_num_attention_heads": 8,
+        "audio_attention_head_dim": 16,
+        "audio_cross_attention_dim": 128,
+    },
     # ~0.4M parameters: forward+backward in milliseconds on a CPU. Head counts equal, as in production.
     "tiny": {
         "num_layers": 2,

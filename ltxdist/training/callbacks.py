@@ -1,23 +1,43 @@
-"""Training callbacks: checkpoints + LoRA export with keep-last-k, and metrics.jsonl."""
+"""Training callbacks: checkpoints + LoRA export with keep-last-k (also on SIGUSR1 / SIGTERM, with SLURM
+requeue), and metrics.jsonl."""
 
 from __future__ import annotations
 
 import json
+import time
+import logging
+import os
+import shutil
+import signal
+import subprocess
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
-from ltxdist.io import write_bytes_atomic
+from ltxdist.io import TMP_MARKER, write_bytes_atomic
 from ltxdist.lora import export_lora
 from ltxdist.lora.targets import expand_targets
-from ltxdist.training.run_dir import checkpoint_path, complete_checkpoints, lora_path
+from ltxdist.parallel.gather import gathered_lora_model, needs_gather
+from ltxdist.training.run_dir import checkpoint_path, checkpoints_dir, complete_checkpoints, lora_path
+
+log = logging.getLogger("ltxdist")
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+LAYOUT_KEY = "ltxdist_layout"
 
 
 class CheckpointAndExport(pl.Callback):
     """Every `every_n_steps` optimizer steps (and at the end): a full training-state checkpoint under
-    checkpoints/step-N/, and the ComfyUI-format LoRA under lora/. Keeps the newest `keep_last_k`."""
+    checkpoints/step-N/, and the ComfyUI-format LoRA under lora/. Keeps the newest `keep_last_k`.
+
+    SIGUSR1 or SIGTERM (SLURM's warning before the time limit, preemption, `kill`) on any rank: at the
+    next optimizer-step boundary every rank writes the checkpoint, then the process exits with
+    128 + signal; after SIGUSR1 inside a SLURM job rank 0 first requeues the job, which resumes from
+    that checkpoint (run.resume=auto). The handler only sets a flag: the checkpoint is written by the
+    training loop, never from inside a signal handler.
+    """
 
     def __init__(
         self,
@@ -33,26 +53,99 @@ class CheckpointAndExport(pl.Callback):
         self.strategy_name = strategy_name
         self.extra_metadata = extra_metadata or {}
         self._last_saved_step = -1
+        self._last_checked_step = -1
+        self._signal = 0  # signal number received by this process, 0 = none
+        self._previous_handlers: dict[int, Any] = {}
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
+        if step == self._last_checked_step:
+            return  # inside gradient accumulation: state is only consistent at optimizer-step boundaries
+        self._last_checked_step = step
         if step > 0 and step % self.every_n_steps == 0 and step != self._last_saved_step:
             self.save(trainer, pl_module)
+        received = self._signal_on_any_rank(trainer)
+        if received:
+            self._stop_on_signal(trainer, pl_module, received)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._restore_signal_handlers()
         if trainer.global_step != self._last_saved_step:
             self.save(trainer, pl_module)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._restore_signal_handlers()
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A resumed run must not rewrite the checkpoint it started from.
         self._last_saved_step = trainer.global_step
+        self._last_checked_step = trainer.global_step
+        if trainer.is_global_zero:
+            _remove_partial_checkpoints(self.run_dir)
+        self._install_signal_handlers()
+
+    def on_save_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        # The layout the data position (micro-batches per rank) refers to, so a run resumed on another
+        # number of processes can convert it (LTXLoRAModule.on_load_checkpoint).
+        checkpoint[LAYOUT_KEY] = {
+            "world_size": trainer.world_size,
+            "micro_batch_size": int(pl_module.cfg.data.batch_size),
+        }
+
+    # -- signals -----------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signal = max(self._signal, int(signum))
+
+    def _install_signal_handlers(self) -> None:
+        # Replaces Lightning's SIGTERM handling (it broadcasts from inside the handler and stops
+        # without a checkpoint) and its SLURM SIGUSR1 handler (a torch.save'd "hpc" checkpoint).
+        for sig in STOP_SIGNALS:
+            try:
+                self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread (e.g. an interactive runner): no signal handling
+                return
+
+    def _restore_signal_handlers(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers = {}
+
+    def _signal_on_any_rank(self, trainer: pl.Trainer) -> int:
+        """The strongest signal any rank received (SIGTERM > SIGUSR1), 0 if none. One tiny all-reduce
+        per optimizer step (a host sync on GPU): all ranks must stop at the same step."""
+        code = torch.tensor([self._signal], device=trainer.strategy.root_device)
+        if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MAX)
+        return int(code.item())
+
+    def _stop_on_signal(self, trainer: pl.Trainer, pl_module: Any, signum: int) -> None:
+        step = trainer.global_step
+        if step != self._last_saved_step:
+            self.save(trainer, pl_module)
+        name = signal.Signals(signum).name
+        if trainer.is_global_zero:
+            log.warning("%s received: checkpoint for step %d written; stopping", name, step)
+            if signum == signal.SIGUSR1:
+                _requeue_slurm_job()
+        self._restore_signal_handlers()
+        # Unwinds through Lightning's interrupt handling (teardown on every rank); 128 + signal is the
+        # status a process killed by that signal would have had.
+        raise SystemExit(128 + signum)
 
     def save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         step = trainer.global_step
         trainer.save_checkpoint(checkpoint_path(self.run_dir, step), weights_only=False)  # all ranks call
+        # Sharded adapters (FSDP2, ZeRO) are gathered by every rank together; rank 0 writes the file.
+        export_model = (
+            gathered_lora_model(pl_module.transformer) if needs_gather(pl_module.transformer) else None
+        )
         if trainer.is_global_zero:
             export_lora(
-                pl_module.transformer,
+                export_model if export_model is not None else pl_module.transformer,
                 lora_path(self.run_dir, step),
                 base_model_version=pl_module.model_version,
                 training_strategy=self.strategy_name,
@@ -64,6 +157,29 @@ class CheckpointAndExport(pl.Callback):
                 trainer.strategy.checkpoint_io.remove_checkpoint(old)
         trainer.strategy.barrier("ltxdist-checkpoint")
         self._last_saved_step = step
+
+
+def _remove_partial_checkpoints(run_dir: Path) -> None:
+    """Temporary directories left by a process killed while writing a checkpoint (never complete)."""
+    root = checkpoints_dir(run_dir)
+    if root.is_dir():
+        for path in root.iterdir():
+            if TMP_MARKER in path.name and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def _requeue_slurm_job() -> None:
+    """`scontrol requeue` this job (SLURM then stops it and queues it again); outside SLURM, nothing."""
+    array_job, array_task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    job = f"{array_job}_{array_task}" if array_job and array_task else os.environ.get("SLURM_JOB_ID")
+    if not job:
+        log.info("SIGUSR1 outside a SLURM job: not requeueing")
+        return
+    result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+    if result.returncode == 0:
+        log.warning("requeued SLURM job %s; it resumes from the newest checkpoint", job)
+    else:
+        log.error("scontrol requeue %s failed (%s): resubmit the job to resume", job, result.stderr.strip())
 
 
 class MetricsJsonl(pl.Callback):
@@ -92,7 +208,7 @@ class MetricsJsonl(pl.Callback):
         if not trainer.is_global_zero or step == self._last_step or step == 0:
             return
         self._last_step = step
-        record: dict[str, Any] = {"step": step, "batches_seen": pl_module.batches_seen}
+        record: dict[str, Any] = {"step": step, "batches_seen": pl_module.batches_seen, "wall_time": time.time()}
         for key, value in trainer.callback_metrics.items():
             record[key] = value.item() if isinstance(value, torch.Tensor) else value
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]

@@ -1,0 +1,1 @@
+"""Benchmark infrastructure: timing statistics, environment capture, results files, the suite runner."""

@@ -1,0 +1,95 @@
+"""`ltxdist-bench`: run a benchmark suite and collect its results files.
+
+  ltxdist-bench --suite cpu            step time + start-up vs the baseline, data streaming (any machine)
+  ltxdist-bench --suite gpu            kernels, parallel layouts (needs CUDA)
+  ltxdist-bench --only step            one benchmark of a suite
+  ltxdist-bench --suite cpu --quick    fewer repeats and samples (smoke run)
+
+Each benchmark is a script in benchmarks/ that warms up, repeats, prints a table and writes
+benchmarks/results/<name>_<hardware>_<date>.{json,md}; the runner adds a suite summary beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import subprocess
+import sys
+import time
+
+import torch
+
+from ltxdist.bench.report import RESULTS_DIR, hardware_slug
+from ltxdist.io import write_bytes_atomic
+
+BENCH_DIR = RESULTS_DIR.parent
+
+# name -> (script, full args, quick args)
+SUITES: dict[str, dict[str, tuple[str, list[str], list[str]]]] = {
+    "cpu": {
+        "step": (
+            "step_bench.py",
+            ["--presets", "tiny", "small", "--steps", "30", "--repeats", "3"],
+            ["--presets", "tiny", "--steps", "8", "--warmup", "2", "--repeats", "1", "--samples", "16"],
+        ),
+        "data": (
+            "data_bench.py",
+            ["--num-samples", "10000", "--small-samples", "1000"],
+            ["--num-samples", "400", "--small-samples", "100"],
+        ),
+    },
+    "gpu": {
+        "kernels": ("kernels_bench.py", [], ["--quick"]),
+        "parallel": ("parallel_bench.py", [], ["--quick"]),
+        "step": (
+            "step_bench.py",
+            ["--presets", "small", "--dtype", "bfloat16", "--steps", "50"],
+            ["--presets", "small", "--dtype", "bfloat16", "--steps", "10", "--repeats", "1"],
+        ),
+    },
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="ltxdist-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=sorted(SUITES), default="cpu")
+    parser.add_argument("--only", nargs="+", default=None, help="benchmark names within the suite")
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer repeats and samples")
+    args = parser.parse_args(argv)
+    if args.suite == "gpu" and not torch.cuda.is_available():
+        parser.error("--suite gpu needs a CUDA device; use --suite cpu here")
+    suite = SUITES[args.suite]
+    unknown = set(args.only or []) - set(suite)
+    if unknown:
+        parser.error(f"--only: {sorted(unknown)} not in suite {args.suite} ({', '.join(suite)})")
+    started = time.time()
+    lines = []
+    for name, (script, full, quick) in suite.items():
+        if args.only and name not in args.only:
+            continue
+        path = BENCH_DIR / script
+        if not path.is_file():
+            lines.append(f"| {name} | missing ({script}) | | |")
+            continue
+        print(f"== {name}: {script}", flush=True)
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, str(path), *(quick if args.quick else full)])
+        new = sorted(p.name for p in RESULTS_DIR.glob(f"*{hardware_slug()}*") if p.stat().st_mtime >= t0)
+        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+        lines.append(f"| {name} | {status} | {time.time() - t0:.0f} | {', '.join(new)} |")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    summary = (
+        f"# ltxdist-bench --suite {args.suite}{' --quick' if args.quick else ''}, "
+        f"{now:%Y-%m-%d %H:%M} UTC\n\n"
+        f"Machine: {hardware_slug()}; total {time.time() - started:.0f} s.\n\n"
+        "| benchmark | status | seconds | results files |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
+    )
+    out = RESULTS_DIR / f"suite-{args.suite}_{hardware_slug()}_{now:%Y-%m-%d}.md"
+    write_bytes_atomic(out, summary.encode())
+    print(summary)
+    if any("failed" in line for line in lines):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""Results files of a benchmark: `benchmarks/results/<name>_<hardware>_<date>.json` and a markdown report
+with the table, the full config, library versions and the hardware it ran on."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ltxdist.io import write_bytes_atomic, write_json_atomic
+
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+_PACKAGES = ("torch", "lightning", "ltx-core", "deepspeed", "triton", "webdataset", "peft", "ltxdist")
+
+
+def summarize(samples_s: list[float]) -> dict[str, float]:
+    """Median and spread of repeated timings (seconds)."""
+    ordered = sorted(samples_s)
+    q = statistics.quantiles(ordered, n=4) if len(ordered) >= 2 else [ordered[0]] * 3
+    return {
+        "median_s": statistics.median(ordered),
+        "p25_s": q[0],
+        "p75_s": q[2],
+        "min_s": ordered[0],
+        "max_s": ordered[-1],
+        "repeats": len(ordered),
+    }
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    with contextlib.suppress(ValueError, OSError):
+        info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["gpu_count"] = torch.cuda.device_count()
+        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+    return info
+
+
+def hardware_slug() -> str:
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0).lower()
+        for key in ("h200", "h100", "a100", "l40", "4090"):
+            if key in name:
+                return f"{torch.cuda.device_count()}x{key}"
+        return "gpu"
+    return f"cpu{os.cpu_count()}"
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in _PACKAGES:
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    with contextlib.suppress(OSError):
+        out["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=RESULTS_DIR.parent,
+            check=False,
+        ).stdout.strip()
+    return out
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(
+    name: str,
+    rows: list[dict[str, Any]],
+    columns: list[str],
+    config: dict[str, Any],
+    notes: str = "",
+    out_dir: Path | None = None,
+) -> tuple[Path, Path]:
+    """Print the table and write the JSON + dated markdown report; returns their paths."""
+    out_dir = out_dir or RESULTS_DIR
+    now = datetime.datetime.now(datetime.timezone.utc)
+    stem = f"{name}_{hardware_slug()}_{now:%Y-%m-%d}"
+    table = markdown_table(rows, columns)
+    print(table)
+    payload = {
+        "benchmark": name,
+        "date_utc": now.isoformat(timespec="seconds"),
+        "hardware": hardware(),
+        "versions": versions(),
+        "config": config,
+        "rows": rows,
+        "notes": notes,
+    }
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    write_json_atomic(json_path, json.loads(json.dumps(payload, default=str)))
+    md = (
+        f"# {name} benchmark, {now:%Y-%m-%d}\n\n{notes}\n\n{table}\n\n## Hardware\n\n```json\n"
+        f"{json.dumps(payload['hardware'], indent=2)}\n```\n\n## Versions\n\n```json\n"
+        f"{json.dumps(payload['versions'], indent=2)}\n```\n\n## Config\n\n```json\n"
+        f"{json.dumps(config, indent=2, default=str)}\n```\n"
+    )
+    write_bytes_atomic(md_path, md.encode())
+    return json_path, md_path
