@@ -87,3 +87,30 @@ def test_per_modality_loss_weights(tiny_ckpt, tiny_data, wv, wa):
     assert parts["loss/video"] > 0 and parts["loss/audio"] > 0
     buckets = parts["sigma_buckets/video"]
     assert sum(int(count) for _, count in buckets.values()) == 2  # every sample lands in one sigma bucket
+
+
+def test_warm_start_carries_adapters_and_moments_but_not_the_schedule(tiny_ckpt, tiny_data, tmp_path):
+    from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
+    from ltxdist.training.warm_start import warm_start
+
+    batch = _batch(tiny_data)
+    src = _module(tiny_ckpt, tiny_data, "optim.lr=0.01")
+    opt_src = torch.optim.AdamW(src.lora_parameters(), lr=0.01)
+    loss, _ = src.compute_loss(batch)
+    loss.backward()
+    opt_src.step()
+    SafetensorsCheckpointIO().save_checkpoint(
+        {"state_dict": src.state_dict(), "optimizer_states": [opt_src.state_dict()]}, tmp_path / "ck"
+    )
+
+    dst = _module(tiny_ckpt, tiny_data, "lora.init_seed=7")
+    opt_dst = torch.optim.AdamW(dst.lora_parameters(), lr=0.001)
+    warm_start(dst, opt_dst, tmp_path / "ck")
+    for a, b in zip(src.lora_parameters(), dst.lora_parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    moments_src = opt_src.state_dict()["state"]
+    moments_dst = opt_dst.state_dict()["state"]
+    assert moments_dst.keys() == moments_src.keys()
+    for i in moments_src:
+        torch.testing.assert_close(moments_dst[i]["exp_avg"], moments_src[i]["exp_avg"])
+    assert opt_dst.param_groups[0]["lr"] == 0.001  # the new stage's own learning rate

@@ -1,0 +1,89 @@
+"""Staged curriculum in one command: stages run in order, each with its own data, step count and
+overrides; the LoRA and the AdamW moments carry from one stage to the next.
+
+Layout: RUN/stages/NN-name/ is an ordinary run directory per stage (checkpoints, lora/, metrics.jsonl),
+RUN/stages/NN-name/stage_complete.json marks a finished stage, RUN/lora/ receives the final LoRA and
+RUN/curriculum.json lists the stages. Re-running the same command skips finished stages and resumes the
+interrupted one from its newest complete checkpoint (run.resume=auto inside the stage).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from ltxdist.io import atomic_file, write_json_atomic
+from ltxdist.training.run_dir import complete_checkpoints, lora_dir
+
+log = logging.getLogger("ltxdist")
+STAGE_DONE = "stage_complete.json"
+
+
+def stage_dir(run_dir: Path, index: int, name: str) -> Path:
+    return run_dir / "stages" / f"{index + 1:02d}-{name}"
+
+
+def stage_config(cfg: Any, index: int, previous: Path | None) -> Any:
+    stage = cfg.stages[index]
+    try:
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(stage.overrides)))
+    except Exception as exc:  # OmegaConf names the bad key in its message
+        raise ValueError(
+            f"stages[{index}] ({stage.name}): bad override in {list(stage.overrides)}: {exc}"
+        ) from exc
+    merged.stages = []
+    merged.trainer.max_steps = stage.max_steps
+    merged.run.dir = str(stage_dir(Path(cfg.run.dir), index, stage.name))
+    merged.run.resume = "auto"
+    merged.lora.init_from = str(previous) if previous is not None else cfg.lora.init_from
+    return merged
+
+
+def run_curriculum(cfg: Any, train_one: Any) -> Path:
+    """Run every stage (skipping finished ones); returns the final LoRA file."""
+    run_dir = Path(cfg.run.dir)
+    rank = int(os.environ.get("RANK", "0"))
+    names = [s.name for s in cfg.stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stages: names must be unique, got {names}")
+    previous: Path | None = None
+    final_lora: Path | None = None
+    summary = []
+    for i, stage in enumerate(cfg.stages):
+        sdir = stage_dir(run_dir, i, stage.name)
+        done = sdir / STAGE_DONE
+        if done.is_file():
+            log.info("stage %d/%d %s: already complete, skipping", i + 1, len(cfg.stages), stage.name)
+        else:
+            log.info("stage %d/%d %s: %d steps", i + 1, len(cfg.stages), stage.name, stage.max_steps)
+            train_one(stage_config(cfg, i, previous))
+            if rank == 0:
+                write_json_atomic(done, {"stage": stage.name, "max_steps": stage.max_steps})
+        found = complete_checkpoints(sdir)
+        if not found or found[-1][0] != stage.max_steps:
+            raise RuntimeError(
+                f"stage {stage.name} finished without a checkpoint at step {stage.max_steps} in {sdir}"
+            )
+        previous = found[-1][1]
+        final_lora = lora_dir(sdir) / f"lora_weights_step_{stage.max_steps:06d}.safetensors"
+        summary.append(
+            {
+                "stage": stage.name,
+                "dir": str(sdir),
+                "max_steps": stage.max_steps,
+                "overrides": list(stage.overrides),
+                "lora": str(final_lora),
+            }
+        )
+    assert final_lora is not None
+    out = lora_dir(run_dir) / f"lora_weights_{cfg.stages[-1].name}_final.safetensors"
+    if rank == 0:
+        with atomic_file(out) as tmp:
+            shutil.copyfile(final_lora, tmp)
+        write_json_atomic(run_dir / "curriculum.json", {"stages": summary, "final_lora": str(out)})
+    return out
