@@ -34,6 +34,9 @@ class LoRAConfig:
     blocks: list[int] | None = None  # None = every transformer block
     dtype: str = "float32"  # trainable adapter params
     init_seed: int = 0
+    # Start the adapters AND the AdamW moments from this complete checkpoint directory (curriculum stages);
+    # ignored when the run resumes from its own checkpoint.
+    init_from: str | None = None
 
 
 @dataclass
@@ -141,6 +144,52 @@ class RunConfig:
 
 
 @dataclass
+class ValidationReference:
+    """References of one validation prompt (paths): IC-LoRA video, ID-LoRA image + voice."""
+
+    video: str | None = None
+    image: str | None = None
+    audio: str | None = None
+
+
+@dataclass
+class ValidationConfig:
+    """Validation sampling during training (training/validation.py; docs/sampling.md)."""
+
+    name: str = "none"  # none: off; any other config (e.g. default) samples
+    every_n_steps: int = 250
+    at_start: bool = False  # also sample before the first step (the base model + fresh adapters)
+    prompts: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [42])
+    references: list[ValidationReference] = field(default_factory=list)  # empty, or one per prompt
+    negative_prompt: str = "worst quality, inconsistent motion, blurry, jittery, distorted"
+    width: int = 768
+    height: int = 448
+    num_frames: int = 89
+    fps: float = 24.0
+    steps: int = 30
+    cfg_scale: float = 3.0
+    audio_cfg_scale: float = 7.0
+    stg_scale: float = 1.0
+    stg_blocks: list[int] = field(default_factory=lambda: [29])
+    rescale_scale: float = 0.7
+    modality_scale: float = 3.0
+    with_audio: bool = True
+    checkpoint: str | None = None  # VAEs + text connectors; None: model.checkpoint
+    gemma_root: str | None = None  # Gemma 3 folder for the prompts
+    text_tokens: int | None = None
+
+
+@dataclass
+class StageConfig:
+    """One stage of a curriculum: its own step count and config overrides (Hydra dotlist syntax)."""
+
+    name: str = MISSING
+    max_steps: int = MISSING
+    overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
@@ -150,7 +199,10 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # Non-empty: run these stages in order in one command, carrying LoRA + optimizer (training/curriculum.py)
+    stages: list[StageConfig] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -261,3 +313,39 @@ def validate_config(cfg: Any) -> None:
         "logger.mode",
         "must be auto, online, offline or disabled",
     )
+    if "validation" in cfg:
+        validate_validation_config(cfg.validation, cfg.strategy.name)
+
+
+def validate_validation_config(v: Any, strategy: str) -> None:
+    """Validation sampling settings: checked before training, not after N steps."""
+    if v.name == "none":
+        return
+    _require(len(v.prompts) > 0, "validation.prompts", "needs at least one prompt")
+    _require(len(v.seeds) > 0, "validation.seeds", "needs at least one seed")
+    _require(v.every_n_steps >= 1, "validation.every_n_steps", "must be >= 1")
+    _require(v.steps >= 2, "validation.steps", "must be >= 2")
+    _require(
+        v.width > 0 and v.height > 0 and v.width % 32 == 0 and v.height % 32 == 0,
+        "validation.width / validation.height",
+        f"must be positive multiples of 32, got {v.width}x{v.height}",
+    )
+    _require(
+        v.num_frames >= 1 and (v.num_frames - 1) % 8 == 0,
+        "validation.num_frames",
+        f"must be 8n+1 (9, 17, ..., 121), got {v.num_frames}",
+    )
+    _require(v.fps > 0, "validation.fps", "must be > 0")
+    _require(v.gemma_root is not None, "validation.gemma_root", "set it to the Gemma 3 folder (prompts)")
+    _require(
+        len(v.references) in (0, len(v.prompts)),
+        "validation.references",
+        f"give none or one per prompt ({len(v.prompts)}), got {len(v.references)}",
+    )
+    needs = {"video_to_video": "video", "audio_ref_only_ic": "audio"}.get(strategy)
+    if needs is not None:
+        _require(
+            len(v.references) == len(v.prompts) and all(r[needs] for r in v.references),
+            "validation.references",
+            f"strategy={strategy} samples from a reference {needs}: give one `{needs}` per prompt",
+        )

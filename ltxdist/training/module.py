@@ -27,6 +27,7 @@ from ltxdist.strategies.attention_masks import set_attention_masks
 from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
 from ltxdist.training.optim import build_optimizer, build_scheduler
+from ltxdist.training.warm_start import warm_start
 from ltxdist_kernels.attention import patch_attention_modules, resolve_backend
 
 SIGMA_BUCKET_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -153,10 +154,12 @@ class LTXLoRAModule(pl.LightningModule):
         loss, parts = self.compute_loss(batch)
         self.batches_seen += 1
         bs = len(batch["ids"])
-        self.log("loss", parts["loss/total"], prog_bar=True, batch_size=bs, sync_dist=False)
+        # logger=False: MetricsJsonl sends loggers (W&B) the reduced record of tracking/metrics.py, the
+        # same values it writes to metrics.jsonl; these stay for the progress bar and metrics.jsonl.
+        self.log("loss", parts["loss/total"], prog_bar=True, batch_size=bs, sync_dist=False, logger=False)
         for key in ("loss/video", "loss/audio"):
             if key in parts:
-                self.log(key, parts[key], batch_size=bs)
+                self.log(key, parts[key], batch_size=bs, logger=False)
         now = time.perf_counter()
         if self._t_last:
             self.log(
@@ -164,10 +167,16 @@ class LTXLoRAModule(pl.LightningModule):
                 parts["tokens"] / max(now - self._t_last, 1e-9),
                 prog_bar=True,
                 batch_size=bs,
+                logger=False,
             )
         self._t_last = now
         self._last_parts = parts
         return loss
+
+    def on_train_start(self) -> None:
+        # A resumed run restores its own checkpoint; warm start only a fresh one.
+        if self.cfg.lora.init_from and self.trainer.ckpt_path is None:
+            warm_start(self, self.trainer.optimizers[0], self.cfg.lora.init_from)
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad for p in self.lora_parameters() if p.grad is not None]
@@ -196,9 +205,27 @@ class LTXLoRAModule(pl.LightningModule):
             "target_modules": self.target_modules,
         }
 
+    def _resumed_data_position(self, batches_seen: int, checkpoint: dict[str, Any]) -> int:
+        """Micro-batches per rank to skip. Saved under another layout (number of processes, batch size;
+        written by CheckpointAndExport), the position is converted through the number of samples
+        consumed, which must fill whole global batches of the new layout."""
+        layout = checkpoint.get("ltxdist_layout")
+        if not layout or self._trainer is None:
+            return batches_seen
+        samples = batches_seen * int(layout["world_size"]) * int(layout["micro_batch_size"])
+        per_batch = self.trainer.world_size * int(self.cfg.data.batch_size)
+        if samples % per_batch:
+            raise ValueError(
+                f"the checkpoint consumed {samples} samples ({layout['world_size']} processes x "
+                f"data.batch_size {layout['micro_batch_size']} x {batches_seen} micro-batches), not a whole "
+                f"number of this run's global batches of {per_batch}: set data.batch_size / parallel.devices "
+                "so that processes x data.batch_size divides it (usually: keep the global batch)"
+            )
+        return samples // per_batch
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_STATE_KEY, {})
-        self.batches_seen = int(state.get("batches_seen", 0))
+        self.batches_seen = self._resumed_data_position(int(state.get("batches_seen", 0)), checkpoint)
         expected = set(self.state_dict())
         found = set(checkpoint.get("state_dict", {}))
         if expected != found:

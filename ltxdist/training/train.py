@@ -15,10 +15,11 @@ from omegaconf import DictConfig, OmegaConf
 from ltxdist.config.schema import validate_config
 from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.parallel import lightning_strategy
+from ltxdist.tracking.metrics import TrainingMetrics
 from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl, StepProgressBar
 from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
 from ltxdist.training.datamodule import CachedLatentDataModule
-from ltxdist.training.module import LTXLoRAModule
+from ltxdist.training.module import SIGMA_BUCKET_EDGES, LTXLoRAModule
 from ltxdist.training.run_dir import lora_path, resolve_resume
 
 log = logging.getLogger("ltxdist")
@@ -96,6 +97,10 @@ def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger:
 def train(cfg: Any) -> Path:
     """Train from a composed config; returns the path of the final LoRA file."""
     validate_config(cfg)
+    if cfg.stages:
+        from ltxdist.training.curriculum import run_curriculum
+
+        return run_curriculum(cfg, train)
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -112,8 +117,13 @@ def train(cfg: Any) -> Path:
     datamodule = CachedLatentDataModule(cfg.data, seed=cfg.run.seed)
     # Metrics before checkpoints: a step's metrics line exists before its checkpoint does, so a run
     # killed right after checkpoint N and resumed from it has no gap in metrics.jsonl.
+    # TrainingMetrics first (it closes each step's timer) and its boundary marker last (see metrics.py).
+    metrics = TrainingMetrics(
+        bucket_edges=SIGMA_BUCKET_EDGES, activation_checkpointing=cfg.model.gradient_checkpointing
+    )
     callbacks: list[pl.Callback] = [
-        MetricsJsonl(run_dir / "metrics.jsonl"),
+        metrics,
+        MetricsJsonl(run_dir / "metrics.jsonl", metrics=metrics),
         CheckpointAndExport(
             run_dir,
             cfg.trainer.checkpoint_every_n_steps,
@@ -124,11 +134,25 @@ def train(cfg: Any) -> Path:
     ]
     if cfg.trainer.progress_bar:
         callbacks.append(StepProgressBar())
+    if cfg.validation.name != "none":
+        from ltxdist.training.validation import ValidationSampling
+
+        callbacks.append(
+            ValidationSampling(
+                cfg.validation,
+                run_dir=run_dir,
+                model_checkpoint=cfg.model.checkpoint,
+                strategy_cfg=cfg.strategy,
+                parallel_name=cfg.parallel.name,
+            )
+        )
     logger = None
     if cfg.logger.name == "wandb":
-        from ltxdist.tracking.wandb_setup import build_wandb_logger
+        from ltxdist.tracking.wandb_setup import WandbLoRAArtifacts, build_wandb_logger
 
         logger = build_wandb_logger(cfg.logger, run_dir, cfg.run.name, resolved)
+        callbacks.append(WandbLoRAArtifacts(run_dir, cfg.run.name))  # after CheckpointAndExport
+    callbacks.append(metrics.boundary)
     trainer = build_trainer(cfg, run_dir, callbacks, logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
     final = lora_path(run_dir, trainer.global_step)
