@@ -18,30 +18,35 @@ from ltxdist.strategies.sigma import SigmaSampler
 from ltxdist.strategies.streams import Stream, noised_audio, noised_video
 
 
-def video_modality(
-    stream: Stream, sigma_B: torch.Tensor, batch: dict[str, Any], dtype: torch.dtype, device: torch.device
+def stream_modality(
+    stream: Stream,
+    sigma_B: torch.Tensor,
+    context_BSD: torch.Tensor,
+    batch: dict[str, Any],
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> Modality:
+    """ltx-core's model input for one stream (video or audio) with its text context."""
     return Modality(
         latent=stream.latent_BTC.to(dtype),
         sigma=sigma_B.to(device),
         timesteps=compact_timesteps(stream.timesteps_BT, stream.any_clean),
         positions=stream.positions,
-        context=batch["video_context"].to(device=device, dtype=dtype),
+        context=context_BSD.to(device=device, dtype=dtype),
         context_mask=text_mask(batch, device),
     )
+
+
+def video_modality(
+    stream: Stream, sigma_B: torch.Tensor, batch: dict[str, Any], dtype: torch.dtype, device: torch.device
+) -> Modality:
+    return stream_modality(stream, sigma_B, batch["video_context"], batch, dtype, device)
 
 
 def audio_modality(
     stream: Stream, sigma_B: torch.Tensor, batch: dict[str, Any], dtype: torch.dtype, device: torch.device
 ) -> Modality:
-    return Modality(
-        latent=stream.latent_BTC.to(dtype),
-        sigma=sigma_B.to(device),
-        timesteps=compact_timesteps(stream.timesteps_BT, stream.any_clean),
-        positions=stream.positions,
-        context=batch["audio_context"].to(device=device, dtype=dtype),
-        context_mask=text_mask(batch, device),
-    )
+    return stream_modality(stream, sigma_B, batch["audio_context"], batch, dtype, device)
 
 
 @dataclass(frozen=True)
@@ -87,12 +92,26 @@ class StandardStrategy:
             video_targets=StreamTargets(v.target_BTC, v.loss_mask_BT, sigma_B),
             audio_targets=None,
         )
-        if self.with_audio and "audio_latents" in batch:
-            a_sigma_B = self.audio_sigmas(batch, sigma_B, generators)
-            a = noised_audio(batch, a_sigma_B, generators=generators, device=device)
-            out.audio = audio_modality(a, a_sigma_B, batch, dtype, device)
-            out.audio_targets = StreamTargets(a.target_BTC, a.loss_mask_BT, a_sigma_B)
-            if batch.get("audio_padded", False):
-                # padded audio frames are neither trained nor attended to
-                out.key_keep = {"audio_attn1": a.key_keep_BT, "audio_to_video_attn": a.key_keep_BT}
+        self.add_joint_audio(out, batch, sigma_B, dtype=dtype, device=device, generators=generators)
         return out
+
+    def add_joint_audio(
+        self,
+        out: StrategyOutput,
+        batch: dict[str, Any],
+        video_sigma_B: torch.Tensor,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        generators: list[torch.Generator],
+    ) -> None:
+        """Add the noised target audio stream to `out` when configured and present in the batch."""
+        if not (self.with_audio and "audio_latents" in batch):
+            return
+        a_sigma_B = self.audio_sigmas(batch, video_sigma_B, generators)
+        a = noised_audio(batch, a_sigma_B, generators=generators, device=device)
+        out.audio = audio_modality(a, a_sigma_B, batch, dtype, device)
+        out.audio_targets = StreamTargets(a.target_BTC, a.loss_mask_BT, a_sigma_B)
+        if batch.get("audio_padded", False):
+            # padded audio frames are neither trained nor attended to
+            out.key_keep.update(audio_attn1=a.key_keep_BT, audio_to_video_attn=a.key_keep_BT)

@@ -14,8 +14,8 @@ import torch
 
 from ltxdist.strategies.base import StrategyOutput, StreamTargets
 from ltxdist.strategies.sigma import SigmaSampler
-from ltxdist.strategies.standard import StandardStrategy, audio_modality, video_modality
-from ltxdist.strategies.streams import clean_reference_video, concat_streams, noised_audio, noised_video
+from ltxdist.strategies.standard import StandardStrategy, video_modality
+from ltxdist.strategies.streams import clean_reference_video, concat_streams, noised_video
 
 
 class ReferenceMismatchError(ValueError):
@@ -97,13 +97,7 @@ class VideoToVideoStrategy:
         )
         if batch.get("reference_video_padded", False):
             out.key_keep["attn1"] = seq.key_keep_BT  # padded reference frames are never attended to
-        if self.with_audio and "audio_latents" in batch:
-            a_sigma_B = standard.audio_sigmas(batch, sigma_B, generators)
-            a = noised_audio(batch, a_sigma_B, generators=generators, device=device)
-            out.audio = audio_modality(a, a_sigma_B, batch, dtype, device)
-            out.audio_targets = StreamTargets(a.target_BTC, a.loss_mask_BT, a_sigma_B)
-            if batch.get("audio_padded", False):
-                out.key_keep.update(audio_attn1=a.key_keep_BT, audio_to_video_attn=a.key_keep_BT)
-            if "video_to_audio_attn" not in out.key_keep and batch.get("reference_video_padded", False):
-                out.key_keep["video_to_audio_attn"] = seq.key_keep_BT
+        standard.add_joint_audio(out, batch, sigma_B, dtype=dtype, device=device, generators=generators)
+        if out.audio is not None and batch.get("reference_video_padded", False):
+            out.key_keep["video_to_audio_attn"] = seq.key_keep_BT  # audio queries skip padded references
         return out
