@@ -70,3 +70,11 @@ def test_atomic_file_leaves_old_content_on_failure(tmp_path):
         raise RuntimeError("disk full")
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lora.safetensors"]
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    mask = os.umask(0)
+    os.umask(mask)
+    target = tmp_path / "x.safetensors"
+    save_safetensors_atomic({"a": torch.ones(1)}, target)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600

@@ -15,6 +15,7 @@ import torch
 from e2e_utils import BIN, REPO, train_overrides
 from safetensors.torch import load_file
 
+from ltxdist.data.shards import load_index
 from ltxdist.lora import read_lora_file
 from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
 from ltxdist.training.run_dir import complete_checkpoints
@@ -41,7 +42,7 @@ def test_readme_demo_runs_and_loss_goes_down(tmp_path):
     env = {
         **ENV,
         "DEMO_DIR": str(tmp_path / "run"),
-        "DEMO_CKPT": str(tmp_path / "tiny.safetensors"),
+        "DEMO_MODELS": str(tmp_path / "models"),
         "DEMO_DATA": str(tmp_path / "data"),
     }
     proc = subprocess.run(
@@ -62,6 +63,8 @@ def test_readme_demo_runs_and_loss_goes_down(tmp_path):
     assert lora.metadata["step"] == "200" and lora.metadata["base_model_version"] == "2.3.0"
     assert (tmp_path / "run" / "merged.safetensors").is_file()
     assert (tmp_path / "run" / "config.yaml").is_file()
+    # the data came from raw clips through ltxdist-prepare
+    assert load_index(tmp_path / "data" / "shards").num_samples == 8
     # keep_last_k=2 of the demo
     assert [s for s, _ in complete_checkpoints(tmp_path / "run")] == [150, 200]
 

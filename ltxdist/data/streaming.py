@@ -78,8 +78,10 @@ class CachedLatentStream(torch.utils.data.IterableDataset):
                 yield sample
 
     def _read(self, names: list[str]) -> Iterator[CachedSample]:
+        expected = {s["name"]: s["num_samples"] for s in self.index.shards}
         for name in names:
             path = self.directory / name
+            count = 0
             pipeline = wds.DataPipeline(wds.SimpleShardList([str(path)]), wds.tarfile_to_samples())
             records = iter(pipeline)
             while True:
@@ -92,7 +94,14 @@ class CachedLatentStream(torch.utils.data.IterableDataset):
                         f"failed reading shard {path}: {exc}. The shard is truncated or was removed; "
                         "re-run ltxdist-prepare to rewrite it."
                     ) from exc
+                count += 1
                 yield decode_sample(record, where=str(path))
+            if count != expected[name]:
+                # A tar cut exactly between two samples reads without an error: count against the index.
+                raise ShardReadError(
+                    f"shard {path} holds {count} samples, index.json says {expected[name]}: the shard is "
+                    "truncated or was replaced; re-run ltxdist-prepare to rewrite it."
+                )
 
     def _shuffled(self, samples: Iterator[CachedSample], rng: random.Random) -> Iterator[CachedSample]:
         buf: list[CachedSample] = []

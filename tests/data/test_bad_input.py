@@ -158,12 +158,6 @@ def test_truncated_shard_at_training_time_names_the_shard(synthetic_shards):
         list(itertools.islice(stream.iter_batches(), 8))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="streaming.py does not yet compare the samples read with index.json's num_samples: "
-    "a tar cut exactly at a member boundary reads as a shorter shard (lead: needs a fix)",
-)
 def test_shard_cut_at_a_member_boundary_is_detected(synthetic_shards):
     import tarfile
 
