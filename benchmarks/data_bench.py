@@ -188,17 +188,25 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--audio-context-dim", type=int, default=32)
     p.add_argument("--samples-per-shard", type=int, default=256)
     p.add_argument(
-        "--work-dir", type=Path, default=None, help="where to write the data (default: a temp dir)"
+        "--work-dir",
+        type=Path,
+        default=None,
+        help="keep the generated data here and reuse it on the next run (default: a temp dir, removed)",
     )
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
 
-    work = Path(tempfile.mkdtemp(prefix="ltxdist-data-bench-", dir=args.work_dir))
+    # A given --work-dir is kept (and reused by the next run); the default temp dir is removed.
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="ltxdist-data-bench-"))
     try:
         sizes = sorted({args.small_samples, args.num_samples})
         for n in sizes:
-            write_sharded(work / f"shards_{n}", n, args)
-            write_per_file(work / f"files_{n}", n, args)
+            if not (work / f"shards_{n}" / "index.json").is_file():
+                shutil.rmtree(work / f"shards_{n}", ignore_errors=True)
+                write_sharded(work / f"shards_{n}", n, args)
+            if len(list((work / f"files_{n}" / "conditions").glob("*.safetensors"))) != n:
+                shutil.rmtree(work / f"files_{n}", ignore_errors=True)
+                write_per_file(work / f"files_{n}", n, args)
         n = args.num_samples
         results: dict[str, Any] = {"throughput": {}, "first_batch_s": {}}
         for cache in ("warm", "cold"):
@@ -221,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
                 results["first_batch_s"][f"{name}_{size}"] = timed_pass(factory, 1)["first_batch_s"]
         sample_bytes = sum(f.stat().st_size for f in (work / f"files_{n}").rglob("*.safetensors")) / n
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.work_dir is None:
+            shutil.rmtree(work, ignore_errors=True)
 
     tp = results["throughput"]
     speedup = {

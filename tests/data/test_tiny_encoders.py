@@ -1,5 +1,4 @@
 import json
-import time
 
 import pytest
 import torch
@@ -37,10 +36,10 @@ OFFICIAL_PREFIXES = (
 )
 
 
-def test_checkpoint_has_official_layout_and_is_fast(tmp_path, tiny_model):
-    start = time.perf_counter()
+def test_checkpoint_has_official_layout_and_stays_tiny(tmp_path, tiny_model):
     path = write_random_checkpoint(tmp_path / "t.safetensors", seed=3, with_encoders=True)
-    assert time.perf_counter() - start < 10
+    # Size, not wall time, keeps it quick to write and load (timings flake on a shared CPU).
+    assert path.stat().st_size < 20e6
     with safe_open(str(path), "pt") as f:
         keys = list(f.keys())
         meta = f.metadata()

@@ -166,7 +166,7 @@ def _unit_done(out: Path, unit: int, want: dict[str, Any]) -> dict[str, Any] | N
 
 
 def _encode_unit(
-    unit: int, rows: list[ManifestRow], builder: SampleBuilder, opts: PrepareOptions, bar: tqdm
+    rows: list[ManifestRow], builder: SampleBuilder, opts: PrepareOptions, bar: tqdm
 ) -> tuple[list[CachedSample], list[dict[str, Any]]]:
     samples, skipped = [], []
     for row in rows:
