@@ -62,8 +62,17 @@ class StrategyConfig:
 
 
 @dataclass
+class MixSourceConfig:
+    name: str = MISSING
+    path: str = MISSING  # shard directory
+    weight: float = 1.0  # share of batches drawn from this source
+
+
+@dataclass
 class DataConfig:
-    path: str = MISSING  # directory with index.json + shards
+    path: str | None = MISSING  # directory with index.json + shards (unused when `mix` is set)
+    # Several shard directories mixed by weight (e.g. one per character); each batch from one source.
+    mix: list[MixSourceConfig] = field(default_factory=list)
     batch_size: int = 1
     num_workers: int = 0
     shuffle_buffer: int = 64
@@ -250,6 +259,16 @@ def validate_config(cfg: Any) -> None:
         cfg.strategy.video_loss_weight >= 0 and cfg.strategy.audio_loss_weight >= 0,
         "strategy.video_loss_weight / strategy.audio_loss_weight",
         "must be >= 0",
+    )
+    _require(
+        bool(cfg.data.mix) or cfg.data.path is not None,
+        "data.path",
+        "set data.path=<shard dir>, or list several under data.mix",
+    )
+    _require(
+        all(m.weight > 0 for m in cfg.data.mix),
+        "data.mix[].weight",
+        "every mixing weight must be > 0",
     )
     _require(cfg.data.batch_size >= 1, "data.batch_size", f"must be >= 1, got {cfg.data.batch_size}")
     _require(cfg.data.num_workers >= 0, "data.num_workers", "must be >= 0")

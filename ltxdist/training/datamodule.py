@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
+from ltxdist.data.mixing import MixedLatentStream, MixSource
 from ltxdist.data.streaming import CachedLatentStream, StreamPlan
 
 
@@ -21,18 +23,25 @@ class CachedLatentDataModule(pl.LightningDataModule):
         assert trainer is not None
         # Restored from the checkpoint before dataloaders are built (Lightning restores modules first).
         skip = int(getattr(trainer.lightning_module, "batches_seen", 0))
-        stream = CachedLatentStream(
-            self.data_cfg.path,
-            StreamPlan(
-                batch_size=self.data_cfg.batch_size,
-                seed=self.seed,
-                rank=trainer.global_rank,
-                world_size=trainer.world_size,
-                shuffle_buffer=self.data_cfg.shuffle_buffer,
-                split=self.data_cfg.split,
-            ),
-            skip_batches=skip,
+        plan = StreamPlan(
+            batch_size=self.data_cfg.batch_size,
+            seed=self.seed,
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+            shuffle_buffer=self.data_cfg.shuffle_buffer,
+            split=self.data_cfg.split,
         )
+        stream: torch.utils.data.IterableDataset
+        if self.data_cfg.mix:
+            sources = [MixSource(m.name, Path(m.path), m.weight) for m in self.data_cfg.mix]
+            stream = MixedLatentStream(sources, plan, skip_batches=skip)
+        else:
+            stream = CachedLatentStream(self.data_cfg.path, plan, skip_batches=skip)
         return torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=self.data_cfg.num_workers, persistent_workers=False
         )
+
+
+def empty_caption_dir(data_cfg: Any) -> Path:
+    """Where the cached empty-caption embedding lives (the first source when mixing)."""
+    return Path(data_cfg.mix[0].path if data_cfg.mix else data_cfg.path)

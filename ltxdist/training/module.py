@@ -9,7 +9,6 @@ uninterrupted one would, without saving generator state.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
@@ -25,6 +24,7 @@ from ltxdist.parallel import materialize_transformer, parallelize_transformer
 from ltxdist.strategies import StrategyOutput, build_strategy
 from ltxdist.strategies.attention_masks import set_attention_masks
 from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
+from ltxdist.training.datamodule import empty_caption_dir
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
 from ltxdist.training.optim import build_optimizer, build_scheduler
 from ltxdist.training.warm_start import warm_start
@@ -106,7 +106,7 @@ class LTXLoRAModule(pl.LightningModule):
         if not bool(drop_B.any()):
             return batch
         if self._empty_caption is None:
-            self._empty_caption = load_empty_caption(Path(self.cfg.data.path))
+            self._empty_caption = load_empty_caption(empty_caption_dir(self.cfg.data))
         batch = dict(batch)
         for key in ("video_context", "audio_context", "context_mask"):
             empty = self._empty_caption[key].to(device=batch[key].device, dtype=batch[key].dtype)

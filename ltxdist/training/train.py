@@ -37,8 +37,10 @@ def _prepare_inputs(cfg: Any) -> None:
             )
         write_random_checkpoint(ckpt)
         log.info("wrote tiny checkpoint %s", ckpt)
+    if cfg.data.path is None or not cfg.data.synthetic_if_missing:
+        return
     data = Path(cfg.data.path)
-    if not (data / "index.json").is_file() and cfg.data.synthetic_if_missing:
+    if not (data / "index.json").is_file():
         from ltxdist.data.synthetic import write_synthetic_dataset
 
         write_synthetic_dataset(
@@ -155,6 +157,8 @@ def train(cfg: Any) -> Path:
     callbacks.append(metrics.boundary)
     trainer = build_trainer(cfg, run_dir, callbacks, logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    if logger is not None and trainer.is_global_zero:
+        logger.experiment.finish()  # flush metrics, videos and LoRA artifacts now, not at interpreter exit
     final = lora_path(run_dir, trainer.global_step)
     if trainer.is_global_zero:
         log.info("final LoRA: %s", final)
