@@ -1,7 +1,7 @@
 """Generate the DeepSpeed config for `parallel=deepspeed_zero2|deepspeed_zero3` from the parallel group.
 
-Lightning adds the batch size, gradient accumulation and gradient clipping from the trainer, so they
-are deliberately absent here (setting `gradient_accumulation_steps` twice is a Lightning error).
+Lightning adds gradient accumulation and gradient clipping from the trainer, so they are deliberately
+absent here (setting `gradient_accumulation_steps` twice is a Lightning error).
 No fp16/bf16 section: dtypes are explicit in ltxdist (frozen base in model.dtype, adapters and their
 optimizer state in lora.dtype), the same under every parallel config, so DeepSpeed casts nothing.
 """
@@ -50,6 +50,9 @@ def deepspeed_config(parallel_cfg: Any, *, on_gpu: bool) -> dict[str, Any]:
         if parallel_cfg.offload_params:
             zero["offload_param"] = {"device": "cpu", "pin_memory": on_gpu}
     return {
+        # DeepSpeed uses the micro-batch size only to report samples/s (ltxdist reports its own);
+        # Lightning would otherwise try to read it from the (iterable, sampler-less) dataloader.
+        "train_micro_batch_size_per_gpu": 1,
         "zero_optimization": zero,
         # The optimizer is ltxdist's torch AdamW over LoRA parameters (configure_optimizers): DeepSpeed
         # would otherwise refuse a "untested" client optimizer, or swap in its own compiled CPU Adam

@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
+
+import lightning.pytorch as pl
+
+from ltxdist.lora import read_lora_file
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -44,3 +49,43 @@ def _stable_run_id(run_dir: Path) -> str:
     id_file.parent.mkdir(parents=True, exist_ok=True)
     id_file.write_text(run_id)
     return run_id
+
+
+class WandbLoRAArtifacts(pl.Callback):
+    """Logs each exported LoRA file as a W&B artifact (type `lora`, aliases `step-N` and `latest`).
+
+    Must come after the checkpoint callback in the list, so that the step's file exists. Rank 0 only.
+    """
+
+    def __init__(self, run_dir: Path, run_name: str):
+        self.run_dir = run_dir
+        self.artifact_name = re.sub(r"[^A-Za-z0-9_.-]", "-", run_name) + "-lora"
+        self._logged: set[int] = set()
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._logged.add(trainer.global_step)  # a resumed run's starting file was logged before
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+        self._log(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        self._log(trainer)
+
+    def _log(self, trainer: pl.Trainer) -> None:
+        from ltxdist.training.run_dir import lora_path  # here: training imports this module
+
+        step = trainer.global_step
+        path = lora_path(self.run_dir, step)
+        if not trainer.is_global_zero or step in self._logged or not path.is_file():
+            return
+        self._logged.add(step)
+        import wandb
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                artifact = wandb.Artifact(
+                    self.artifact_name, type="lora", metadata=read_lora_file(path).metadata
+                )
+                artifact.add_file(str(path))
+                logger.experiment.log_artifact(artifact, aliases=[f"step-{step}", "latest"])

@@ -4,12 +4,12 @@ requeue), and metrics.jsonl."""
 from __future__ import annotations
 
 import json
-import time
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -78,12 +78,17 @@ class CheckpointAndExport(pl.Callback):
     ) -> None:
         self._restore_signal_handlers()
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Early, so a signal that arrives while the (22B) model loads is remembered, not lost.
+        self._install_signal_handlers()
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # A resumed run must not rewrite the checkpoint it started from.
         self._last_saved_step = trainer.global_step
         self._last_checked_step = trainer.global_step
         if trainer.is_global_zero:
             _remove_partial_checkpoints(self.run_dir)
+        # Again: Lightning installed its own SIGTERM handler in between.
         self._install_signal_handlers()
 
     def on_save_checkpoint(
@@ -98,6 +103,12 @@ class CheckpointAndExport(pl.Callback):
 
     # -- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self._previous_handlers:
+            # Training is over, but Lightning's teardown re-installed this handler (it was current
+            # when Lightning saved "the original"): behave as if it were not there.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
         self._signal = max(self._signal, int(signum))
 
     def _install_signal_handlers(self) -> None:
@@ -105,9 +116,10 @@ class CheckpointAndExport(pl.Callback):
         # without a checkpoint) and its SLURM SIGUSR1 handler (a torch.save'd "hpc" checkpoint).
         for sig in STOP_SIGNALS:
             try:
-                self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+                previous = signal.signal(sig, self._on_signal)
             except ValueError:  # not the main thread (e.g. an interactive runner): no signal handling
                 return
+            self._previous_handlers.setdefault(sig, previous)  # the first one: restored at the end
 
     def _restore_signal_handlers(self) -> None:
         for sig, handler in self._previous_handlers.items():
@@ -185,8 +197,11 @@ def _requeue_slurm_job() -> None:
 class MetricsJsonl(pl.Callback):
     """One JSON line per optimizer step with every logged metric (rank 0 only), W&B or not."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, metrics: Any = None):
         self.path = path
+        # ltxdist.tracking.metrics.TrainingMetrics: the step's metrics reduced over ranks (and throughput,
+        # MFU, memory, data wait); they override the rank-0 values of callback_metrics below.
+        self.metrics = metrics
         self._last_step = -1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -208,7 +223,11 @@ class MetricsJsonl(pl.Callback):
         if not trainer.is_global_zero or step == self._last_step or step == 0:
             return
         self._last_step = step
-        record: dict[str, Any] = {"step": step, "batches_seen": pl_module.batches_seen, "wall_time": time.time()}
+        record: dict[str, Any] = {
+            "step": step,
+            "batches_seen": pl_module.batches_seen,
+            "wall_time": time.time(),
+        }
         for key, value in trainer.callback_metrics.items():
             record[key] = value.item() if isinstance(value, torch.Tensor) else value
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
@@ -219,8 +238,14 @@ class MetricsJsonl(pl.Callback):
                     record[f"loss/{stream}/sigma_{bucket}"] = float(total) / int(count)
         if getattr(pl_module, "_last_grad_norm", None) is not None:
             record["grad_norm"] = float(pl_module._last_grad_norm)
+        if self.metrics is not None and self.metrics.latest_step == step:
+            record.update(self.metrics.latest)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        # The same numbers go to W&B (and any other logger), so the two never disagree.
+        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
+        for logger in trainer.loggers:
+            logger.log_metrics(scalars, step=step)
 
 
 class StepProgressBar(pl.Callback):

@@ -1,0 +1,63 @@
+"""`python -m ltxdist.parallel.layout [hydra overrides]`: print the resolved config and the world layout
+without starting anything (`launch/train.sh --dry-run`). Fails, naming the flag, where training would."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from omegaconf import OmegaConf
+
+_SHARDING = {
+    "single": "one process",
+    "ddp": "every process holds the whole frozen base; LoRA gradients all-reduced",
+    "fsdp2": "base + adapters sharded 1/{world} per process (FSDP2, per block); sharded checkpoints",
+    "deepspeed_zero2": "whole base per process; adapter grads + optimizer state partitioned 1/{world}",
+    "deepspeed_zero3": "base + adapters + optimizer state partitioned 1/{world} (ZeRO-3, per block)",
+}
+
+
+def describe_layout(cfg: Any) -> str:
+    p = cfg.parallel
+    world = p.devices * p.num_nodes
+    accumulate = cfg.trainer.accumulate_grad_batches
+    per_step = world * cfg.data.batch_size * accumulate
+    lines = [
+        f"parallel         {p.name}: {_SHARDING.get(p.name, '?').format(world=world)}",
+        f"world            {p.num_nodes} node(s) x {p.devices} process(es) = {world}",
+        f"accelerator      {p.accelerator} (backend {p.process_group_backend or 'nccl on GPU, gloo on CPU'})",
+        f"global batch     {world} x data.batch_size {cfg.data.batch_size} x accumulate {accumulate} "
+        f"= {per_step} samples per optimizer step",
+        f"steps            {cfg.trainer.max_steps} (lr schedule {cfg.optim.schedule.name}, stepped once per "
+        "optimizer step)",
+        f"run dir          {cfg.run.dir} (resume={cfg.run.resume})",
+    ]
+    if p.compile:
+        lines.append("compile          torch.compile per transformer block")
+    if p.offload_optimizer or p.offload_params:
+        lines.append(f"offload          optimizer={p.offload_optimizer} params={p.offload_params} (to CPU)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from ltxdist.config.schema import ConfigError, validate_config
+    from ltxdist.config.store import CONF_DIR, register_configs
+
+    overrides = list(sys.argv[1:] if argv is None else argv)
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    try:
+        validate_config(cfg)
+    except ConfigError as err:
+        sys.exit(f"config error: {err}")
+    print("# resolved config")
+    print(OmegaConf.to_yaml(cfg, resolve=True))
+    print("# world layout")
+    print(describe_layout(cfg))
+
+
+if __name__ == "__main__":
+    main()

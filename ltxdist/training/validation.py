@@ -1,0 +1,210 @@
+"""Validation sampling during training: fixed prompts and seeds every N steps (optionally at step 0).
+
+The live model samples (LoRA adapters as they are now, in eval mode), through the same `Sampler` as
+`ltxdist-sample`, with the strategy's own conditioning and attention masks (IC reference video with the
+configured downscale factor; ID-LoRA reference voice + first-frame image with the masks of training).
+Jobs (prompt x seed) are spread over ranks; each rank writes its videos under
+`RUN/samples/step-000500/`, then rank 0 writes `index.json` and logs the videos to W&B.
+
+Everything that does not change during training is prepared once at the start: prompts encoded with the
+Gemma text encoder (then released: 24 GB for the real one), references encoded with the VAEs, guidance
+checked against the model. A broken validation setting fails before the first training step.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from ltxdist.data.media import write_video
+from ltxdist.encoders import AudioVAE, VideoVAE
+from ltxdist.encoders.text import load_text_encoder
+from ltxdist.io import write_json_atomic
+from ltxdist.sampling.conditioning import ConditioningLatents, IdReferenceOptions, VideoSpec
+from ltxdist.sampling.guidance import Guidance, GuidanceParams
+from ltxdist.sampling.pipeline import References, Sampler, SampleRequest
+
+log = logging.getLogger("ltxdist")
+
+# Under these, every rank must run the same number of forwards (each forward gathers sharded weights).
+LOCKSTEP_PARALLEL = ("fsdp2", "deepspeed_zero3")
+
+
+def samples_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "samples" / f"step-{step:06d}"
+
+
+@dataclass(frozen=True)
+class ValidationJob:
+    index: int  # position in prompts x seeds (file names and W&B order)
+    prompt_index: int
+    request: SampleRequest
+
+
+def build_jobs(val_cfg: Any, strategy_cfg: Any) -> list[ValidationJob]:
+    """prompts x seeds, each with its references and the strategy's conditioning settings."""
+    guidance = Guidance(
+        video=GuidanceParams(
+            val_cfg.cfg_scale,
+            val_cfg.stg_scale,
+            tuple(val_cfg.stg_blocks),
+            val_cfg.rescale_scale,
+            val_cfg.modality_scale,
+        ),
+        audio=GuidanceParams(
+            val_cfg.audio_cfg_scale,
+            val_cfg.stg_scale,
+            tuple(val_cfg.stg_blocks),
+            val_cfg.rescale_scale,
+            val_cfg.modality_scale,
+        ),
+    )
+    spec = VideoSpec(val_cfg.width, val_cfg.height, val_cfg.num_frames, val_cfg.fps)
+    id_options = IdReferenceOptions(
+        negative_positions=strategy_cfg.use_negative_ref_positions,
+        mask_video_to_ref_audio=strategy_cfg.mask_video_to_ref_audio,
+        mask_ref_audio_to_text=strategy_cfg.mask_ref_audio_to_text,
+    )
+    jobs = []
+    for p, prompt in enumerate(val_cfg.prompts):
+        ref = val_cfg.references[p] if val_cfg.references else None
+        refs = References(
+            video=Path(ref.video) if ref is not None and ref.video else None,
+            downscale_factor=int(strategy_cfg.reference_downscale_factor),
+            image=Path(ref.image) if ref is not None and ref.image else None,
+            audio=Path(ref.audio) if ref is not None and ref.audio else None,
+        )
+        for seed in val_cfg.seeds:
+            request = SampleRequest(
+                prompt=prompt,
+                video=spec,
+                seed=int(seed),
+                steps=val_cfg.steps,
+                negative_prompt=val_cfg.negative_prompt,
+                guidance=guidance,
+                with_audio=val_cfg.with_audio,
+                references=refs,
+                id_options=id_options if strategy_cfg.name == "audio_ref_only_ic" else IdReferenceOptions(),
+            )
+            jobs.append(ValidationJob(len(jobs), p, request))
+    return jobs
+
+
+def rank_jobs(
+    jobs: list[ValidationJob], rank: int, world: int, lockstep: bool
+) -> list[tuple[ValidationJob, bool]]:
+    """This rank's (job, write?) list: jobs rank, rank + world, ...; under `lockstep`, padded with
+    unwritten repeats so that every rank runs ceil(n / world) samples."""
+    mine = [(j, True) for j in jobs[rank::world]]
+    if lockstep and jobs:
+        want = math.ceil(len(jobs) / world)
+        filler = mine[0][0] if mine else jobs[0]
+        mine += [(filler, False)] * (want - len(mine))
+    return mine
+
+
+class ValidationSampling(pl.Callback):
+    def __init__(
+        self, val_cfg: Any, *, run_dir: Path, model_checkpoint: str, strategy_cfg: Any, parallel_name: str
+    ):
+        self.cfg = val_cfg
+        self.run_dir = run_dir
+        self.checkpoint = val_cfg.checkpoint or model_checkpoint
+        self.jobs = build_jobs(val_cfg, strategy_cfg)
+        self.lockstep = parallel_name in LOCKSTEP_PARALLEL
+        self._mine: list[tuple[ValidationJob, bool]] = []
+        self._cond: dict[int, ConditioningLatents] = {}
+        self._sampler: Sampler | None = None
+        self._last_step = -1
+
+    # -- preparation --------------------------------------------------------------------------------
+    def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        device, dtype = pl_module.device, pl_module.dtype_compute
+        self._mine = rank_jobs(self.jobs, trainer.global_rank, trainer.world_size, self.lockstep)
+        with_audio_vae = self.cfg.with_audio or any(j.request.references.audio for j, _ in self._mine)
+        text = load_text_encoder(
+            self.checkpoint, self.cfg.gemma_root, device=device, dtype=dtype, text_tokens=self.cfg.text_tokens
+        )
+        sampler = Sampler(
+            pl_module.transformer,
+            video_vae=VideoVAE(self.checkpoint, device, dtype),
+            audio_vae=AudioVAE(self.checkpoint, device, dtype) if with_audio_vae else None,
+            text=text,
+            device=device,
+            dtype=dtype,
+        )
+        blocks = sampler.num_blocks
+        for job, _ in self._mine[:1]:
+            job.request.guidance.video.check(blocks, "validation.stg_blocks")
+            job.request.guidance.audio.check(blocks, "validation.stg_blocks")
+        for job, _ in self._mine:
+            sampler.text_context(job.request.prompt)
+            sampler.text_context(job.request.negative_prompt)
+            if job.prompt_index not in self._cond:
+                self._cond[job.prompt_index] = sampler.encode_references(job.request)
+        sampler.release_text_encoder()
+        # Load and run the decoders once now: a checkpoint without VAE / vocoder weights fails here, not
+        # after the first N training steps. (The decoders are needed at every validation anyway.)
+        sampler.decode(
+            torch.zeros(1, 128, 1, 1, 1, device=device),
+            torch.zeros(1, 8, 2, 16, device=device) if self.cfg.with_audio else None,
+        )
+        self._sampler = sampler
+        self._last_step = trainer.global_step
+        if self.cfg.at_start and trainer.global_step == 0:
+            self.run(trainer, pl_module, 0)
+
+    # -- every N steps ------------------------------------------------------------------------------
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
+        step = trainer.global_step
+        if step != self._last_step and step > 0 and step % self.cfg.every_n_steps == 0:
+            self.run(trainer, pl_module, step)
+        self._last_step = step
+
+    @torch.no_grad()
+    def run(self, trainer: pl.Trainer, pl_module: Any, step: int) -> list[Path]:
+        assert self._sampler is not None
+        out_dir = samples_dir(self.run_dir, step)
+        model = pl_module.transformer
+        was_training = model.training
+        model.eval()  # no LoRA dropout, no activation checkpointing
+        written: list[Path] = []
+        try:
+            for job, write in self._mine:
+                req = job.request
+                video, audio = self._sampler.denoise(req, self._cond[job.prompt_index], progress=False)
+                if not write:
+                    continue  # lockstep filler: the forwards were needed, the video is not
+                frames, wave = self._sampler.decode(video, audio)
+                name = f"{job.index:02d}_p{job.prompt_index:02d}_seed{req.seed}.mp4"
+                written.append(write_video(out_dir / name, frames, req.video.fps, audio=wave))
+        finally:
+            model.train(was_training)
+        trainer.strategy.barrier("ltxdist-validation")
+        if trainer.is_global_zero:
+            self._publish(trainer, step, out_dir)
+        return written
+
+    def _publish(self, trainer: pl.Trainer, step: int, out_dir: Path) -> None:
+        entries = []
+        for job in self.jobs:
+            path = out_dir / f"{job.index:02d}_p{job.prompt_index:02d}_seed{job.request.seed}.mp4"
+            entries.append({"file": path.name, "prompt": job.request.prompt, "seed": job.request.seed})
+        write_json_atomic(out_dir / "index.json", {"step": step, "videos": entries})
+        found = [(out_dir / e["file"], e) for e in entries if (out_dir / e["file"]).is_file()]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_video") and found:
+                # Needs the files of every rank on rank 0's filesystem (a shared run directory).
+                logger.log_video(
+                    "validation/videos",
+                    videos=[str(p) for p, _ in found],
+                    step=step,
+                    caption=[f"{e['prompt']} (seed {e['seed']})" for _, e in found],
+                )
+        log.info("validation step %d: %d videos in %s", step, len(found), out_dir)

@@ -1,0 +1,201 @@
+"""End to end on the tiny model: `ltxdist-sample` writes a playable mp4 with audio; seeds reproduce; LoRA
+strengths through live adapters equal ltx-core's fusion; the evaluation grid writes its sheets + table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from ltxdist._ltx_core import BatchedPerturbationConfig, Modality
+from ltxdist.lora import LoRAFileError, read_lora_file
+from ltxdist.models import load_transformer
+from ltxdist.sampling import (
+    LoRAChoice,
+    Sampler,
+    SampleRequest,
+    VideoSpec,
+    fused_transformer,
+    inject_lora_file,
+    lora_strength,
+    write_sample,
+)
+from ltxdist.sampling.cli import main as sample_main
+from ltxdist.sampling.grid import GridRunner, GridSpec, load_summary, remove_trigger
+from ltxdist.sampling.guidance import Guidance, GuidanceParams
+from ltxdist.strategies.positions import audio_positions, video_positions
+
+CPU = torch.device("cpu")
+SMALL = ["--width", "96", "--height", "64", "--frames", "9", "--steps", "2", "--no-progress"]
+GUIDED = ["--cfg", "2", "--audio-cfg", "3", "--stg", "1", "--audio-stg", "0", "--stg-blocks", "1"]
+
+
+def _read_back(path) -> tuple[np.ndarray, dict]:
+    """Decoded RGB frames and stream facts, read with PyAV (each stream from its own demux pass)."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(v)])
+        info = {"video_codec": v.codec_context.name, "audio": None}
+    with av.open(str(path)) as c:
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            samples = sum(f.samples for f in c.decode(a))
+            info["audio"] = {"codec": a.codec_context.name, "rate": a.rate, "samples": samples}
+    return frames, info
+
+
+def test_cli_writes_playable_mp4_with_audio(tiny_full, lora_file, tmp_path, capsys):
+    out = tmp_path / "clip.mp4"
+    base = ["--checkpoint", str(tiny_full.checkpoint), "--gemma", str(tiny_full.gemma), *SMALL, *GUIDED]
+    loras = ["--lora", f"{lora_file}:0.75", "--lora", f"{lora_file}:-0.25"]  # any number of LoRAs
+    sample_main([*base, "--prompt", "a red ball", "--seed", "3", *loras, "--out", str(out)])
+    frames, info = _read_back(out)
+    assert frames.shape == (9, 64, 96, 3)  # requested frames, height, width
+    assert info["video_codec"] == "h264"
+    assert info["audio"]["codec"] == "aac" and info["audio"]["rate"] == 48000
+    assert info["audio"]["samples"] >= 0.3 * 48000  # ~9 frames / 24 fps of sound
+    settings = json.loads(out.with_suffix(".json").read_text())
+    assert settings["loras"] == [
+        {"path": str(lora_file), "strength": 0.75},
+        {"path": str(lora_file), "strength": -0.25},
+    ]
+    assert settings["request"]["seed"] == 3 and settings["base_model_version"] == "2.3.0"
+    assert "wrote" in capsys.readouterr().out
+
+    # user mistakes: exit 2 with a message naming the flag / file
+    for extra, message in (
+        (["--stg-blocks", "29"], "STG blocks [29] do not exist"),
+        (["--frames", "10"], "--frames must be 8n+1"),
+        (["--lora", str(tmp_path / "missing.safetensors")], "LoRA file not found"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            sample_main([*base, "--prompt", "x", "--out", str(tmp_path / "bad.mp4"), *extra])
+        assert exc.value.code == 2
+        assert message in capsys.readouterr().err
+
+
+def test_same_seed_same_video_other_seed_other_video(sampler, tmp_path):
+    guidance = Guidance(
+        GuidanceParams(cfg_scale=2.0, stg_scale=1.0, stg_blocks=(1,)), GuidanceParams(cfg_scale=3.0)
+    )
+    request = SampleRequest(prompt="a blue cube", video=VideoSpec(64, 64, 9), steps=2, guidance=guidance)
+    paths = []
+    for name, seed in (("a", 11), ("b", 11), ("c", 12)):
+        paths.append(
+            write_sample(
+                tmp_path / f"{name}.mp4", sampler.generate(replace(request, seed=seed), progress=False), 24
+            )
+        )
+    (fa, ia), (fb, ib), (fc, _) = (_read_back(p) for p in paths)
+    assert ia["audio"] is not None and ia["audio"]["samples"] == ib["audio"]["samples"]
+    assert np.array_equal(fa, fb), "same seed must give the same video"
+    assert np.abs(fa.astype(int) - fc.astype(int)).mean() > 5, "another seed must give another video"
+
+
+@torch.no_grad()
+def test_injected_strength_equals_ltx_core_fusion(tiny_full, lora_file):
+    """Live adapters scaled by a strength (grid, validation) == ltx-core's W + strength * B @ A."""
+    lora = read_lora_file(lora_file)
+    injected = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model.eval()
+    inject_lora_file(injected, lora, base_model_version="2.3.0")
+    g = torch.Generator().manual_seed(0)
+    lat, alat = torch.randn(1, 128, 2, 2, 2, generator=g), torch.randn(1, 8, 9, 16, generator=g)
+    v = Modality(
+        latent=lat.flatten(2).transpose(1, 2).contiguous(),
+        sigma=torch.tensor([0.5]),
+        timesteps=torch.full((1, 1), 0.5),
+        positions=video_positions(lat, torch.tensor([24.0]), torch.float32),
+        context=torch.randn(1, 8, 64, generator=g),
+    )
+    a = Modality(
+        latent=alat.permute(0, 2, 1, 3).flatten(2).contiguous(),
+        sigma=torch.tensor([0.5]),
+        timesteps=torch.full((1, 1), 0.5),
+        positions=audio_positions(alat),
+        context=torch.randn(1, 8, 32, generator=g),
+    )
+    empty = BatchedPerturbationConfig.empty(1)
+    base_v, _ = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model(v, a, empty)
+
+    def effect_error(got, want):  # relative to the LoRA's own effect on the output
+        return float((got - want).norm() / (want - base_v).norm())
+
+    for strength in (0.5, 1.0):
+        fused, _, _ = fused_transformer(
+            tiny_full.checkpoint, [LoRAChoice(lora_file, strength)], device=CPU, dtype=torch.float32
+        )
+        want_v, _ = fused(v, a, empty)
+        with lora_strength(injected, strength):
+            got_v, _ = injected(v, a, empty)
+        with lora_strength(injected, strength * 1.5):
+            wrong_v, _ = injected(v, a, empty)
+        assert (want_v - base_v).abs().max() > 1e-2  # the LoRA does change the output
+        # ltx-core forms B @ A in bf16 (the file's dtype): agreement within that rounding, not exact
+        assert effect_error(got_v, want_v) < 0.02
+        assert effect_error(wrong_v, want_v) > 0.2  # a wrong strength is far off
+    with lora_strength(injected, 0.0):
+        torch.testing.assert_close(injected(v, a, empty)[0], base_v)  # strength 0 is the base model
+    with pytest.raises(LoRAFileError, match=r"base model version 2\.3\.0"):
+        inject_lora_file(load_transformer(tiny_full.checkpoint).model, lora, base_model_version="2.0.0")
+
+
+def test_remove_trigger():
+    assert remove_trigger("sks dog running, sks style", "sks") == "dog running, style"
+    assert remove_trigger("a photo of ohwx man", "ohwx") == "a photo of man"
+    with pytest.raises(ValueError, match="does not occur"):
+        remove_trigger("a dog", "sks")
+
+
+@pytest.mark.slow
+def test_grid_writes_contact_sheets_and_summary(sampler, tiny_full, lora_file, tmp_path):
+    template = SampleRequest(
+        prompt="", video=VideoSpec(64, 64, 9), steps=2, guidance=Guidance(), with_audio=False
+    )
+    # The session sampler carries no adapters; the grid injects into a fresh base of its own.
+    runner_sampler = replace_transformer(
+        sampler, load_transformer(tiny_full.checkpoint, dtype=torch.float32).model
+    )
+    runner = GridRunner(runner_sampler, template, base_model_version="2.3.0")
+    prompt = "sks red ball"
+    spec = GridSpec(
+        loras=(lora_file,),
+        prompts=(prompt,),
+        seeds=(1,),
+        strengths=(0.5, 1.0),
+        bleed_prompts=(remove_trigger(prompt, "sks"),),
+    )
+    records = runner.run(spec, tmp_path, progress=False)
+    assert len(records) == 2 + 2 * 2  # base column for 2 rows, then 2 rows x 2 strengths
+    sheet = tmp_path / lora_file.stem / "contact_sheet.mp4"
+    frames, _ = _read_back(sheet)
+    gap = 4
+    assert frames.shape == (9, gap + 2 * (64 + gap), gap + 3 * (64 + gap), 3)  # 2 rows x (base + 2)
+    still, _ = _read_back(sheet.with_suffix(".png"))
+    assert still.shape[1:] == frames.shape[1:]
+    summary = load_summary(tmp_path)
+    assert summary["layout"]["columns"] == ["base", "strength 0.5", "strength 1"]
+    assert [r["bleed"] for r in summary["layout"]["rows"]] == [False, True]
+    cells = {(c["row"], c["strength"]): c for c in summary["cells"] if c["checkpoint"] != "base"}
+    assert cells[(0, 1.0)]["video_delta_vs_base"] > 0 and cells[(1, 0.5)]["video_delta_vs_base"] > 0
+    # the strength-1 cell really is the base model + LoRA at strength 1 (recomputed independently)
+    base_row0, _ = _read_back(tmp_path / "base" / "r00.mp4")
+    lora_row0, _ = _read_back(cells[(0, 1.0)]["file"])
+    assert np.abs(base_row0.astype(int) - lora_row0.astype(int)).mean() > 1
+    table = (tmp_path / "summary.md").read_text()
+    assert "| checkpoint | step | strength | trigger rows | bleed rows | bleed / trigger |" in table
+    assert f"| {lora_file.stem} | 100 | 1 |" in table
+
+
+def replace_transformer(sampler, transformer):
+    return Sampler(
+        transformer.eval(),
+        video_vae=sampler.video_vae,
+        audio_vae=sampler.audio_vae,
+        text=sampler.text,
+        device=sampler.device,
+        dtype=sampler.dtype,
+    )
