@@ -30,6 +30,7 @@ from lightning.pytorch.plugins.precision import DeepSpeedPrecision
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from ltxdist.parallel.deepspeed_config import deepspeed_config
+from ltxdist.parallel.gather import full_tensor
 from ltxdist.training.checkpoint_io import read_checkpoint
 
 
@@ -90,7 +91,8 @@ class LtxDeepSpeedStrategy(DeepSpeedStrategy):
     def lightning_module_state_dict(self) -> dict[str, Any]:
         module = self.lightning_module
         params = dict(module.named_parameters())
-        return {name: _full_fp32(params[name]).cpu() for name in module.state_dict()}  # collective
+        # The fp32 master weights, assembled from every rank's partition (collective).
+        return {name: full_tensor(params[name]).cpu() for name in module.state_dict()}
 
     def optimizer_state(self, optimizer: Any) -> dict[str, Any]:
         return _gather_optimizer_state(self.lightning_module, optimizer)  # collective
@@ -126,13 +128,6 @@ def build_deepspeed_strategy(parallel_cfg: Any) -> LtxDeepSpeedStrategy:
 
 
 # -- moving the trainable state in and out of ZeRO partitions --------------------------------------
-def _full_fp32(param: torch.nn.Parameter) -> torch.Tensor:
-    from deepspeed.utils import safe_get_full_fp32_param
-
-    full = safe_get_full_fp32_param(param)
-    return (full if full is not None else param).detach()
-
-
 def _inner_optimizer(ds_optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer DeepSpeed's ZeRO optimizer steps (over DeepSpeed's flat fp32 partitions)."""
     return ds_optimizer.optimizer
