@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast lint format clean
+.PHONY: setup demo test test-fast soak lint format clean
 
 setup: .venv/.ltxdist-setup-done
 
@@ -18,6 +18,12 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+# The fault battery's soak (RELIABILITY.md): random SIGKILLs, preemption signals, full disk, a hung rank,
+# NaN bursts, a vanished shard, and fuzzing with many examples; ~15 min on 2 cores. Writes its summary
+# to runs/soak/soak_results.json (LTXDIST_SOAK_RESULTS); SOAK_SEED=n repeats a run's kill points.
+soak: setup
+	LTXDIST_SOAK=1 $(PY) -m pytest -q tests/faults
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

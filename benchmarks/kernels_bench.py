@@ -25,7 +25,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from ltx_core.model.transformer.attention import Attention, AttentionFunction
 from ltx_core.model.transformer.rope import LTXRopeType, apply_rotary_emb, precompute_freqs_cis
 
 from ltxdist._ltx_core import BatchedPerturbationConfig, LTXModelConfigurator, Modality
+from ltxdist.bench.report import hardware_slug
+from ltxdist.io import write_bytes_atomic, write_json_atomic
 from ltxdist.lora.inject import LoRASpec, inject_lora, lora_parameters
 from ltxdist.lora.layers import LoRALinear
 from ltxdist.models.init import init_transformer_weights
@@ -571,19 +572,16 @@ def environment(device: torch.device) -> dict[str, Any]:
     return info
 
 
-def hardware_slug(device: torch.device, tiny: bool) -> str:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
-    return slug + ("-tiny" if tiny else "")
-
-
 def write_results(rows: list[Row], args: argparse.Namespace, device: torch.device) -> tuple[Path, Path]:
     now = dt.datetime.now(dt.timezone.utc)
     env = environment(device)
     config = {k: v for k, v in vars(args).items() if k != "out_dir"}
     out_dir = Path(args.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = f"kernels_{hardware_slug(device, args.tiny)}_{now:%Y-%m-%d}"
+    # <name>_<hardware>_<date> like every results file (ltxdist.bench.report); tiny-shape runs are a
+    # different benchmark, not a different machine.
+    name = "kernels-tiny" if args.tiny else "kernels"
+    stem = f"{name}_{hardware_slug()}_{now:%Y-%m-%d}"
     payload = {
         "created_utc": now.isoformat(timespec="seconds"),
         "config": config,
@@ -592,7 +590,7 @@ def write_results(rows: list[Row], args: argparse.Namespace, device: torch.devic
         "results": rows,
     }
     json_path = out_dir / f"{stem}.json"
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_json_atomic(json_path, json.loads(json.dumps(payload, default=str)))
     md = [
         f"# Kernel benchmark — {env['hardware'].get('gpu', 'cpu')} — {now:%Y-%m-%d}",
         "",
@@ -620,7 +618,7 @@ def write_results(rows: list[Row], args: argparse.Namespace, device: torch.devic
         "",
     ]
     md_path = out_dir / f"{stem}.md"
-    md_path.write_text("\n".join(md))
+    write_bytes_atomic(md_path, "\n".join(md).encode())
     return json_path, md_path
 
 

@@ -36,4 +36,19 @@ if torch.version.cuda is None:
             shutil.move(str(so), parked / so.name)
             print(f"[setup] parked CUDA-only torchaudio extension {so.name}")
 PYEOF
+
+# On a machine without an NVIDIA GPU no nvidia-* package (CUDA runtime, cuDNN, NCCL: gigabytes) belongs in
+# the environment; finding one means a dependency resolved a CUDA torch or CUDA extras. Say so loudly
+# instead of leaving a multi-GB environment that may not even import.
+has_gpu() { [ -e /proc/driver/nvidia/version ] || { command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; }; }
+if ! has_gpu; then
+  cuda_pkgs=$($PIP list --format=freeze 2>/dev/null | grep -i '^nvidia-' || true)
+  if [ -n "$cuda_pkgs" ]; then
+    echo "[setup] ERROR: no NVIDIA GPU here, but CUDA packages were installed into $VENV:" >&2
+    echo "$cuda_pkgs" | sed 's/^/[setup]   /' >&2
+    echo "[setup] torch must come from the machine's CPU wheel before anything else is installed:" >&2
+    echo "[setup] remove $VENV and rerun (or TORCH_VERSION=<the local CPU wheel's version> $0)." >&2
+    exit 1
+  fi
+fi
 "$VENV/bin/python" -c "import torchaudio, ltx_core.loader, ltx_core.model.audio_vae; print('[setup] environment ready')"

@@ -1,8 +1,11 @@
-"""Staged curriculum: stages carry the LoRA and optimizer moments; a run killed in stage 3 resumes there."""
+"""Staged curriculum: stages carry the LoRA and optimizer moments; a run killed in stage 3 resumes there;
+DeepSpeed (which cannot carry them) is refused before anything trains."""
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import signal
 import subprocess
 import time
@@ -10,23 +13,29 @@ from pathlib import Path
 
 import pytest
 import torch
-from e2e_utils import BIN
+from e2e_utils import BIN, REPO
 
 from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
 from ltxdist.training.run_dir import complete_checkpoints
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+GUIDE = REPO / "docs" / "recipes" / "staged_curriculum.md"
+
+
+def _guide_command() -> list[str]:
+    """The training command of the guide's tiny run, word by word, $WORK / $MODELS unexpanded."""
+    block = re.search(r"<!-- tested -->\s*```bash\n(.*?)```", GUIDE.read_text(), re.S).group(1)
+    (line,) = [ln for ln in block.replace("\\\n", " ").splitlines() if "ltxdist-train" in ln]
+    return shlex.split(line.split("&&", 1)[-1])  # the guide runs it after `cd $WORK &&`
 
 
 def _args(tmp: Path, run: str) -> list[str]:
-    # The guide's command (docs/recipes/staged_curriculum.md), with paths moved into the test's tmp dir.
-    return [
-        str(BIN / "ltxdist-train"),
-        "experiment=staged_curriculum_tiny",
-        f"run.dir={tmp / run}",
-        f"model.checkpoint={tmp / 'tiny.safetensors'}",
-        "trainer.progress_bar=false",
-    ]
+    # The guide's command as written, run in tmp (its $WORK: the synthetic data goes to tmp/data/), with
+    # $MODELS at tmp (the tiny checkpoint is written there on first use) and its run.dir moved to tmp/run.
+    words = [w.replace("$MODELS", str(tmp)).replace("$WORK", str(tmp)) for w in _guide_command()]
+    assert words[0] == "ltxdist-train" and sum(w.startswith("run.dir=") for w in words) == 1, words
+    words = [f"run.dir={tmp / run}" if w.startswith("run.dir=") else w for w in words]
+    return [str(BIN / words[0]), *words[1:]]
 
 
 def _final_adapters(run: Path) -> dict[str, torch.Tensor]:
@@ -73,3 +82,29 @@ def test_curriculum_runs_all_stages_and_resumes_when_killed_in_stage_3(tmp_path)
     a, b = _final_adapters(tmp_path / "ref"), _final_adapters(tmp_path / "killed")
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
+
+
+def test_curriculum_under_deepspeed_is_refused_before_any_stage_trains(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from ltxdist.config.store import CONF_DIR, register_configs
+    from ltxdist.training.curriculum import run_curriculum
+    from ltxdist.training.warm_start import WarmStartError, warm_start
+
+    register_configs()
+    overrides = ["experiment=staged_curriculum_tiny", f"run.dir={tmp_path}", "parallel=deepspeed_zero2"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+
+    def train_one(stage_cfg: object) -> None:
+        raise AssertionError("no stage may start")
+
+    with pytest.raises(WarmStartError, match=r"parallel=deepspeed_zero2"):
+        run_curriculum(cfg, train_one)
+    # lora.init_from on its own reaches warm_start, which recognises ZeRO's parameters (ZeRO-1/2 link
+    # each to its flat partition through `_hp_mapping`) before reading anything.
+    module = torch.nn.Linear(2, 2)
+    module.weight._hp_mapping = None
+    opt = torch.optim.AdamW(module.parameters())
+    with pytest.raises(WarmStartError, match=r"lora\.init_from=.*parallel=deepspeed"):
+        warm_start(module, opt, tmp_path / "missing")

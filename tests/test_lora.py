@@ -26,7 +26,7 @@ from ltxdist.lora import (
     read_lora_file,
     resolve_target_modules,
 )
-from ltxdist.models import load_transformer
+from ltxdist.models import load_transformer, read_checkpoint_info
 from ltxdist.strategies import StandardStrategy
 from ltxdist.strategies.rng import sample_generators
 
@@ -226,3 +226,107 @@ def test_lora_linear_gradients_reach_only_adapters():
     torch.testing.assert_close(y, ref)
     y.sum().backward()
     assert layer.lora_A.grad is not None and layer.lora_B.grad is not None and layer.weight.grad is None
+
+
+def _identity_adapter(dropout):
+    """LoRA whose delta is exactly dropout(x) (A = B = I, alpha = rank): the dropout mask becomes visible."""
+    layer = LoRALinear(torch.nn.Linear(8, 8), rank=8, alpha=8, dropout=dropout, dtype=torch.float32)
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.eye(8))
+        layer.lora_B.copy_(torch.eye(8))
+    return layer
+
+
+def test_lora_dropout_masks_the_adapter_input_in_training_only():
+    layer = _identity_adapter(dropout=0.25)
+    x = torch.ones(20_000, 8)
+    base = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    with torch.no_grad():
+        layer.eval()
+        torch.testing.assert_close(layer(x) - base, x)  # eval: no dropout at all
+        layer.train()
+        torch.manual_seed(0)
+        delta = layer(x) - base
+        torch.manual_seed(0)
+        again = layer(x) - base
+        other = layer(x) - base
+    # Inverted dropout: each input element is dropped (0) or kept and scaled by 1 / (1 - p).
+    kept = delta.abs() > 0.5
+    torch.testing.assert_close(delta[kept], torch.full_like(delta[kept], 1 / 0.75))
+    assert delta[~kept].abs().max() < 1e-5
+    assert float((~kept).float().mean()) == pytest.approx(0.25, abs=0.01)
+    assert float(delta.mean()) == pytest.approx(1.0, abs=0.02)  # unbiased: E[delta] = x
+    assert torch.equal(delta, again) and not torch.equal(delta, other)  # drawn from torch's seeded RNG
+    # The frozen base path is never dropped: with B = 0 training mode changes nothing.
+    with torch.no_grad():
+        layer.lora_B.zero_()
+        torch.testing.assert_close(layer(x), base)
+    no_dropout = _identity_adapter(dropout=0.0).train()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            no_dropout(x) - torch.nn.functional.linear(x, no_dropout.weight, no_dropout.bias), x
+        )
+
+
+def test_export_merge_cli_folds_the_adapter_into_the_base(tiny_ckpt, tiny_data, tmp_path):
+    from ltxdist.lora.export_cli import main as export_main
+
+    model = load_transformer(tiny_ckpt, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=4, alpha=16, targets=("attn_ff",)))
+    _randomise_lora(model, scale=0.15)
+    lora_path = _export(model, tmp_path / "l.safetensors")
+    merged_path = tmp_path / "merged.safetensors"
+    strength = 0.7
+    export_main(
+        [
+            "merge",
+            "--base",
+            str(tiny_ckpt),
+            "--lora",
+            str(lora_path),
+            "--strength",
+            str(strength),
+            "--out",
+            str(merged_path),
+        ]
+    )
+    base, merged = load_file(str(tiny_ckpt)), load_file(str(merged_path))
+    assert merged.keys() == base.keys()
+    adapters = lora_modules(model)
+    for key, w in base.items():
+        name = key.removeprefix("model.diffusion_model.").removesuffix(".weight")
+        if name not in adapters:
+            assert torch.equal(merged[key], w), key  # everything not adapted is untouched
+            continue
+        m = adapters[name]
+        # Independent of the file format: W + strength * (alpha / rank) * B @ A from the trained module.
+        delta = strength * (16 / 4) * (m.lora_B.detach().double() @ m.lora_A.detach().double())
+        assert merged[key].dtype == w.dtype
+
+        def rel(ref, got=merged[key], w=w, delta=delta):
+            return float((got.double() - w.double() - ref).norm() / delta.norm())
+
+        assert rel(delta) < 0.05, name
+        assert rel(delta / 4) > 0.3 and rel(delta / strength) > 0.2, name  # unscaled / full strength: wrong
+    with safe_open(str(merged_path), framework="pt") as f:
+        meta = f.metadata()
+    assert (
+        meta["model_version"] == "2.3.0"
+        and json.loads(meta["config"]) == read_checkpoint_info(tiny_ckpt).config
+    )
+    assert json.loads(meta["merged_loras"]) == [{"path": str(lora_path), "strength": strength}]
+
+    # The merged checkpoint, loaded like any base, computes what the injected model computes.
+    with torch.no_grad():
+        for m in adapters.values():
+            m.lora_B.mul_(strength)
+    batch = _batch(tiny_data)
+    v_inj, a_inj = _forward(model, batch, torch.float32)
+    v_mrg, a_mrg = _forward(load_transformer(merged_path, dtype=torch.float32).model, batch, torch.float32)
+    v_base, _ = _forward(load_transformer(tiny_ckpt, dtype=torch.float32).model, batch, torch.float32)
+
+    def rel_err(x, ref):
+        return float((x - ref).norm() / ref.norm())
+
+    assert rel_err(v_base, v_inj) > 0.1, "the LoRA must change the output for this check to mean anything"
+    assert rel_err(v_mrg, v_inj) < 0.02 and rel_err(a_mrg, a_inj) < 0.02  # bf16 storage of the merged file

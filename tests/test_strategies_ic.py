@@ -264,10 +264,13 @@ def test_id_layout_positions_timesteps_and_masks():
     torch.testing.assert_close(a.sigma, out.video.sigma)
     # video: first frame clean (p=1)
     assert (out.video.timesteps[:, :8] == 0).all() and (out.video.timesteps[:, 8:] > 0).all()
-    # negative positions: reference ends before the target starts; starts at -(T_ref + 0.04 s)
-    assert a.positions[0, 0, 0, 0].item() == pytest.approx(-(5 / 25 + 0.04))
-    assert a.positions[1, 0, 0, 0].item() == pytest.approx(-(4 / 25 + 0.04))
-    assert (a.positions[:, 0, :4, 1] < 0).all()
+    # negative positions: each sample's real reference tokens span [-span - 0.04 s, -0.04 s), per token
+    # exactly the causal audio grid moved back; sample 1 has 4 real frames of 5
+    for b, n_ref in ((0, 5), (1, 4)):
+        got = a.positions[b, 0, :n_ref]
+        torch.testing.assert_close(got, torch.tensor(_negative_reference_bounds(n_ref)), rtol=0, atol=1e-6)
+        assert float(got[-1, 1]) == pytest.approx(-0.04, abs=1e-6)
+    # the target is untouched: its first token starts at t = 0
     assert a.positions[:, 0, 5, 0].tolist() == [0.0, 0.0]
     # loss: target tokens only, padding (sample 1 has 7 of 9 frames) excluded
     assert out.audio_targets.pred_slice == slice(5, None)
@@ -278,6 +281,15 @@ def test_id_layout_positions_timesteps_and_masks():
     a2v = out.key_keep["audio_to_video_attn"]
     assert not a2v[:, :5].any() and a2v[1, 5:].tolist() == [True] * 7 + [False] * 2
     assert out.query_keep["audio_attn2"][:, :5].sum() == 0 and out.query_keep["audio_attn2"][:, 5:].all()
+
+
+def _negative_reference_bounds(n_ref: int) -> list[list[float]]:
+    """Reference audio token bounds in seconds, computed by hand from the spec: latent frame k covers mel
+    frames [max(4k - 3, 0), 4k + 1) of 10 ms (ltx-core's causal audio grid), and the whole reference is
+    moved back so that its last frame ends 0.04 s before the target starts."""
+    bounds = [[max(4 * k - 3, 0) * 0.01, (4 * k + 1) * 0.01] for k in range(n_ref)]
+    shift = bounds[-1][1] + 0.04
+    return [[lo - shift, hi - shift] for lo, hi in bounds]
 
 
 def test_id_overlapping_positions_without_negative_flag():

@@ -141,3 +141,35 @@ def test_sigma_uniform_share():
     gens = [torch.Generator().manual_seed(i) for i in range(3000)]
     sig = SigmaSampler(uniform_p=1.0).sample(4096, gens)
     assert float((sig < 0.25).float().mean()) == pytest.approx(0.25, abs=0.03)
+
+
+def test_padded_audio_keys_are_masked_in_audio_self_and_cross_modal_attention(tiny_ckpt):
+    from ltxdist._ltx_core import BatchedPerturbationConfig, Modality
+    from ltxdist.models import load_transformer
+    from ltxdist.strategies.attention_masks import set_attention_masks
+
+    model = load_transformer(tiny_ckpt, dtype=torch.float32).model
+    batch = collate_samples([_sample(0, audio_t=9), _sample(1, audio_t=6)])  # sample 1: 3 padded frames
+    out = _prepare(batch)
+    assert set(out.key_keep) == {"audio_attn1", "audio_to_video_attn"}
+
+    def run(audio_latent, key_keep):
+        set_attention_masks(model, key_keep)
+        audio = Modality(**{**out.audio.__dict__, "latent": audio_latent})
+        with torch.no_grad():
+            return model(out.video, audio, BatchedPerturbationConfig.empty(2))
+
+    try:
+        vx, ax = run(out.audio.latent, out.key_keep)
+        perturbed = out.audio.latent.clone()
+        perturbed[1, 6:] += 5.0  # only sample 1's padding frames
+        vx2, ax2 = run(perturbed, out.key_keep)
+        torch.testing.assert_close(ax2[1, :6], ax[1, :6], rtol=1e-5, atol=1e-5)  # real audio unmoved
+        torch.testing.assert_close(vx2[1], vx[1], rtol=1e-5, atol=1e-5)  # video unmoved
+        # each mask has teeth: without it the padding reaches the real tokens
+        _, ax3 = run(perturbed, {"audio_to_video_attn": out.key_keep["audio_to_video_attn"]})
+        assert (ax3[1, :6] - ax[1, :6]).abs().max() > 1e-3
+        vx4, _ = run(perturbed, {"audio_attn1": out.key_keep["audio_attn1"]})
+        assert (vx4[1] - vx[1]).abs().max() > 1e-3
+    finally:
+        set_attention_masks(model)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from e2e_utils import BIN, REPO, train_overrides
+from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
 from ltxdist.data.shards import load_index
@@ -173,7 +175,9 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_ckpt, tmp_path):
 
 
 STRATEGY_RUNS = {
-    "standard": {},
+    # The 22B model trains with a bf16 base (model.dtype=bfloat16, fp32 adapters); every other end-to-end
+    # run is fp32, so this one takes the bf16 path.
+    "standard": {"model.dtype": "bfloat16"},
     "video_to_video": {
         "data.synthetic_reference_video_downscale": 2,
         "strategy.reference_downscale_factor": 2,
@@ -203,6 +207,7 @@ def test_each_strategy_trains_with_falling_loss(tiny_ckpt, tmp_path, strategy):
     proc = _train(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _metrics(tmp_path / "run")
+    assert len(rows) == 80 and all(math.isfinite(r["loss"]) for r in rows)
     first = sum(r["loss"] for r in rows[:15]) / 15
     last = sum(r["loss"] for r in rows[-15:]) / 15
     assert last < 0.9 * first, (first, last)
@@ -212,3 +217,8 @@ def test_each_strategy_trains_with_falling_loss(tiny_ckpt, tmp_path, strategy):
     assert meta["training_strategy"] == strategy
     if strategy == "video_to_video":
         assert meta["reference_downscale_factor"] == "2"
+    dtype = STRATEGY_RUNS[strategy].get("model.dtype", "float32")
+    assert OmegaConf.load(tmp_path / "run" / "config.yaml").model.dtype == dtype
+    if strategy == "audio_ref_only_ic":  # what ltxdist-sample needs to condition as in training
+        assert meta["use_negative_ref_positions"] == "true"  # the strategy's default
+        assert (meta["mask_video_to_ref_audio"], meta["mask_ref_audio_to_text"]) == ("true", "true")

@@ -11,6 +11,8 @@ import os
 import platform
 import statistics
 import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,38 @@ import torch
 from ltxdist.io import write_bytes_atomic, write_json_atomic
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
-_PACKAGES = ("torch", "lightning", "ltx-core", "deepspeed", "triton", "webdataset", "peft", "ltxdist")
+_PACKAGES = (
+    "torch",
+    "lightning",
+    "ltx-core",
+    "deepspeed",
+    "triton",
+    "webdataset",
+    "safetensors",
+    "peft",
+    "ltxdist",
+)
+
+
+def time_repeats(fn: Callable[[], object], *, warmup: int, repeats: int) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `fn` after `warmup` untimed calls (CPU work: for CUDA
+    work, synchronise inside `fn`)."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return samples
+
+
+def load_average() -> float:
+    """1-minute load average of the machine: other processes competing for the cores skew timings."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return float("nan")
 
 
 def summarize(samples_s: list[float]) -> dict[str, float]:
@@ -41,6 +74,7 @@ def hardware() -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
+        "load_avg_1m_at_write": load_average(),
     }
     with contextlib.suppress(ValueError, OSError):
         info["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
@@ -95,13 +129,21 @@ def write_results(
     config: dict[str, Any],
     notes: str = "",
     out_dir: Path | None = None,
+    tables: dict[str, tuple[list[dict[str, Any]], list[str]]] | None = None,
 ) -> tuple[Path, Path]:
-    """Print the table and write the JSON + dated markdown report; returns their paths."""
+    """Print the table(s) and write the JSON + dated markdown report; returns their paths.
+
+    `tables` adds titled tables after the main one (title -> (rows, columns)); their rows go to the JSON
+    under `tables`.
+    """
     out_dir = out_dir or RESULTS_DIR
+    out_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
     stem = f"{name}_{hardware_slug()}_{now:%Y-%m-%d}"
+    tables = tables or {}
     table = markdown_table(rows, columns)
-    print(table)
+    extra = "".join(f"\n\n## {title}\n\n{markdown_table(r, c)}" for title, (r, c) in tables.items())
+    print(table + extra)
     payload = {
         "benchmark": name,
         "date_utc": now.isoformat(timespec="seconds"),
@@ -109,15 +151,17 @@ def write_results(
         "versions": versions(),
         "config": config,
         "rows": rows,
+        "tables": {title: r for title, (r, _) in tables.items()},
         "notes": notes,
     }
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     write_json_atomic(json_path, json.loads(json.dumps(payload, default=str)))
     md = (
-        f"# {name} benchmark, {now:%Y-%m-%d}\n\n{notes}\n\n{table}\n\n## Hardware\n\n```json\n"
-        f"{json.dumps(payload['hardware'], indent=2)}\n```\n\n## Versions\n\n```json\n"
+        f"# {name} benchmark, {now:%Y-%m-%d %H:%M} UTC\n\n{notes}\n\n{table}{extra}\n\n## Hardware\n\n"
+        f"```json\n{json.dumps(payload['hardware'], indent=2)}\n```\n\n## Versions\n\n```json\n"
         f"{json.dumps(payload['versions'], indent=2)}\n```\n\n## Config\n\n```json\n"
         f"{json.dumps(config, indent=2, default=str)}\n```\n"
     )
     write_bytes_atomic(md_path, md.encode())
+    print(f"wrote {json_path}\nwrote {md_path}")
     return json_path, md_path

@@ -83,6 +83,10 @@ class DataConfig:
     synthetic_buckets: list[str] = field(default_factory=lambda: ["64x64x17"])
     synthetic_reference_video_downscale: int | None = None  # add IC-LoRA references (video_to_video)
     synthetic_reference_audio_frames: int | None = None  # add ID-LoRA reference audio (audio_ref_only_ic)
+    # Train on shards prepared for another base model version (major.minor) / with other encoder weights
+    # than model.checkpoint; refused by default (data/compat.py): their latents are in another space.
+    allow_model_version_mismatch: bool = False
+    allow_encoder_mismatch: bool = False
 
 
 @dataclass
@@ -114,6 +118,9 @@ class TrainerConfig:
     log_every_n_steps: int = 1
     progress_bar: bool = True
     deterministic: bool = False
+    # A step whose loss or gradients hold NaN/Inf is skipped and counted (train/nonfinite_skipped); this
+    # many such steps in a row stop the run with an error (training/nonfinite.py).
+    max_consecutive_nonfinite: int = 5
 
 
 PARALLEL_NAMES = ("single", "ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3")
@@ -133,6 +140,12 @@ class ParallelConfig:
     # deepspeed_zero2 / deepspeed_zero3: keep optimizer state (and for zero3 also parameters) on the CPU
     offload_optimizer: bool = False
     offload_params: bool = False
+    # A collective (gradient all-reduce, barrier, broadcast) waiting longer than this for another rank
+    # fails with an error naming this flag instead of hanging (a hung or dead rank).
+    collective_timeout_s: float = 1800.0
+    # Ulysses sequence parallelism: groups of this many consecutive processes share each sample, every
+    # process holding 1/N of its tokens (parallel/sequence_parallel.py; docs/distributed.md). 1 = off.
+    sequence_parallel: int = 1
 
 
 @dataclass
@@ -255,6 +268,19 @@ def validate_config(cfg: Any) -> None:
         "strategy.audio_sigma",
         "must be shared or independent",
     )
+    if cfg.strategy.name == "audio_ref_only_ic":
+        # The strategy trains the target audio at the video's sigma and always feeds audio: say so
+        # rather than silently ignore these flags.
+        _require(
+            cfg.strategy.audio_sigma == "shared",
+            "strategy.audio_sigma",
+            "audio_ref_only_ic noises the target audio with the video's sigma; only shared is supported",
+        )
+        _require(
+            cfg.strategy.with_audio,
+            "strategy.with_audio",
+            "audio_ref_only_ic always trains the audio stream; with_audio=false is not supported",
+        )
     _require(
         cfg.strategy.video_loss_weight >= 0 and cfg.strategy.audio_loss_weight >= 0,
         "strategy.video_loss_weight / strategy.audio_loss_weight",
@@ -290,6 +316,16 @@ def validate_config(cfg: Any) -> None:
     _require(cfg.trainer.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps", "must be >= 1")
     _require(cfg.trainer.keep_last_k >= 1, "trainer.keep_last_k", "must be >= 1 (the newest is always kept)")
     _require(
+        cfg.trainer.max_consecutive_nonfinite >= 1,
+        "trainer.max_consecutive_nonfinite",
+        f"must be >= 1 (non-finite steps tolerated in a row), got {cfg.trainer.max_consecutive_nonfinite}",
+    )
+    _require(
+        cfg.parallel.collective_timeout_s > 0,
+        "parallel.collective_timeout_s",
+        f"must be > 0 seconds, got {cfg.parallel.collective_timeout_s}",
+    )
+    _require(
         cfg.parallel.name in PARALLEL_NAMES,
         "parallel",
         f"unknown parallel config {cfg.parallel.name!r} ({' | '.join(PARALLEL_NAMES)})",
@@ -320,6 +356,19 @@ def validate_config(cfg: Any) -> None:
         "parallel.devices / parallel.num_nodes",
         "must be >= 1",
     )
+    world = cfg.parallel.devices * cfg.parallel.num_nodes
+    _require(
+        cfg.parallel.sequence_parallel >= 1 and world % cfg.parallel.sequence_parallel == 0,
+        "parallel.sequence_parallel",
+        f"must be >= 1 and divide the number of processes ({world} = parallel.devices x "
+        f"parallel.num_nodes), got {cfg.parallel.sequence_parallel}",
+    )
+    if cfg.parallel.name == "ddp":
+        # DDP (find_unused_parameters=False) fails at step 2 if an adapter never gets a gradient.
+        from ltxdist.strategies.idle_modules import idle_lora_problem  # lazy: builds a meta block
+
+        problem = idle_lora_problem(cfg.strategy, list(cfg.lora.targets))
+        _require(problem is None, "lora.targets", problem or "")
     if cfg.parallel.name == "single":
         _require(
             cfg.parallel.devices == 1 and cfg.parallel.num_nodes == 1,

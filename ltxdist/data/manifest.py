@@ -87,7 +87,7 @@ def _row(index: int, where: str, base: Path, record: dict[str, Any], source: Pat
 def _read_json(path: Path) -> list[tuple[str, Any]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting
         raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, list):
         raise ManifestError(f"{path}: expected a JSON list of objects, one per clip")
@@ -96,27 +96,40 @@ def _read_json(path: Path) -> list[tuple[str, Any]]:
 
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, line in enumerate(_read_text(path).splitlines(), start=1):
         if not line.strip():
             continue
         try:
             out.append((f"{path.name} line {lineno}", json.loads(line)))
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(f"{path} line {lineno}: not valid JSON ({exc})") from exc
     return out
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc})") from exc
+
+
 def _read_csv(path: Path) -> list[tuple[str, Any]]:
     with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            raise ManifestError(f"{path}: empty CSV (expected a header with video_path and caption)")
-        rows = []
-        for rec in reader:
-            if None in rec:
-                raise ManifestError(f"{path} line {reader.line_num}: more values than header columns")
-            # line_num counts physical lines, so a caption with a newline inside quotes still points right.
-            rows.append((f"{path.name} line {reader.line_num}", {k.strip(): v for k, v in rec.items()}))
+        try:
+            return _csv_rows(path, csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ManifestError(f"{path}: not a readable UTF-8 CSV file ({exc})") from exc
+
+
+def _csv_rows(path: Path, reader: csv.DictReader) -> list[tuple[str, Any]]:
+    if reader.fieldnames is None:
+        raise ManifestError(f"{path}: empty CSV (expected a header with video_path and caption)")
+    rows = []
+    for rec in reader:
+        if None in rec:
+            raise ManifestError(f"{path} line {reader.line_num}: more values than header columns")
+        # line_num counts physical lines, so a caption with a newline inside quotes still points right.
+        rows.append((f"{path.name} line {reader.line_num}", {k.strip(): v for k, v in rec.items()}))
     return rows
 
 
@@ -128,12 +141,16 @@ def _read_folder(folder: Path) -> list[ManifestRow]:
     for i, clip in enumerate(clips):
         sidecar = clip.with_suffix(".txt")
         where = str(clip.relative_to(folder))
-        caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
-        problem = None
-        if caption is None:
-            problem = f"{where}: missing caption file {sidecar.name}"
-        elif not caption:
-            problem = f"{where}: caption file {sidecar.name} is empty"
+        caption, problem = None, None
+        try:
+            caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+        except UnicodeDecodeError as exc:
+            problem = f"{where}: caption file {sidecar.name} is not UTF-8 text ({exc})"
+        else:
+            if caption is None:
+                problem = f"{where}: missing caption file {sidecar.name}"
+            elif not caption:
+                problem = f"{where}: caption file {sidecar.name} is empty"
         rows.append(ManifestRow(index=i, where=where, video=clip, caption=caption or None, problem=problem))
     return rows
 

@@ -37,6 +37,26 @@ class VideoInfo:
     has_audio: bool
 
 
+# 8K per side. A larger frame (a corrupt or hostile header: a few hundred bytes of PNG can claim
+# 16000x16000) would take gigabytes once converted to RGB and float for resizing.
+MAX_FRAME_SIDE = 8192
+
+
+def _check_frame_size(path: Path, width: int, height: int) -> None:
+    if width > MAX_FRAME_SIDE or height > MAX_FRAME_SIDE:
+        raise MediaError(
+            f"{path}: frame size {width}x{height} exceeds {MAX_FRAME_SIDE} pixels per side; "
+            "downscale the file first (or it is corrupt)"
+        )
+
+
+def _video_codec(path: Path, stream: av.video.stream.VideoStream) -> av.video.codeccontext.VideoCodecContext:
+    # A truncated file can lose the codec parameters: PyAV then has no codec context at all.
+    if stream.codec_context is None:
+        raise MediaError(f"{path}: the video stream has no decoder parameters (corrupt or truncated file?)")
+    return stream.codec_context
+
+
 def _open(path: Path) -> av.container.InputContainer:
     if not path.is_file():
         raise MediaError(f"{path}: file not found")
@@ -61,12 +81,14 @@ def probe_video(path: str | Path) -> VideoInfo:
             frames = int(stream.duration * stream.time_base * fps)
         if frames <= 0 and container.duration:
             frames = int(container.duration / av.time_base * fps)
-        if not stream.codec_context.width or not stream.codec_context.height:
+        codec = _video_codec(path, stream)
+        if not codec.width or not codec.height:
             raise MediaError(f"{path}: video stream has no size (corrupt header?)")
+        _check_frame_size(path, codec.width, codec.height)
         return VideoInfo(
             path,
-            stream.codec_context.width,
-            stream.codec_context.height,
+            codec.width,
+            codec.height,
             fps,
             frames,
             bool(container.streams.audio),
@@ -99,9 +121,12 @@ def read_frames(path: str | Path, num_frames: int, width: int, height: int) -> t
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream")
         stream = container.streams.video[0]
+        codec = _video_codec(path, stream)
+        _check_frame_size(path, codec.width or 0, codec.height or 0)
         stream.thread_type = "AUTO"
         try:
             for frame in container.decode(stream):
+                _check_frame_size(path, frame.width, frame.height)  # a header may not have said
                 rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
                 frames.append(resize_crop(rgb, width, height))
                 if len(frames) == num_frames:
@@ -121,7 +146,8 @@ def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
 def read_audio(
     path: str | Path, sample_rate: int, seconds: float | None = None, pad: bool = True
 ) -> torch.Tensor:
-    """The audio track from its start, resampled to `sample_rate` stereo float32: (2, N).
+    """The audio track from its start, resampled to `sample_rate` stereo float32: (2, N). A mono track
+    is copied to both channels at its own level; more than two channels are downmixed to stereo.
 
     With `seconds`, at most round(seconds * sample_rate) samples, and with `pad` exactly that many:
     padded with silence when the track ends early (tracks are often a few ms shorter than the video).
@@ -134,8 +160,13 @@ def read_audio(
         if not container.streams.audio:
             raise NoAudioError(f"{path}: no audio stream")
         stream = container.streams.audio[0]
-        # Resample while decoding: mono is duplicated to stereo, any rate becomes the VAE's rate.
-        resampler = av.AudioResampler(format="fltp", layout="stereo", rate=sample_rate)
+        # Resample while decoding: any rate becomes the VAE's rate, more than two channels are downmixed.
+        # Mono stays mono here and is duplicated below: FFmpeg's mono->stereo rematrix lowers the level by
+        # 3 dB, so a mono clip would reach the VAE quieter than the same sound recorded in stereo.
+        if stream.codec_context is None:  # a truncated file can lose the codec parameters
+            raise MediaError(f"{path}: the audio stream has no decoder parameters (corrupt or truncated?)")
+        mono = stream.channels == 1
+        resampler = av.AudioResampler(format="fltp", layout="mono" if mono else "stereo", rate=sample_rate)
         try:
             for frame in container.decode(stream):
                 for out in resampler.resample(frame):
@@ -151,7 +182,7 @@ def read_audio(
             raise MediaError(f"{path}: audio decoding failed ({exc})") from exc
     if not chunks or sum(c.shape[1] for c in chunks) == 0:
         raise NoAudioError(f"{path}: the audio stream holds no samples")
-    wave = torch.from_numpy(np.concatenate(chunks, axis=1))
+    wave = torch.from_numpy(np.concatenate(chunks, axis=1)).expand(2, -1)  # mono: both channels, unit gain
     if want is not None:
         wave = wave[:, :want]
         if pad:

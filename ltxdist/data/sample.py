@@ -15,11 +15,12 @@ JSON record: id, bucket ("WxHxF"), fps, caption, source, and optional reference_
 from __future__ import annotations
 
 import json
+import math
+import struct
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_save
 
 SCHEMA_VERSION = 1
@@ -93,14 +94,78 @@ def encode_sample(sample: CachedSample) -> dict[str, Any]:
     }
 
 
+# safetensors dtype names -> torch dtypes (the ones a cached sample can hold).
+_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def payload_buffer(payload: bytes | bytearray | memoryview | torch.Tensor) -> torch.Tensor:
+    """A writable 1-D uint8 tensor over a safetensors payload (copied once if `payload` is read-only)."""
+    if isinstance(payload, torch.Tensor):
+        return payload.view(torch.uint8).reshape(-1)
+    if isinstance(payload, bytes) or (isinstance(payload, memoryview) and payload.readonly):
+        payload = bytearray(payload)  # torch.frombuffer on read-only memory warns and must not be written
+    return torch.frombuffer(payload, dtype=torch.uint8) if len(payload) else torch.empty(0, dtype=torch.uint8)
+
+
+def load_safetensors_views(buf_N: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Parse a safetensors payload held in a uint8 tensor; each tensor is a view into `buf_N`.
+
+    Why not `safetensors.torch.load(bytes)`: it copies every tensor into a Python bytes object, and the
+    streaming path then needs one more copy (those tensors are read-only); here the shard reader's one
+    read into `buf_N` is the only copy before batching. The format: 8-byte little-endian header size,
+    a JSON header {name: {dtype, shape, data_offsets: [begin, end]}} (offsets into the data section that
+    follows), then the data. Raises ValueError on anything inconsistent.
+    """
+    if buf_N.numel() < 8:
+        raise ValueError(f"payload of {buf_N.numel()} bytes is shorter than a safetensors header")
+    raw = buf_N.numpy().data
+    (header_len,) = struct.unpack_from("<Q", raw, 0)
+    base = 8 + header_len
+    if base > buf_N.numel():
+        raise ValueError(f"header size {header_len} runs past the payload ({buf_N.numel()} bytes)")
+    header = json.loads(bytes(raw[8:base]))
+    if not isinstance(header, dict):
+        raise ValueError("safetensors header is not a JSON object")
+    out: dict[str, torch.Tensor] = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        if dtype is None:
+            raise ValueError(f"tensor {name}: unsupported dtype {entry.get('dtype')!r}")
+        shape = [int(d) for d in entry["shape"]]
+        begin, end = (int(o) for o in entry["data_offsets"])
+        itemsize = dtype.itemsize
+        if min(shape, default=0) < 0 or not 0 <= begin <= end or end - begin != math.prod(shape) * itemsize:
+            raise ValueError(f"tensor {name}: {entry['dtype']} {shape} does not fit offsets {begin}..{end}")
+        if base + end > buf_N.numel():
+            raise ValueError(f"tensor {name}: data runs past the payload ({buf_N.numel()} bytes)")
+        bytes_N = buf_N[base + begin : base + end]
+        if (base + begin) % itemsize:
+            bytes_N = bytes_N.clone()  # misaligned for its dtype (not written so by safetensors): copy
+        out[name] = bytes_N.view(dtype).view(shape)
+    return out
+
+
 def decode_sample(record: dict[str, Any], where: str = "") -> CachedSample:
+    """CachedSample from a webdataset record; its tensors view the record's safetensors payload."""
     key = record.get("__key__", "?")
     at = f" in {where}" if where else ""
     if TENSOR_EXT not in record or JSON_EXT not in record:
         raise SampleError(f"record {key}{at} lacks its .{TENSOR_EXT} or .{JSON_EXT} member")
     try:
-        # clone: tensors that still view the record's bytes make the later torch.stack ~100x slower
-        tensors = {k: v.clone() for k, v in safetensors_load(record[TENSOR_EXT]).items()}
+        tensors = load_safetensors_views(payload_buffer(record[TENSOR_EXT]))
         meta = json.loads(record[JSON_EXT])
     except Exception as exc:
         raise SampleError(f"record {key}{at} is corrupt: {exc}") from exc

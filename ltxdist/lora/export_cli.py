@@ -11,12 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 
-from ltxdist.io import save_safetensors_atomic
+from ltxdist.io import save_safetensors_atomic, write_bytes_atomic
 from ltxdist.lora.comfy_format import (
     COMFY_PREFIX,
     LoRAFileError,
@@ -30,8 +31,11 @@ from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX, read_checkpoint_i
 def cmd_inspect(args: argparse.Namespace) -> None:
     lora = read_lora_file(args.lora)
     ranks = sorted({int(lora.tensors[m + ".lora_A.weight"].shape[0]) for m in lora.modules})
-    blocks = sorted({int(m.split(".")[1]) for m in lora.modules if m.startswith("transformer_blocks.")})
-    kinds = sorted({m.split(".", 2)[2] for m in lora.modules if m.startswith("transformer_blocks.")})
+    # transformer_blocks.{i}.{module}; other names (a file from elsewhere) are listed under modules only
+    in_blocks = [m.split(".", 2) for m in lora.modules if m.startswith("transformer_blocks.")]
+    in_blocks = [parts for parts in in_blocks if len(parts) == 3 and parts[1].isdigit()]
+    blocks = sorted({int(parts[1]) for parts in in_blocks})
+    kinds = sorted({parts[2] for parts in in_blocks})
     print(
         json.dumps(
             {
@@ -62,15 +66,27 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     src = Path(args.lora)
-    with safe_open(str(src), framework="pt") as f:
-        metadata = f.metadata() or {}
-        raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    if src.suffix != ".safetensors" or not src.is_file():
+        read_lora_file(src)  # raises the error naming the file (missing, or a pickle-based format)
+    try:
+        with safe_open(str(src), framework="pt") as f:
+            metadata = f.metadata() or {}
+            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    except Exception as exc:  # safetensors raises its own error type for a damaged file
+        raise LoRAFileError(f"{src} is not a readable safetensors file: {exc}") from exc
     out = {}
     for key, value in raw.items():
         name = key.removeprefix("model.").removeprefix(COMFY_PREFIX)
         out[COMFY_PREFIX + name] = value.to(torch.bfloat16)
-    save_safetensors_atomic(out, args.out, metadata=metadata)
-    read_lora_file(args.out)  # validate what was written
+    # Check the result before writing it: a failed conversion must not leave an unusable --out file.
+    with tempfile.TemporaryDirectory() as scratch:
+        probe = Path(scratch) / src.name
+        save_safetensors_atomic(out, probe, metadata=metadata)
+        try:
+            read_lora_file(probe)
+        except LoRAFileError as exc:
+            raise LoRAFileError(str(exc).replace(str(probe), str(src))) from exc
+        write_bytes_atomic(args.out, probe.read_bytes())
     print(f"wrote {args.out} ({len(out)} tensors)")
 
 

@@ -146,13 +146,15 @@ def copy_base_weights(
     dtype: torch.dtype | None,
     *,
     select: Callable[[str], bool] | None = None,
+    on_read: Callable[[torch.Tensor], None] | None = None,
 ) -> None:
     """Copy the file's transformer weights into an already materialised model (e.g. after `to_empty`).
 
     Reads one tensor at a time, and for a parameter sharded by FSDP2 only this rank's rows, so peak
     extra memory is one tensor, never the file. Parameters the file does not have must be LoRA
     adapters; anything else missing is an error. `select(name)` restricts the copy to some weights
-    (materialising block by block).
+    (materialising block by block). `on_read(tensor)` sees every tensor read from the file (a
+    diagnostic hook: ltxdist.parallel.materialize_report).
     """
     from ltxdist.parallel.shard_rows import local_slice, local_tensor  # here: parallel imports this module
 
@@ -170,6 +172,8 @@ def copy_base_weights(
         target = targets[name]
         local = local_tensor(target)
         tensor = reader.read(name, local_slice(target))
+        if on_read is not None:
+            on_read(tensor)
         local.copy_(tensor.to(device=local.device, dtype=dtype or local.dtype))
 
 

@@ -53,18 +53,26 @@ def parallelize_transformer(
 
 
 def lightning_strategy(parallel_cfg: Any) -> Any:
-    """The Lightning strategy for `parallel.name` (imports DeepSpeed only when asked for)."""
+    """The Lightning strategy for `parallel.name` (imports DeepSpeed only when asked for). Every
+    distributed one waits `parallel.collective_timeout_s` in a collective, then fails naming that flag
+    (parallel/timeouts.py)."""
     name = parallel_cfg.name
     if name == "ddp":
-        from lightning.pytorch.strategies import DDPStrategy
+        from ltxdist.parallel.ddp_strategy import LtxDDPStrategy
+        from ltxdist.parallel.timeouts import collective_timeout
 
-        return DDPStrategy(process_group_backend=parallel_cfg.process_group_backend)
+        return LtxDDPStrategy(
+            process_group_backend=parallel_cfg.process_group_backend,
+            timeout=collective_timeout(parallel_cfg),
+        )
     if name == "fsdp2":
         from ltxdist.parallel.fsdp2_strategy import FSDP2Strategy
+        from ltxdist.parallel.timeouts import collective_timeout
 
         return FSDP2Strategy(
             world_size=parallel_cfg.devices * parallel_cfg.num_nodes,
             process_group_backend=parallel_cfg.process_group_backend,
+            timeout=collective_timeout(parallel_cfg),
         )
     if name.startswith("deepspeed"):
         from ltxdist.parallel.deepspeed_strategy import build_deepspeed_strategy

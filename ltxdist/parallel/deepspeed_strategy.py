@@ -31,6 +31,7 @@ from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
 from ltxdist.parallel.deepspeed_config import deepspeed_config
 from ltxdist.parallel.gather import full_tensor
+from ltxdist.parallel.timeouts import CollectiveTimeoutHint, collective_timeout
 from ltxdist.training.checkpoint_io import read_checkpoint
 
 
@@ -46,7 +47,7 @@ class KeepDtypesPrecision(DeepSpeedPrecision):
         return data
 
 
-class LtxDeepSpeedStrategy(DeepSpeedStrategy):
+class LtxDeepSpeedStrategy(CollectiveTimeoutHint, DeepSpeedStrategy):
     # -- CPU support --------------------------------------------------------------------------------
     def setup_environment(self) -> None:
         if isinstance(self.accelerator, CPUAccelerator):
@@ -124,6 +125,7 @@ def build_deepspeed_strategy(parallel_cfg: Any) -> LtxDeepSpeedStrategy:
         config=deepspeed_config(parallel_cfg, on_gpu=not on_cpu),
         process_group_backend=parallel_cfg.process_group_backend or ("gloo" if on_cpu else None),
         precision_plugin=KeepDtypesPrecision("32-true"),
+        timeout=collective_timeout(parallel_cfg),
     )
 
 

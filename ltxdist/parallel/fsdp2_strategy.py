@@ -11,23 +11,28 @@ single / DDP / DeepSpeed checkpoints.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import torch
 from lightning.pytorch.strategies import ModelParallelStrategy
 
 from ltxdist.parallel.shard_rows import local_slice, local_tensor
+from ltxdist.parallel.timeouts import CollectiveTimeoutHint
 from ltxdist.training.checkpoint_io import read_checkpoint, read_part, save_sharded_checkpoint
 
 
-class FSDP2Strategy(ModelParallelStrategy):
-    def __init__(self, *, world_size: int, process_group_backend: str | None = None):
+class FSDP2Strategy(CollectiveTimeoutHint, ModelParallelStrategy):
+    def __init__(
+        self, *, world_size: int, process_group_backend: str | None = None, timeout: timedelta | None = None
+    ):
         # Pure data parallel: one mesh dimension over all processes, no tensor parallelism.
         super().__init__(
             data_parallel_size=world_size,
             tensor_parallel_size=1,
             save_distributed_checkpoint=True,
             process_group_backend=process_group_backend,
+            **({"timeout": timeout} if timeout is not None else {}),  # else Lightning's default
         )
 
     def setup_environment(self) -> None:

@@ -20,18 +20,26 @@ _SHARDING = {
 def describe_layout(cfg: Any) -> str:
     p = cfg.parallel
     world = p.devices * p.num_nodes
+    sp = p.sequence_parallel
+    data_parallel = world // sp
     accumulate = cfg.trainer.accumulate_grad_batches
-    per_step = world * cfg.data.batch_size * accumulate
+    per_step = data_parallel * cfg.data.batch_size * accumulate
     lines = [
         f"parallel         {p.name}: {_SHARDING.get(p.name, '?').format(world=world)}",
         f"world            {p.num_nodes} node(s) x {p.devices} process(es) = {world}",
         f"accelerator      {p.accelerator} (backend {p.process_group_backend or 'nccl on GPU, gloo on CPU'})",
-        f"global batch     {world} x data.batch_size {cfg.data.batch_size} x accumulate {accumulate} "
+        f"global batch     {data_parallel} x data.batch_size {cfg.data.batch_size} x accumulate {accumulate} "
         f"= {per_step} samples per optimizer step",
         f"steps            {cfg.trainer.max_steps} (lr schedule {cfg.optim.schedule.name}, stepped once per "
         "optimizer step)",
         f"run dir          {cfg.run.dir} (resume={cfg.run.resume})",
     ]
+    if sp > 1:
+        lines.insert(
+            2,
+            f"sequence par.    {data_parallel} group(s) of {sp} consecutive processes; each group shares its "
+            f"samples, each process holds 1/{sp} of the tokens (Ulysses all-to-all over heads)",
+        )
     if p.compile:
         lines.append("compile          torch.compile per transformer block")
     if p.offload_optimizer or p.offload_params:

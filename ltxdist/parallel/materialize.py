@@ -14,6 +14,7 @@ import torch
 
 from ltxdist.lora.inject import lora_modules, reset_lora
 from ltxdist.models.loader import copy_base_weights
+from ltxdist.parallel.materialize_report import MaterializeReport
 
 _BLOCKS = "transformer_blocks."
 
@@ -27,13 +28,37 @@ def materialize_transformer(
     lora_init_seed: int,
     device: torch.device,
 ) -> None:
+    # LTXDIST_MATERIALIZE_REPORT=DIR: each rank records what it held (materialize_report.py).
+    report = MaterializeReport.if_requested(model, parallel_cfg.name)
     if parallel_cfg.name == "deepspeed_zero3":
         _materialize_zero3(
-            model, parallel_cfg, checkpoint=checkpoint, dtype=dtype, seed=lora_init_seed, device=device
+            model,
+            parallel_cfg,
+            checkpoint=checkpoint,
+            dtype=dtype,
+            seed=lora_init_seed,
+            device=device,
+            report=report,
         )
-        return
+    else:
+        _materialize_in_place(model, parallel_cfg, checkpoint, dtype, lora_init_seed, device, report)
+    if report is not None:
+        report.write()
+
+
+def _materialize_in_place(
+    model: torch.nn.Module,
+    parallel_cfg: Any,
+    checkpoint: Path,
+    dtype: torch.dtype,
+    lora_init_seed: int,
+    device: torch.device,
+    report: MaterializeReport | None,
+) -> None:
     model.to_empty(device=device)
-    copy_base_weights(model, checkpoint, dtype)
+    if report is not None:
+        report.sample()
+    copy_base_weights(model, checkpoint, dtype, on_read=report.on_read if report is not None else None)
     if parallel_cfg.name == "fsdp2":
         from torch.distributed.tensor.experimental import implicit_replication
 
@@ -53,6 +78,7 @@ def _materialize_zero3(
     dtype: torch.dtype,
     seed: int,
     device: torch.device,
+    report: MaterializeReport | None = None,
 ) -> None:
     """Block by block: allocate, load the block's weights, draw its adapters, hand it to ZeRO-3 which
     keeps 1/N of it. Then the same for the parameters outside the blocks."""
@@ -66,6 +92,7 @@ def _materialize_zero3(
     # One generator across blocks, consumed in the order `reset_lora(model, seed)` uses, so adapters
     # start identical to every other parallel config.
     gen = torch.Generator().manual_seed(seed)
+    on_read = report.on_read if report is not None else None
 
     def partition(module: torch.nn.Module) -> None:
         # mem_efficient_linear=False: do not patch torch.nn.functional.linear process-wide.
@@ -74,10 +101,14 @@ def _materialize_zero3(
     for i, block in enumerate(model.transformer_blocks):
         prefix = f"{_BLOCKS}{i}."
         block.to_empty(device=device)
-        copy_base_weights(model, checkpoint, dtype, select=lambda n, p=prefix: n.startswith(p))
+        copy_base_weights(
+            model, checkpoint, dtype, select=lambda n, p=prefix: n.startswith(p), on_read=on_read
+        )
         with torch.no_grad():
             for lora in lora_modules(block).values():
                 lora.reset_lora_parameters(gen)
+        if report is not None:
+            report.sample()  # the most this rank holds: earlier blocks' partitions + this whole block
         partition(block)
     # What is left (patchify / adaln / output layers, root tables): small. Allocate only tensors still on
     # meta; the blocks' parameters are already partitioned and must not be touched.
@@ -92,5 +123,9 @@ def _materialize_zero3(
             for bname, buf in list(module.named_buffers(recurse=False)):
                 if buf.is_meta:
                     module.register_buffer(bname, torch.empty_like(buf, device=device))
-    copy_base_weights(model, checkpoint, dtype, select=lambda n: not n.startswith(_BLOCKS))
+    copy_base_weights(model, checkpoint, dtype, select=lambda n: not n.startswith(_BLOCKS), on_read=on_read)
+    if report is not None:
+        report.sample()
     partition(model)  # partitions only parameters that are not ZeRO-3 parameters yet
+    if report is not None:
+        report.sample()

@@ -44,13 +44,23 @@ class MaskableAttention:
         return out
 
 
+def find_maskable(fn: Any) -> MaskableAttention | None:
+    """The MaskableAttention in a chain of attention-function wrappers that expose `.inner` (sequence
+    parallelism wraps it: its masks describe whole sequences)."""
+    while fn is not None:
+        if isinstance(fn, MaskableAttention):
+            return fn
+        fn = getattr(fn, "inner", None)
+    return None
+
+
 def install_maskable_attention(model: torch.nn.Module) -> int:
     """Wrap the attention function of every maskable module (idempotent); returns how many."""
     n = 0
     for block in model.transformer_blocks:
         for name in MASKABLE_MODULES:
             attn = getattr(block, name, None)
-            if attn is not None and not isinstance(attn.attention_function, MaskableAttention):
+            if attn is not None and find_maskable(attn.attention_function) is None:
                 attn.attention_function = MaskableAttention(attn.attention_function)
                 n += 1
     return n
@@ -72,7 +82,7 @@ def set_attention_masks(
     for block in model.transformer_blocks:
         for name in MASKABLE_MODULES:
             attn = getattr(block, name, None)
-            fn = getattr(attn, "attention_function", None)
-            if isinstance(fn, MaskableAttention):
+            fn = find_maskable(getattr(attn, "attention_function", None))
+            if fn is not None:
                 fn.key_keep_BS = key_keep.get(name)
                 fn.query_keep_BT = query_keep.get(name)

@@ -119,27 +119,33 @@ def noised_audio(
     )
 
 
-AUDIO_LATENTS_PER_SECOND = 25.0
+# Gap between the end of the reference audio and the start of the target (t = 0) with negative positions.
 NEGATIVE_REFERENCE_GAP_S = 0.04
 
 
 def clean_reference_audio(batch: dict[str, Any], *, negative_positions: bool, device: torch.device) -> Stream:
-    """Reference audio: clean, no loss. With `negative_positions` it sits at t in
-    [-T_ref - 0.04 s, -0.04 s), before the target, instead of overlapping it from t = 0."""
+    """Reference audio: clean, no loss. With `negative_positions` it sits before the target, its real
+    tokens spanning [-span - 0.04 s, -0.04 s) instead of overlapping the target from t = 0.
+
+    The shift is anchored on the end bound of each sample's LAST REAL token, not on T / 25: ltx-core's
+    causal audio grid starts frame 0 at 0 s but ends frame k at (4k + 1) * 10 ms, so T frames end at
+    T / 25 - 0.03 s, and a T / 25 + 0.04 s shift would leave a 0.07 s gap. Padding tokens of shorter
+    references (never attended to) move with their sample and land after -0.04 s.
+    """
     lat_BCTM = batch["reference_audio_latents"].to(device=device, dtype=torch.float32)
     x_BTC = audio_tokens(lat_BCTM)
     b, t, _ = x_BTC.shape
     lengths_B = batch.get("reference_audio_lengths")
     keep_BT = lengths_mask(lengths_B, b, t, 1, device)
-    positions = audio_positions(lat_BCTM)
+    positions = audio_positions(lat_BCTM)  # (B, 1, T, 2), float32 seconds
     if negative_positions:
-        real_B = (
-            lengths_B.to(device).float()
+        last_B = (
+            lengths_B.to(device=device, dtype=torch.long) - 1
             if lengths_B is not None
-            else torch.full((b,), float(t), device=device)
+            else torch.full((b,), t - 1, device=device, dtype=torch.long)
         )
-        shift_B = real_B / AUDIO_LATENTS_PER_SECOND + NEGATIVE_REFERENCE_GAP_S
-        positions = positions - shift_B.view(b, 1, 1, 1)
+        last_end_B = positions[torch.arange(b, device=device), 0, last_B, 1]
+        positions = positions - (last_end_B + NEGATIVE_REFERENCE_GAP_S).view(b, 1, 1, 1)
     return Stream(
         latent_BTC=x_BTC,
         target_BTC=None,

@@ -75,8 +75,9 @@ class _StepSums:
 
     def add(self, parts: dict[str, Any], samples: int) -> None:
         self.host["micro_batches"] += 1
-        self.host["samples"] += samples
-        self.host["tokens"] += int(parts.get("tokens", 0))
+        # A sequence-parallel group shares its samples: each rank counts its share (module.compute_loss).
+        self.host["samples"] += samples * float(parts.get("sample_share", 1.0))
+        self.host["tokens"] += float(parts.get("tokens", 0))
         for key in LOSS_KEYS:
             if key in parts:
                 self._add(f"{key}|sum", parts[key])
@@ -154,9 +155,17 @@ class TrainingMetrics(pl.Callback):
         video = args[0] if len(args) > 0 else kwargs.get("video")
         audio = args[1] if len(args) > 1 else kwargs.get("audio")
         batch, tokens = tokens_of_forward(video, audio)
-        self._sums.flops = self._sums.flops + self._flop_model.step(
+        sp = int(getattr(module, "ltxdist_sequence_parallel_size", 1))
+        if sp > 1:
+            # Sequence parallel: this rank holds 1/P of each stream's tokens and attends over whole
+            # sequences with 1/P of the heads, i.e. it does 1/P of the whole sequence's FLOPs.
+            tokens = {role: n * sp if role in ("v", "a") else n for role, n in tokens.items()}
+        step = self._flop_model.step(
             batch=batch, tokens=tokens, activation_checkpointing=self.activation_checkpointing
         )
+        if sp > 1:
+            step = StepFlops(step.forward / sp, step.model / sp, step.hardware / sp)
+        self._sums.flops = self._sums.flops + step
 
     # -- per micro-batch ----------------------------------------------------------------------------
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: Any, batch: Any, batch_idx: int) -> None:

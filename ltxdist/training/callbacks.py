@@ -3,6 +3,7 @@ requeue), and metrics.jsonl."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -17,11 +18,17 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ltxdist.io import TMP_MARKER, write_bytes_atomic
+from ltxdist.io import TMP_MARKER, AtomicWriteError, write_bytes_atomic
 from ltxdist.lora import export_lora
 from ltxdist.lora.targets import expand_targets
 from ltxdist.parallel.gather import gathered_lora_model, needs_gather
-from ltxdist.training.run_dir import checkpoint_path, checkpoints_dir, complete_checkpoints, lora_path
+from ltxdist.training.run_dir import (
+    checkpoint_path,
+    checkpoints_dir,
+    complete_checkpoints,
+    lora_dir,
+    lora_path,
+)
 
 log = logging.getLogger("ltxdist")
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
@@ -87,7 +94,7 @@ class CheckpointAndExport(pl.Callback):
         self._last_saved_step = trainer.global_step
         self._last_checked_step = trainer.global_step
         if trainer.is_global_zero:
-            _remove_partial_checkpoints(self.run_dir)
+            _remove_partial_files(self.run_dir)
         # Again: Lightning installed its own SIGTERM handler in between.
         self._install_signal_handlers()
 
@@ -97,7 +104,8 @@ class CheckpointAndExport(pl.Callback):
         # The layout the data position (micro-batches per rank) refers to, so a run resumed on another
         # number of processes can convert it (LTXLoRAModule.on_load_checkpoint).
         checkpoint[LAYOUT_KEY] = {
-            "world_size": trainer.world_size,
+            # data-parallel processes (a sequence-parallel group reads one share of the data)
+            "world_size": trainer.world_size // int(pl_module.cfg.parallel.sequence_parallel),
             "micro_batch_size": int(pl_module.cfg.data.batch_size),
         }
 
@@ -149,33 +157,86 @@ class CheckpointAndExport(pl.Callback):
         raise SystemExit(128 + signum)
 
     def save(self, trainer: pl.Trainer, pl_module: Any) -> None:
+        """Collective: the LoRA file, then the checkpoint, then keep-last-k.
+
+        The LoRA file comes first, so a complete checkpoint always has its LoRA file (a resumed run does
+        not write that step again), while a LoRA file whose checkpoint never completed is rewritten
+        identically when the resumed run reaches its step. A failed write (full disk) fails on every
+        rank together with an error naming the path, rather than leaving the other ranks waiting in the
+        next collective; the previous complete checkpoint is untouched. (FSDP2 writes one shard file per
+        rank inside its own collective save: a rank whose write fails stops there, and the others fail
+        after parallel.collective_timeout_s.)"""
         step = trainer.global_step
-        trainer.save_checkpoint(checkpoint_path(self.run_dir, step), weights_only=False)  # all ranks call
         # Sharded adapters (FSDP2, ZeRO) are gathered by every rank together; rank 0 writes the file.
         export_model = (
             gathered_lora_model(pl_module.transformer) if needs_gather(pl_module.transformer) else None
         )
+        failure: OSError | None = None
         if trainer.is_global_zero:
-            export_lora(
-                export_model if export_model is not None else pl_module.transformer,
-                lora_path(self.run_dir, step),
-                base_model_version=pl_module.model_version,
-                training_strategy=self.strategy_name,
-                step=step,
-                target_modules=expand_targets(list(pl_module.cfg.lora.targets)),
-                extra_metadata=self.extra_metadata,
-            )
+            try:
+                export_lora(
+                    export_model if export_model is not None else pl_module.transformer,
+                    lora_path(self.run_dir, step),
+                    base_model_version=pl_module.model_version,
+                    training_strategy=self.strategy_name,
+                    step=step,
+                    target_modules=expand_targets(list(pl_module.cfg.lora.targets)),
+                    extra_metadata=self.extra_metadata,
+                )
+            except OSError as exc:
+                failure = exc
+        _fail_together(trainer, failure, lora_path(self.run_dir, step))
+        path = checkpoint_path(self.run_dir, step)
+        try:
+            trainer.save_checkpoint(path, weights_only=False)  # all ranks call
+        except OSError as exc:
+            if pl_module.cfg.parallel.name == "fsdp2" or trainer.world_size == 1:
+                raise
+            # Rank 0 alone writes (single, DDP, DeepSpeed) and failed before the barrier that ends
+            # Trainer.save_checkpoint, where the other ranks wait: meet them there.
+            failure = exc
+            trainer.strategy.barrier("Trainer.save_checkpoint")
+        _fail_together(trainer, failure, path)
+        if trainer.is_global_zero:
             for _, old in complete_checkpoints(self.run_dir)[: -self.keep_last_k]:
                 trainer.strategy.checkpoint_io.remove_checkpoint(old)
         trainer.strategy.barrier("ltxdist-checkpoint")
         self._last_saved_step = step
 
 
+def _fail_together(trainer: pl.Trainer, failure: OSError | None, path: Path) -> None:
+    """Raise on every rank if a write failed on any (one all-reduce when distributed)."""
+    failed = torch.tensor([int(failure is not None)], device=trainer.strategy.root_device)
+    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+    if failure is not None:
+        raise failure
+    if int(failed.item()):
+        raise AtomicWriteError(errno.EIO, path, "another rank failed to write it (see its error)")
+
+
+def _remove_partial_files(run_dir: Path) -> None:
+    """What a process killed while writing left behind: temporary checkpoint directories (never
+    complete) and temporary LoRA / metrics files."""
+    _remove_partial_checkpoints(run_dir)
+    for folder in (lora_dir(run_dir), run_dir):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if TMP_MARKER in path.name and path.is_file():
+                    path.unlink(missing_ok=True)
+
+
 def _remove_partial_checkpoints(run_dir: Path) -> None:
-    """Temporary directories left by a process killed while writing a checkpoint (never complete)."""
+    """Temporary checkpoint directories (never complete). A checkpoint moved aside for an overwrite
+    (`step-N.tmp-old`) whose replacement never arrived is put back."""
     root = checkpoints_dir(run_dir)
     if root.is_dir():
         for path in root.iterdir():
+            if path.name.endswith(TMP_MARKER + "old") and path.is_dir():
+                target = path.with_name(path.name[: -len(TMP_MARKER + "old")])
+                if not target.exists():
+                    os.replace(path, target)
+                    continue
             if TMP_MARKER in path.name and path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
 
@@ -238,10 +299,14 @@ class MetricsJsonl(pl.Callback):
                     record[f"loss/{stream}/sigma_{bucket}"] = float(total) / int(count)
         if getattr(pl_module, "_last_grad_norm", None) is not None:
             record["grad_norm"] = float(pl_module._last_grad_norm)
+        guard = getattr(pl_module, "nonfinite", None)
+        if guard is not None:
+            # Steps skipped for a non-finite loss or gradients: the total so far, and this step.
+            record["train/nonfinite_skipped"] = guard.total
+            record["train/step_skipped"] = int(guard.last_skipped)
         if self.metrics is not None and self.metrics.latest_step == step:
             record.update(self.metrics.latest)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append_line(self.path, json.dumps(record) + "\n")
         # The same numbers go to W&B (and any other logger), so the two never disagree.
         scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
         for logger in trainer.loggers:
@@ -285,3 +350,23 @@ class StepProgressBar(pl.Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append one whole line or nothing: a failed write (full disk) is cut back off, so the file never
+    ends in half a record, and the error names the file."""
+    data = line.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+        except OSError as exc:
+            os.ftruncate(fd, start)
+            raise AtomicWriteError(
+                exc.errno or errno.EIO, path, exc.strerror or str(exc), "a line to "
+            ) from exc
+    finally:
+        os.close(fd)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import CheckpointIO
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from ltxdist.io import TMP_MARKER, atomic_directory, save_safetensors_atomic, write_json_atomic
@@ -197,11 +197,22 @@ def read_checkpoint(path: str | Path, *, lazy_shards: bool = False) -> dict[str,
             f"{path} is not a complete ltxdist checkpoint (missing {COMPLETE_FILE}); "
             "use run.resume=auto to pick the newest complete one"
         )
-    meta = json.loads((path / COMPLETE_FILE).read_text())
-    shards = ShardSet(path, int(meta["shards"])) if meta.get("shards") else None
-    tensors = load_file(str(path / TENSORS_FILE))
-    tree = _decode(json.loads((path / TREE_FILE).read_text()), tensors, shards)
-    return tree if lazy_shards else _materialize(tree)
+    try:
+        meta = json.loads((path / COMPLETE_FILE).read_text())
+        shards = ShardSet(path, int(meta["shards"])) if meta.get("shards") else None
+        tensors = load_file(str(path / TENSORS_FILE))
+        tree = _decode(json.loads((path / TREE_FILE).read_text()), tensors, shards)
+        if not isinstance(tree, dict):
+            raise TypeError(f"{TREE_FILE} holds a {type(tree).__name__}, not the checkpoint's dict")
+        return tree if lazy_shards else _materialize(tree)
+    except CheckpointFormatError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, SafetensorError) as exc:
+        # Damaged after it was completed (disk error, a file replaced by hand, a pickle put in its place).
+        raise CheckpointFormatError(
+            f"{path}: damaged checkpoint ({type(exc).__name__}: {exc}); resume from an earlier one "
+            "(run.resume=<checkpoint dir>) or start over (run.resume=never)"
+        ) from exc
 
 
 def _write_rank_shards(directory: Path, rank: int, shards: _Shards) -> None:

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from ltxdist.io import atomic_file, write_json_atomic
 from ltxdist.training.run_dir import complete_checkpoints, lora_dir
+from ltxdist.training.warm_start import check_warm_start_supported
 
 log = logging.getLogger("ltxdist")
 STAGE_DONE = "stage_complete.json"
@@ -51,6 +52,9 @@ def run_curriculum(cfg: Any, train_one: Any) -> Path:
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stages: names must be unique, got {names}")
+    if len(names) > 1 or cfg.lora.init_from:
+        # Before the first stage trains: stage 2 would otherwise fail only after stage 1 finished.
+        check_warm_start_supported(cfg.parallel.name, "stages (each stage warm-starts from the previous)")
     previous: Path | None = None
     final_lora: Path | None = None
     summary = []

@@ -10,24 +10,28 @@ import torch
 
 from ltxdist.data.mixing import MixedLatentStream, MixSource
 from ltxdist.data.streaming import CachedLatentStream, StreamPlan
+from ltxdist.parallel.sequence_parallel import data_parallel_layout
 
 
 class CachedLatentDataModule(pl.LightningDataModule):
-    def __init__(self, data_cfg: Any, seed: int):
+    def __init__(self, data_cfg: Any, seed: int, sequence_parallel: int = 1):
         super().__init__()
         self.data_cfg = data_cfg
         self.seed = seed
+        self.sequence_parallel = sequence_parallel
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         trainer = self.trainer
         assert trainer is not None
         # Restored from the checkpoint before dataloaders are built (Lightning restores modules first).
         skip = int(getattr(trainer.lightning_module, "batches_seen", 0))
+        # The ranks of one sequence-parallel group read the same samples: split by group, not by rank.
+        data_parallel = data_parallel_layout(trainer.global_rank, trainer.world_size, self.sequence_parallel)
         plan = StreamPlan(
             batch_size=self.data_cfg.batch_size,
             seed=self.seed,
-            rank=trainer.global_rank,
-            world_size=trainer.world_size,
+            rank=data_parallel.rank,
+            world_size=data_parallel.size,
             shuffle_buffer=self.data_cfg.shuffle_buffer,
             split=self.data_cfg.split,
         )

@@ -21,11 +21,18 @@ from ltxdist.lora.inject import lora_state_dict
 from ltxdist.models import build_meta_transformer, read_checkpoint_info
 from ltxdist.models.loader import check_transformer_keys
 from ltxdist.parallel import materialize_transformer, parallelize_transformer
+from ltxdist.parallel.sequence_parallel import (
+    SequenceParallelGroup,
+    install_sequence_parallel,
+    new_sequence_parallel_group,
+    sequence_parallel_forward,
+)
 from ltxdist.strategies import StrategyOutput, build_strategy
 from ltxdist.strategies.attention_masks import set_attention_masks
 from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
 from ltxdist.training.datamodule import empty_caption_dir
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
+from ltxdist.training.nonfinite import NonFiniteGuard, poison_nonfinite_loss
 from ltxdist.training.optim import build_optimizer, build_scheduler
 from ltxdist.training.warm_start import warm_start
 from ltxdist_kernels.attention import patch_attention_modules, resolve_backend
@@ -50,6 +57,11 @@ class LTXLoRAModule(pl.LightningModule):
         self._t_last = 0.0
         self._last_parts: dict[str, Any] = {}
         self._last_grad_norm: torch.Tensor | None = None
+        # NaN/Inf steps: skipped, counted, K in a row stop the run (training/nonfinite.py)
+        self.nonfinite = NonFiniteGuard(cfg.trainer.max_consecutive_nonfinite)
+        self._batch_ids: list[str] = []
+        self._deepspeed_skipped_before: int | None = None
+        self.sequence_parallel: SequenceParallelGroup | None = None  # set in configure_model
 
     # -- model ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -74,6 +86,10 @@ class LTXLoRAModule(pl.LightningModule):
         if resolve_backend(self.cfg.model.kernels, device) == "triton":
             # before parallelize: sharding and compile must wrap the kernel-dispatching modules
             patch_attention_modules(model, backend="triton")
+        if self.cfg.parallel.sequence_parallel > 1:
+            # After the kernel patch: its forward still calls attention_function, the seam wrapped here.
+            self.sequence_parallel = new_sequence_parallel_group(self.cfg.parallel.sequence_parallel)
+            install_sequence_parallel(model, self.sequence_parallel)
         model = parallelize_transformer(
             model,
             self.cfg.parallel,
@@ -126,12 +142,20 @@ class LTXLoRAModule(pl.LightningModule):
             batch, dtype=self.dtype_compute, device=self.device, generators=gens
         )
         b = out.video.latent.shape[0] if out.video is not None else out.audio.latent.shape[0]
-        # Always set (or clear) the strategy's masks: they stay in place for a checkpointed recompute.
-        set_attention_masks(self.transformer, out.key_keep, out.query_keep)
-        vx, ax = self.transformer(out.video, out.audio, BatchedPerturbationConfig.empty(b))
+        perturbations = BatchedPerturbationConfig.empty(b)
+        sp = self.sequence_parallel
+        if sp is not None:
+            # Each rank runs 1/P of the tokens; the predictions come back whole for the loss.
+            vx, ax = sequence_parallel_forward(self.transformer, out, sp, perturbations)
+        else:
+            # Always set (or clear) the strategy's masks: they stay in place for a checkpointed recompute.
+            set_attention_masks(self.transformer, out.key_keep, out.query_keep)
+            vx, ax = self.transformer(out.video, out.audio, perturbations)
         s = self.cfg.strategy
         total = torch.zeros((), device=self.device)
-        parts: dict[str, Any] = {"tokens": out.num_tokens}
+        # This rank's share of the step's tokens and samples (a sequence-parallel group shares them).
+        share = 1.0 / sp.size if sp is not None else 1.0
+        parts: dict[str, Any] = {"tokens": out.num_tokens * share, "sample_share": share}
         for name, pred, targets, weight in (
             ("video", vx, out.video_targets, s.video_loss_weight),
             ("audio", ax, out.audio_targets, s.audio_loss_weight),
@@ -149,8 +173,11 @@ class LTXLoRAModule(pl.LightningModule):
         return total, parts
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        # LoRA dropout draws from torch's global RNG: reseed it per batch so a resumed run matches.
-        torch.manual_seed(sample_seed(self.cfg.run.seed, "|".join(batch["ids"]), self.batches_seen))
+        # LoRA dropout draws from torch's global RNG: reseed it per batch so a resumed run matches (and
+        # per sequence-parallel rank, so the ranks' token shards do not share one dropout pattern).
+        sp = self.sequence_parallel
+        stream = "|".join(batch["ids"]) + (f"|sp{sp.rank}" if sp is not None else "")
+        torch.manual_seed(sample_seed(self.cfg.run.seed, stream, self.batches_seen))
         loss, parts = self.compute_loss(batch)
         self.batches_seen += 1
         bs = len(batch["ids"])
@@ -171,7 +198,17 @@ class LTXLoRAModule(pl.LightningModule):
             )
         self._t_last = now
         self._last_parts = parts
+        if sp is not None:
+            # The data-parallel gradient average also divides by the P ranks that share these samples,
+            # whose gradients should add up (parallel/sequence_parallel.py): scale back by P.
+            return loss * sp.loss_scale
         return loss
+
+    def on_after_backward(self) -> None:
+        if self.sequence_parallel is not None:
+            # Backward (with any checkpointed recompute) is done: anything else that runs the
+            # transformer this step (validation sampling) runs whole sequences on each rank.
+            self.sequence_parallel.active = False
 
     def on_train_start(self) -> None:
         # A resumed run restores its own checkpoint; warm start only a fresh one.
@@ -184,6 +221,42 @@ class LTXLoRAModule(pl.LightningModule):
         self._last_grad_norm = (
             torch.linalg.vector_norm(torch.stack([g.float().norm() for g in grads])) if grads else None
         )
+        self._skip_nonfinite_step()
+
+    # -- non-finite steps (training/nonfinite.py) -------------------------------------------------
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        # A non-finite loss becomes NaN gradients, which the check after gradient reduction sees on every
+        # rank. (DeepSpeed runs its engine's backward instead; its own overflow check covers it.)
+        super().backward(poison_nonfinite_loss(loss), *args, **kwargs)
+
+    def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._batch_ids = list(batch["ids"])  # named in the message when the step is skipped
+
+    def _nonfinite_detail(self) -> str:
+        loss = self._last_parts.get("loss/total")
+        local = "non-finite" if loss is not None and not bool(torch.isfinite(loss)) else "finite"
+        return f"rank {self.global_rank}: loss {local}, batch ids {self._batch_ids}"
+
+    def _skip_nonfinite_step(self) -> None:
+        step = self.trainer.global_step + 1
+        if self.cfg.parallel.name.startswith("deepspeed"):
+            # DeepSpeed skips the step itself; counted after it in optimizer_step.
+            self._deepspeed_skipped_before = self.trainer.strategy.deepspeed_engine.skipped_steps
+            return
+        skip = self.nonfinite.decide(self.lora_parameters(), all_reduce=self.cfg.parallel.name == "fsdp2")
+        if skip:
+            for p in self.lora_parameters():
+                p.grad = None  # AdamW leaves parameters without a gradient (and their moments) alone
+        self.nonfinite.record(skip, step=step, detail=self._nonfinite_detail() if skip else "")
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        before, self._deepspeed_skipped_before = self._deepspeed_skipped_before, None
+        if before is not None:
+            skipped = self.trainer.strategy.deepspeed_engine.skipped_steps > before
+            self.nonfinite.record(
+                skipped, step=self.trainer.global_step + 1, detail=self._nonfinite_detail() if skipped else ""
+            )
 
     # -- optimizer --------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, Any]:
@@ -203,6 +276,7 @@ class LTXLoRAModule(pl.LightningModule):
             "batches_seen": self.batches_seen,
             "model_version": self.model_version,
             "target_modules": self.target_modules,
+            "nonfinite": self.nonfinite.state_dict(),
         }
 
     def _resumed_data_position(self, batches_seen: int, checkpoint: dict[str, Any]) -> int:
@@ -213,7 +287,8 @@ class LTXLoRAModule(pl.LightningModule):
         if not layout or self._trainer is None:
             return batches_seen
         samples = batches_seen * int(layout["world_size"]) * int(layout["micro_batch_size"])
-        per_batch = self.trainer.world_size * int(self.cfg.data.batch_size)
+        data_parallel = self.trainer.world_size // int(self.cfg.parallel.sequence_parallel)
+        per_batch = data_parallel * int(self.cfg.data.batch_size)
         if samples % per_batch:
             raise ValueError(
                 f"the checkpoint consumed {samples} samples ({layout['world_size']} processes x "
@@ -226,6 +301,7 @@ class LTXLoRAModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_STATE_KEY, {})
         self.batches_seen = self._resumed_data_position(int(state.get("batches_seen", 0)), checkpoint)
+        self.nonfinite.load_state_dict(state.get("nonfinite", {}))
         expected = set(self.state_dict())
         found = set(checkpoint.get("state_dict", {}))
         if expected != found:

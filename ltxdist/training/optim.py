@@ -11,8 +11,11 @@ import torch
 def build_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.Optimizer:
     kwargs = {"lr": cfg.lr, "betas": tuple(cfg.betas), "eps": cfg.eps, "weight_decay": cfg.weight_decay}
     if cfg.name == "adamw":
-        # foreach=False keeps the update order identical across runs and process counts.
-        return torch.optim.AdamW(params, foreach=False, **kwargs)
+        # torch's default implementation per device: the multi-tensor (foreach) update on CUDA, one
+        # launch per group of adapter tensors instead of ~10 per tensor (2,304 adapter tensors at rank
+        # 32 on every attention of the 22B model); the per-tensor loop on the CPU. Either is
+        # deterministic for a given device, which is what resume and layout parity rely on.
+        return torch.optim.AdamW(params, **kwargs)
     if cfg.name == "adamw8bit":
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ltxdist.config.schema import validate_config
 from ltxdist.config.store import CONF_DIR, register_configs
+from ltxdist.data.compat import check_data_fits_checkpoint
 from ltxdist.parallel import lightning_strategy
 from ltxdist.tracking.metrics import TrainingMetrics
 from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl, StepProgressBar
@@ -110,13 +111,16 @@ def train(cfg: Any) -> Path:
     if rank == 0:
         _prepare_inputs(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        check_data_fits_checkpoint(cfg.data, cfg.model.checkpoint)  # before any model is built
     resume_from = resolve_resume(run_dir, cfg.run.resume)
     if resume_from is not None and rank == 0:
         log.info("resuming from %s", resume_from)
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
 
     module = LTXLoRAModule(cfg)
-    datamodule = CachedLatentDataModule(cfg.data, seed=cfg.run.seed)
+    datamodule = CachedLatentDataModule(
+        cfg.data, seed=cfg.run.seed, sequence_parallel=cfg.parallel.sequence_parallel
+    )
     # Metrics before checkpoints: a step's metrics line exists before its checkpoint does, so a run
     # killed right after checkpoint N and resumed from it has no gap in metrics.jsonl.
     # TrainingMetrics first (it closes each step's timer) and its boundary marker last (see metrics.py).

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from data_helpers import clip
@@ -76,3 +78,108 @@ def test_write_video_with_audio_roundtrip(tmp_path):
     assert (info.width, info.height, info.num_frames, info.has_audio) == (48, 32, 9, True)
     assert abs(read_audio(path, 48000).shape[1] - 24000) < 2048  # AAC priming/padding
     assert not list(tmp_path.glob("*.tmp-*"))  # atomic: no temporary left behind
+
+
+def _gray_ramp_clip(path, frames, step, size=64, fps=24.0, audio=None):
+    """Frame i is uniformly gray at level step * i: each decoded frame says which frame it is."""
+    levels = torch.arange(frames, dtype=torch.int64) * step
+    video = levels.view(-1, 1, 1, 1).expand(frames, size, size, 3).to(torch.uint8)
+    return write_video(path, video, fps, audio)
+
+
+def _frame_numbers(frames_FHWC, step):
+    return (frames_FHWC.float().mean(dim=(1, 2, 3)) / step).round().long().tolist()
+
+
+def _tone(freq, seconds, rate, amplitude=0.5):
+    t = torch.arange(round(seconds * rate), dtype=torch.float64) / rate
+    return (amplitude * torch.sin(2 * math.pi * freq * t)).float()
+
+
+def _peak_hz(wave_N, rate):
+    spectrum = torch.fft.rfft(wave_N.double()).abs()
+    return float(torch.argmax(spectrum)) * rate / wave_N.shape[0]
+
+
+def test_frame_numbers_survive_the_codec(tmp_path):
+    # The marker itself must be readable for the tests below to mean anything.
+    path = _gray_ramp_clip(tmp_path / "ramp.mp4", 40, 6)
+    got = read_frames(path, 1000, 64, 64)
+    assert _frame_numbers(got, 6) == list(range(40))
+    assert _frame_numbers(read_frames(path, 17, 64, 64), 6) == list(range(17))
+
+
+def test_mono_audio_becomes_the_stereo_the_audio_vae_expects(tmp_path, encoders):
+    frames = torch.zeros(24, 32, 32, 3, dtype=torch.uint8)
+    mono = write_video(tmp_path / "mono.mp4", frames, 24.0, (_tone(440, 1.0, 44100)[None], 44100))
+    rate = encoders.audio.sample_rate
+    wave = read_audio(mono, rate, seconds=1.0)
+    assert wave.shape == (2, rate)
+    assert torch.equal(wave[0], wave[1])  # the one channel duplicated, not half of it dropped
+    # At the source's level (RMS of a 0.5 sine: 0.354), not 3 dB down as FFmpeg's mono->stereo rematrix
+    # gives; measured away from the AAC edges.
+    rms = float(wave[0, rate // 8 : -rate // 8].square().mean().sqrt())
+    assert rms == pytest.approx(0.5 / 2**0.5, rel=0.08)
+    assert abs(_peak_hz(wave[0], rate) - 440) < 3  # resampled, not reinterpreted at another rate
+    assert encoders.audio.encode(wave, encoders.audio.latent_frames(1.0)).shape == (8, 25, 16)
+    # A stereo track keeps its channels apart (440 Hz left, 1 kHz right): no silent downmix.
+    two = torch.stack([_tone(440, 1.0, 44100), _tone(1000, 1.0, 44100)])
+    stereo = write_video(tmp_path / "stereo.mp4", frames, 24.0, (two, 44100))
+    left, right = read_audio(stereo, rate, seconds=1.0)
+    assert abs(_peak_hz(left, rate) - 440) < 3 and abs(_peak_hz(right, rate) - 1000) < 3
+
+
+def _spy_video_encoder(encoders, monkeypatch):
+    """Record what the real video VAE is asked to encode (it still encodes it)."""
+    seen = []
+    real = encoders.video.encode
+
+    def encode(frames_FHWC):
+        seen.append(frames_FHWC.clone())
+        return real(frames_FHWC)
+
+    monkeypatch.setattr(encoders.video, "encode", encode)
+    return seen
+
+
+def test_prepare_takes_the_first_frames_of_a_long_mono_clip(tmp_path, encoders, monkeypatch):
+    from ltxdist.data.buckets import parse_buckets
+    from ltxdist.data.manifest import ManifestRow
+    from ltxdist.data.prepare.samples import SampleBuilder, SampleSpec
+
+    # 40 frames for a 17-frame bucket: frames 0..16 must be encoded, not the middle, the end or a stride.
+    path = _gray_ramp_clip(tmp_path / "long.mp4", 40, 6, audio=(_tone(440, 40 / 24, 44100)[None], 44100))
+    seen = _spy_video_encoder(encoders, monkeypatch)
+    spec = SampleSpec(buckets=tuple(parse_buckets("64x64x17;64x64x9")), audio="required")
+    sample = SampleBuilder(spec, encoders).build(ManifestRow(0, "test row 0", path, "a gray ramp"))
+    assert sample.bucket == "64x64x17" and len(seen) == 1
+    assert _frame_numbers(seen[0], 6) == list(range(17))
+    assert sample.tensors["audio_latents"].shape == (8, round(17 / 24 * 25), 16)  # mono track encoded
+
+
+def test_a_reference_still_is_looped_into_a_static_video(tmp_path, encoders, monkeypatch):
+    from ltxdist.data.buckets import parse_buckets
+    from ltxdist.data.manifest import ManifestRow
+    from ltxdist.data.prepare.samples import SampleBuilder, SampleSpec
+
+    target = _gray_ramp_clip(tmp_path / "target.mp4", 17, 6)
+    # A still with structure (a horizontal ramp and a red square), so "static" cannot pass by being blank.
+    ramp = torch.linspace(20, 230, 32).round().to(torch.uint8)
+    still = ramp.view(1, 1, 32, 1).expand(1, 32, 32, 3).clone()
+    still[0, 8:16, 8:16] = torch.tensor([220, 30, 30], dtype=torch.uint8)
+    image = write_video(tmp_path / "sheet.mp4", still, 24.0)
+    seen = _spy_video_encoder(encoders, monkeypatch)
+    spec = SampleSpec(
+        buckets=tuple(parse_buckets("64x64x17")),
+        strategy="video_to_video",
+        reference_downscale_factor=2,
+        audio="off",
+    )
+    row = ManifestRow(0, "test row 0", target, "sheet", reference_image=image)
+    sample = SampleBuilder(spec, encoders).build(row)
+    target_frames, reference_frames = seen
+    assert _frame_numbers(target_frames, 6) == list(range(17))  # the target moves ...
+    assert reference_frames.shape == (17, 32, 32, 3)  # ... the reference covers all 17 frames, static:
+    assert all(torch.equal(frame, reference_frames[0]) for frame in reference_frames)
+    assert (reference_frames[0].float() - still[0].float()).abs().mean() < 4  # and it is the still
+    assert sample.tensors["reference_video_latents"].shape == (128, 3, 1, 1)

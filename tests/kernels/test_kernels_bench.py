@@ -9,6 +9,8 @@ from pathlib import Path
 import torch
 from kernel_test_utils import HAS_CUDA
 
+from ltxdist.bench.report import hardware_slug
+
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "kernels_bench.py"
 
 
@@ -27,8 +29,9 @@ def test_dry_run_writes_json_and_markdown(tmp_path: Path) -> None:
     argv += ["--out-dir", str(tmp_path)]
     rows = bench.main(argv)
     assert [r["section"] for r in rows] == ["lora_linear"] * 2 + ["qk_norm_rope"] * 2 + ["attention"] * 2
-    (json_file,) = tmp_path.glob("kernels_cpu-tiny_*.json")
-    (md_file,) = tmp_path.glob("kernels_cpu-tiny_*.md")
+    # results files are named <benchmark>_<hardware>_<date>, the hardware slug shared by every benchmark
+    (json_file,) = tmp_path.glob(f"kernels-tiny_{hardware_slug()}_*.json")
+    (md_file,) = tmp_path.glob(f"kernels-tiny_{hardware_slug()}_*.md")
     payload = json.loads(json_file.read_text())
     assert payload["versions"]["torch"] == torch.__version__
     assert payload["config"]["tokens"] == [6]

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 from e2e_utils import BIN, REPO, train_overrides
 
+from ltxdist.parallel.materialize_report import REPORT_ENV
 from ltxdist.training.checkpoint_io import read_checkpoint
 
-__all__ = ["BIN", "LAUNCH", "REPO", "train_overrides"]
+__all__ = ["BIN", "LAUNCH", "REPO", "REPORT_ENV", "train_overrides"]
 LAUNCH = REPO / "launch" / "train.sh"
 
 
@@ -46,10 +47,14 @@ def env(extensions_dir: Path | None = None, **extra: str) -> dict[str, str]:
     return out
 
 
-def command(ckpt: Path, data: Path, run_dir: Path, nproc: int, **overrides: object) -> list[str]:
+def command(
+    ckpt: Path, data: Path, run_dir: Path, nproc: int, *, via_launch: bool = False, **overrides: object
+) -> list[str]:
+    """2 processes always go through launch/train.sh (torchrun); 1 process through `ltxdist-train`, or
+    with `via_launch` through launch/train.sh too (NPROC=1)."""
     layout = ONE_PROCESS if nproc == 1 else TWO_PROCESSES
     args = train_overrides(ckpt, data, run_dir, **{**COMMON, **layout, **overrides})
-    if nproc == 1:
+    if nproc == 1 and not via_launch:
         return [str(BIN / "ltxdist-train"), *args]
     return ["bash", str(LAUNCH), *args]
 
@@ -66,6 +71,12 @@ def run(
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
     return proc
+
+
+def materialize_reports(folder: Path) -> list[dict]:
+    """What each rank of a run recorded while materialising the model into `folder` (the run's
+    LTXDIST_MATERIALIZE_REPORT, ltxdist/parallel/materialize_report.py), by rank."""
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("rank-*.json"))]
 
 
 def metrics(run_dir: Path) -> list[dict]:

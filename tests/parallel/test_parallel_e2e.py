@@ -1,5 +1,6 @@
 """FSDP2 and DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo, fp32) against a 1-process run on the same
-global batch; kill / signal / resume across process counts and strategies.
+global batch; kill / signal / resume across process counts and strategies; what each rank materialised;
+validation sampling spread over FSDP2 ranks.
 
 Every run trains the tiny model for 8 steps on a single-bucket dataset read in order (per-sample noise
 streams make the draws independent of the layout). The reference is one process with batch 2; the
@@ -8,6 +9,7 @@ parallel runs are two processes with batch 1, started by launch/train.sh (torchr
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,20 +20,26 @@ from pathlib import Path
 import pytest
 import torch
 from parallel_helpers import (
+    REPORT_ENV,
     adapters,
     assert_same_adapters,
     command,
     env,
+    materialize_reports,
     metrics,
     moments,
     run,
 )
 from safetensors.torch import load_file
 
+from ltxdist.training.checkpoint_io import is_complete_checkpoint
 from ltxdist.training.run_dir import complete_checkpoints
 
 pytestmark = pytest.mark.slow
 STEPS = 8
+# An odd number of validation prompts over 2 FSDP2 ranks: one rank has a job less and must still run
+# as many forwards (each all-gathers sharded weights), or the run hangs (training/validation.py).
+VAL_PROMPTS = ["a red ball", "a blue cube", "a green dot"]
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +57,27 @@ def run_env(request: pytest.FixtureRequest) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
+def encoders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """VAEs, vocoder and text connectors (the same transformer weights as tiny_ckpt) and a tiny Gemma:
+    what validation sampling needs besides the live model."""
+    from ltxdist.models.tiny_checkpoint import write_random_checkpoint
+    from ltxdist.models.tiny_encoders import TINY_GEMMA_DIR, write_tiny_gemma
+
+    root = tmp_path_factory.mktemp("encoders")
+    ckpt = write_random_checkpoint(root / "ltx-2.3-tiny.safetensors", seed=0, with_encoders=True)
+    return ckpt, write_tiny_gemma(root / TINY_GEMMA_DIR, seed=0)
+
+
+def _materialized(run_dir: Path) -> Path:
+    return run_dir.parent / "materialize"
+
+
+def _recording(run_env: dict[str, str], run_dir: Path) -> dict[str, str]:
+    """`run_env`, with every rank writing what it materialised to _materialized(run_dir)."""
+    return {**run_env, REPORT_ENV: str(_materialized(run_dir))}
+
+
+@pytest.fixture(scope="module")
 def ref(tiny_ckpt, data, run_env, tmp_path_factory) -> Path:
     """1 process, batch 2, plain (no parallel strategy); a checkpoint after every step."""
     out = tmp_path_factory.mktemp("ref") / "run"
@@ -57,24 +86,77 @@ def ref(tiny_ckpt, data, run_env, tmp_path_factory) -> Path:
         data,
         out,
         1,
-        run_env,
+        _recording(run_env, out),
         **{"trainer.checkpoint_every_n_steps": 1, "trainer.keep_last_k": STEPS},
     )
     return out
 
 
 @pytest.fixture(scope="module")
-def fsdp2(tiny_ckpt, data, run_env, tmp_path_factory) -> Path:
+def fsdp2(tiny_ckpt, data, run_env, encoders, tmp_path_factory) -> Path:
+    """Also samples the validation prompts at the last step (3 prompts over 2 ranks)."""
     out = tmp_path_factory.mktemp("fsdp2") / "run"
-    run(tiny_ckpt, data, out, 2, run_env, parallel="fsdp2")
+    enc_ckpt, gemma = encoders
+    validation = {
+        "validation": "default",
+        "validation.checkpoint": enc_ckpt,
+        "validation.gemma_root": gemma,
+        "validation.every_n_steps": STEPS,
+        "validation.at_start": "false",
+        "validation.with_audio": "false",
+        "validation.width": 64,
+        "validation.height": 64,
+        "validation.num_frames": 9,
+        "validation.steps": 2,
+        "validation.stg_blocks": "[1]",
+        "validation.prompts": "[" + ",".join(VAL_PROMPTS) + "]",
+    }
+    run(tiny_ckpt, data, out, 2, _recording(run_env, out), parallel="fsdp2", **validation)
+    return out
+
+
+@pytest.fixture(scope="module")
+def zero2(tiny_ckpt, data, run_env, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("zero2") / "run"
+    run(tiny_ckpt, data, out, 2, run_env, parallel="deepspeed_zero2")
     return out
 
 
 @pytest.fixture(scope="module")
 def zero3(tiny_ckpt, data, run_env, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("zero3") / "run"
-    run(tiny_ckpt, data, out, 2, run_env, parallel="deepspeed_zero3")
+    run(tiny_ckpt, data, out, 2, _recording(run_env, out), parallel="deepspeed_zero3")
     return out
+
+
+def _check_rank_held_a_share(report: dict, *, world: int, row_reads: bool) -> None:
+    """One rank's materialisation record: it holds about 1/world of the frozen base, it never held the
+    whole base at once, and the loader read one tensor at a time (with `row_reads`: only its rows)."""
+    full, full_bytes = report["base_elements_full"], report["base_bytes_full"]
+    # 1/world up to uneven splits (FSDP2 rounds rows up on low ranks; ZeRO-3 pads partitions).
+    assert report["base_elements_held"] <= 1.05 * full / world, report
+    assert report["peak_base_bytes"] < full_bytes, report
+    largest = report["largest_base_tensor_elements"]
+    if row_reads:
+        assert report["largest_read_elements"] <= -(-largest // world), report
+    else:
+        assert 0 < report["largest_read_elements"] <= largest, report
+
+
+def _check_no_rank_held_the_full_base(run_dir: Path, ref: Path, *, row_reads: bool) -> None:
+    reports = materialize_reports(_materialized(run_dir))
+    assert [r["rank"] for r in reports] == [0, 1] and {r["world_size"] for r in reports} == {2}
+    full = reports[0]["base_elements_full"]
+    assert all(r["base_elements_full"] == full for r in reports)
+    # Between them the ranks hold every weight (the shares are not just small, they cover the model).
+    assert sum(r["base_elements_held"] for r in reports) >= full
+    for report in reports:
+        _check_rank_held_a_share(report, world=2, row_reads=row_reads)
+    # The same check fails on the 1-process reference, which does hold the whole base.
+    (whole,) = materialize_reports(_materialized(ref))
+    assert whole["base_elements_full"] == full == whole["base_elements_held"]
+    with pytest.raises(AssertionError):
+        _check_rank_held_a_share(whole, world=2, row_reads=row_reads)
 
 
 def _check_matches_reference(run_dir: Path, ref: Path) -> None:
@@ -106,15 +188,46 @@ def test_fsdp2_two_processes_match_one_process(fsdp2, ref):
     _check_matches_reference(fsdp2, ref)
     shards = fsdp2 / "checkpoints" / f"step-{STEPS:06d}" / "shards"
     assert sorted(p.name for p in shards.iterdir()) == ["rank-00000.safetensors", "rank-00001.safetensors"]
+    # FSDP2 materialises shards straight away and loads only each rank's rows of every tensor.
+    _check_no_rank_held_the_full_base(fsdp2, ref, row_reads=True)
+    # Validation with 3 prompts on 2 ranks finished (no rank waited forever in an all-gather) and every
+    # video was written: 2 by rank 0, 1 by rank 1.
+    out = fsdp2 / "samples" / f"step-{STEPS:06d}"
+    index = json.loads((out / "index.json").read_text())
+    assert [v["prompt"] for v in index["videos"]] == VAL_PROMPTS
+    assert sorted(p.name for p in out.glob("*.mp4")) == sorted(v["file"] for v in index["videos"])
 
 
-def test_deepspeed_zero2_two_processes_match_one_process(tiny_ckpt, data, run_env, ref, tmp_path):
-    run(tiny_ckpt, data, tmp_path / "run", 2, run_env, parallel="deepspeed_zero2")
-    _check_matches_reference(tmp_path / "run", ref)
+def test_deepspeed_zero2_two_processes_match_one_process(zero2, ref):
+    _check_matches_reference(zero2, ref)
 
 
 def test_deepspeed_zero3_two_processes_match_one_process(zero3, ref):
     _check_matches_reference(zero3, ref)
+    # ZeRO-3 materialises block by block, each partitioned right after loading (whole tensors are read,
+    # one at a time). NB: DeepSpeed then keeps parameters under stage3_param_persistence_threshold
+    # whole on every rank after the first gather; on this tiny model that is all of them.
+    _check_no_rank_held_the_full_base(zero3, ref, row_reads=False)
+
+
+def test_fsdp2_with_sequence_parallel_matches_one_process_and_resumes_on_one(
+    tiny_ckpt, data, run_env, ref, tmp_path
+):
+    """parallel=sequence_parallel (FSDP2 + Ulysses) on 2 processes forming ONE group: each holds half of
+    every sample's tokens, both read the same batches of 2, so the global batch equals the reference's."""
+    sp_run = tmp_path / "sp"
+    overrides = {"parallel.sequence_parallel": 2, "parallel.devices": 2, "data.batch_size": 2}
+    run(tiny_ckpt, data, sp_run, 2, run_env, parallel="sequence_parallel", **overrides)
+    _check_matches_reference(sp_run, ref)
+    # throughput counts each sample once, not once per rank of the group
+    last = metrics(sp_run)[-1]
+    assert last["throughput/samples_per_s"] == pytest.approx(2 / last["perf/step_time_s"], rel=1e-6)
+    # Its checkpoint resumes without sequence parallelism on 1 process (data position: 1 group x 2).
+    target = tmp_path / "resumed"
+    _resume_from(sp_run, 4, target)
+    run(tiny_ckpt, data, target, 1, run_env, parallel="fsdp2", **{"parallel.devices": 1})
+    assert_same_adapters(adapters(target, STEPS), adapters(ref, STEPS))
+    assert metrics(target)[0]["batches_seen"] == 5
 
 
 def _resume_from(source: Path, step: int, target: Path) -> None:
@@ -176,7 +289,8 @@ def test_sigterm_checkpoints_and_two_processes_resume_a_one_process_fsdp2_run(
     tiny_ckpt, data, run_env, ref, tmp_path
 ):
     run_dir = tmp_path / "run"
-    one = command(tiny_ckpt, data, run_dir, 1, parallel="fsdp2", **{"parallel.devices": 1})
+    # SIGTERM to launch/train.sh (NPROC=1): it reaches the worker through torchrun.
+    one = command(tiny_ckpt, data, run_dir, 1, via_launch=True, parallel="fsdp2")
     stopped = _signal_mid_run(one, run_env, run_dir, signal.SIGTERM, 1)
     assert (run_dir / "checkpoints" / f"step-{stopped:06d}" / "shards" / "rank-00000.safetensors").is_file()
     # Resume the 1-process checkpoint on 2 processes (resume=auto finds it).
@@ -208,4 +322,90 @@ def test_sigusr1_checkpoints_requeues_and_the_resumed_zero3_run_matches(
     # The loss curve after the resume is the uninterrupted run's (same layout: the same numbers).
     for got, want in zip(rows[stopped:], uninterrupted[stopped:], strict=True):
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6), got["step"]
+    assert_same_adapters(adapters(run_dir, STEPS), adapters(ref, STEPS))
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
+        except OSError:
+            continue  # the process ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _kill_all_ranks_after_checkpoint(
+    cmd: list[str], run_env: dict[str, str], run_dir: Path, step: int
+) -> None:
+    """Start a 2-process run through launch/train.sh and SIGKILL both training processes (no handler,
+    no clean-up: a node failure or the OOM killer) as soon as checkpoint `step` is complete."""
+    log_path = run_dir.parent / f"{run_dir.name}-killed.log"
+    target = run_dir / "checkpoints" / f"step-{step:06d}"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            cmd, env={**run_env, "NPROC": "2"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        try:
+            deadline = time.time() + 300
+            while not is_complete_checkpoint(target):
+                assert proc.poll() is None, "the run ended before the kill: " + log_path.read_text()[-3000:]
+                assert time.time() < deadline, f"no checkpoint {target}"
+                time.sleep(0.01)
+            # The workers run in their own sessions (torchrun starts them so): kill them by pid.
+            ranks = [w for agent in _children(proc.pid) for w in _children(agent)]
+            assert len(ranks) == 2, ranks
+            for pid in ranks:
+                os.kill(pid, signal.SIGKILL)
+            proc.wait(timeout=120)  # torchrun sees its workers die and exits
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    assert proc.returncode != 0
+
+
+def test_zero2_resume_then_hard_kill_then_fsdp2_resume_follow_the_uninterrupted_run(
+    tiny_ckpt, data, run_env, zero2, ref, tmp_path
+):
+    """ZeRO-2 resumes ZeRO-2's step-4 checkpoint (its optimizer-state restore), both ranks are SIGKILLed
+    after step 6, and FSDP2 on 1 process resumes the ZeRO-2 checkpoint (DeepSpeed -> FSDP2, 2 -> 1
+    processes): the loss curve, data position and final adapters are the uninterrupted runs'."""
+    run_dir = tmp_path / "run"
+    _resume_from(zero2, 4, run_dir)
+    cmd = command(
+        tiny_ckpt,
+        data,
+        run_dir,
+        2,
+        parallel="deepspeed_zero2",
+        **{"trainer.checkpoint_every_n_steps": 1, "trainer.keep_last_k": STEPS},
+    )
+    _kill_all_ranks_after_checkpoint(cmd, run_env, run_dir, 6)
+    done = [s for s, _ in complete_checkpoints(run_dir)]
+    assert 6 in done and done[-1] < STEPS, f"the kill must land mid-run, found checkpoints {done}"
+    # Two steps after the ZeRO-2 restore, adapters and AdamW moments are the 1-process run's: moments
+    # lost or misplaced in the restore would change both.
+    assert_same_adapters(adapters(run_dir, 6), adapters(ref, 6))
+    m_got, m_want = moments(run_dir, 6), moments(ref, 6)
+    for i in m_want:
+        assert float(m_got[i]["step"]) == 6
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(m_got[i][key], m_want[i][key], rtol=1e-4, atol=1e-8)
+
+    resumed = max(done)  # resume=auto takes the newest complete checkpoint: 6, or 7 if the kill was late
+    run(tiny_ckpt, data, run_dir, 1, run_env, parallel="fsdp2", **{"parallel.devices": 1})
+    rows = metrics(run_dir)
+    assert [r["step"] for r in rows] == list(range(5, STEPS + 1)), "no step missing or repeated"
+    # Each part of the loss curve against the uninterrupted run of its own layout (same samples per
+    # process, so the same logged numbers): ZeRO-2 on 2 processes, then 1 process with batch 2.
+    for got in rows:
+        want = metrics(zero2 if got["step"] <= resumed else ref)[got["step"] - 1]
+        assert got["step"] == want["step"] and got["batches_seen"] == want["batches_seen"], got["step"]
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-6), got["step"]
+    assert len({round(r["loss"], 6) for r in rows}) == len(rows)  # distinct losses: a shifted curve shows
+    final = run_dir / "checkpoints" / f"step-{STEPS:06d}"
+    assert (final / "shards" / "rank-00000.safetensors").is_file()  # written by FSDP2, sharded
     assert_same_adapters(adapters(run_dir, STEPS), adapters(ref, STEPS))

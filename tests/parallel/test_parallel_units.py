@@ -1,6 +1,7 @@
 """Fast checks of ltxdist.parallel: shard layout, sharded checkpoints (N -> M processes, kill while
-writing), DeepSpeed config, the order of parallelize_transformer, data position across layouts, and
-the launch / SLURM scripts (bash -n and dry runs)."""
+writing, also of one of 2 ranks), warm start of FSDP2-sharded adapters, DeepSpeed config, the order of
+parallelize_transformer and FSDP2's mixed-precision policy, data position across layouts, and the
+launch / SLURM scripts (bash -n and dry runs)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -139,6 +141,77 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000004"]
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One 2-rank launch of two_rank_checks.py (warm start under FSDP2; rank 0 killed mid-write)."""
+    from two_rank_checks import previous_stage
+
+    folder = tmp_path_factory.mktemp("two-ranks")
+    SafetensorsCheckpointIO().save_checkpoint(previous_stage(), folder / "plain")
+    script = Path(__file__).with_name("two_rank_checks.py")
+    ranks = [subprocess.Popen([sys.executable, str(script), str(folder), str(r)], env=env()) for r in (0, 1)]
+    try:
+        assert ranks[0].wait(timeout=300) == -signal.SIGKILL
+    finally:
+        # Rank 1 now waits in a barrier for a rank that is gone (or failed on the broken connection);
+        # torchrun / SLURM would kill it: so does the test.
+        for proc in ranks:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    return folder
+
+
+def test_kill_of_rank_0_while_2_ranks_write_a_sharded_checkpoint_keeps_the_previous_one(two_ranks):
+    run = two_ranks / "run"
+    partial = [p for p in (run / "checkpoints").iterdir() if ".tmp-" in p.name]
+    assert len(partial) == 1, partial  # the kill really landed late in the write: everything but the tree
+    assert sorted(p.name for p in (partial[0] / "shards").iterdir()) == [
+        "rank-00000.safetensors",
+        "rank-00001.safetensors",
+    ]
+    assert (partial[0] / "tensors.safetensors").is_file() and not (partial[0] / "meta.json").exists()
+    assert [s for s, _ in complete_checkpoints(run)] == [4]
+    resume = resolve_resume(run, "auto")
+    assert resume is not None and resume.name == "step-000004"
+    want = torch.arange(10.0).reshape(5, 2) + 4
+    assert torch.equal(read_checkpoint(resume)["state_dict"]["w"], want)
+    lazy = read_checkpoint(resume, lazy_shards=True)["state_dict"]["w"]
+    for rank in range(2):  # what each of 2 resuming ranks reads
+        start, stop = chunk_bounds(5, 2, rank)
+        assert torch.equal(lazy.read(LocalSlice(0, start, stop)), want[start:stop])
+
+
+def test_warm_start_of_fsdp2_sharded_adapters_matches_one_process(two_ranks):
+    """Each of 2 FSDP2 ranks took its rows of the adapters and AdamW moments from a 1-process checkpoint
+    and from a 2-rank sharded one; one AdamW step later, everything equals 1 process."""
+    from safetensors.torch import load_file
+    from two_rank_checks import Adapters, previous_stage, stage_grads, warm_start_and_step
+
+    want = warm_start_and_step(Adapters(), two_ranks / "plain", stage_grads())
+
+    def check(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
+        assert got.keys() == want.keys()
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=1e-7, msg=key)
+
+    for source in ("plain", "sharded"):
+        check(load_file(str(two_ranks / f"result-{source}.safetensors")), want)
+    # A wrong reference fails: the same step from the adapters without the carried AdamW moments.
+    cold = Adapters()
+    with torch.no_grad():
+        for p, v in zip(cold.parameters(), previous_stage()["state_dict"].values(), strict=True):
+            p.copy_(v)
+    opt = torch.optim.AdamW(cold.parameters(), lr=0.1, weight_decay=0.0)
+    for p, g in zip(cold.parameters(), stage_grads(), strict=True):
+        p.grad = g
+    opt.step()
+    with pytest.raises(AssertionError):
+        check(
+            load_file(str(two_ranks / "result-sharded.safetensors")), {**want, "param0": cold.lora_A.detach()}
+        )
+
+
 # -- config ------------------------------------------------------------------------------------------
 def test_deepspeed_config_generation():
     cfg = SimpleNamespace(name="deepspeed_zero2", offload_optimizer=False, offload_params=False)
@@ -183,6 +256,74 @@ def test_parallelize_applies_checkpointing_then_compile(tiny_ckpt):
     assert not any("_orig_mod" in name for name, _ in model.named_parameters())
 
 
+def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_lora_grads_fp32(tiny_ckpt, tiny_data, tmp_path):
+    """One process (gloo, world 1), so no launch: the policy FSDP2 applies per block and at the root,
+    what a LoRA layer sees in forward, and what the optimizer gets. With compile on, every FSDP2 unit
+    is a compiled block (built on meta only: compiling on this CPU takes minutes)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    from ltxdist.lora import LoRASpec, inject_lora
+    from ltxdist.lora.inject import lora_modules
+    from ltxdist.models import build_meta_transformer, read_checkpoint_info
+    from ltxdist.parallel import parallelize_transformer
+    from ltxdist.training.module import LTXLoRAModule
+
+    def policy(unit: torch.nn.Module) -> tuple[torch.dtype, torch.dtype]:
+        mp = unit._get_fsdp_state()._mp_policy
+        return mp.param_dtype, mp.reduce_dtype
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
+        cfg = _compose(
+            [
+                f"model.checkpoint={tiny_ckpt}",
+                f"data.path={tiny_data}",
+                "model.dtype=bfloat16",
+                "lora.dtype=float32",
+                "lora.rank=4",
+                "parallel=fsdp2",
+                "parallel.devices=1",
+                "parallel.accelerator=cpu",
+            ]
+        )
+        module = LTXLoRAModule(cfg)
+        module._device_mesh = mesh  # what Lightning's ModelParallelStrategy sets
+        module.configure_model()
+        model = module.transformer
+        units = [*model.transformer_blocks, model]
+        assert all(isinstance(u, FSDPModule) for u in units)
+        assert {policy(u) for u in units} == {(torch.bfloat16, torch.float32)}
+        seen: list[tuple[torch.dtype, torch.dtype]] = []
+        lora = next(iter(lora_modules(model).values()))
+        hook = lora.register_forward_pre_hook(lambda m, args: seen.append((m.lora_A.dtype, m.lora_B.dtype)))
+        module.train()
+        batch = next(iter(CachedLatentStream(tiny_data, StreamPlan(batch_size=1, seed=0)).iter_batches()))
+        loss, _ = module.compute_loss(batch)
+        loss.backward()
+        hook.remove()
+        assert seen and set(seen) == {(torch.bfloat16, torch.bfloat16)}  # gathered in bf16 for compute
+        for p in module.lora_parameters():  # stored, reduced and stepped in fp32
+            assert isinstance(p, DTensor) and p.dtype == torch.float32
+            assert p.grad is not None and p.grad.dtype == torch.float32
+
+        meta = build_meta_transformer(read_checkpoint_info(tiny_ckpt).config).to(torch.bfloat16)
+        inject_lora(meta, LoRASpec(rank=2))
+        other = SimpleNamespace(**{**dict(cfg.parallel), "reduce_dtype": "bfloat16", "compile": True})
+        parallelize_transformer(
+            meta, other, gradient_checkpointing=True, device_mesh=mesh, compute_dtype=torch.bfloat16
+        )
+        assert policy(meta) == (torch.bfloat16, torch.bfloat16)  # parallel.reduce_dtype reaches FSDP2
+        for block in meta.transformer_blocks:
+            assert isinstance(block, FSDPModule) and block._compiled_call_impl is not None
+            assert policy(block) == (torch.bfloat16, torch.bfloat16)
+    finally:
+        dist.destroy_process_group()
+
+
 # -- data position across layouts -----------------------------------------------------------------
 def test_data_position_converts_between_process_counts_without_repeat_or_skip(tiny_ckpt, tmp_path):
     from ltxdist.data.synthetic import write_synthetic_dataset
@@ -210,7 +351,9 @@ def test_data_position_converts_between_process_counts_without_repeat_or_skip(ti
         module = SimpleNamespace(
             _trainer=object(),
             trainer=SimpleNamespace(world_size=world),
-            cfg=SimpleNamespace(data=SimpleNamespace(batch_size=batch)),
+            cfg=SimpleNamespace(
+                data=SimpleNamespace(batch_size=batch), parallel=SimpleNamespace(sequence_parallel=1)
+            ),
         )
         ckpt = {"ltxdist_layout": {"world_size": saved_world, "micro_batch_size": saved_batch}}
         return LTXLoRAModule._resumed_data_position(module, batches_seen, ckpt)

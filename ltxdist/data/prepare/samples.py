@@ -7,6 +7,7 @@ it (or stops under --strict). Legend: F frames, H height, W width; primes are la
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,28 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("standard", "video_to_video", "audio_ref_only_ic")
 AUDIO_MODES = ("required", "optional", "off")
 CACHE_DTYPE = torch.bfloat16  # what the transformer computes in; halves the cache
+# IC-LoRA reference sheets (model card): the looped still must cover the output length, at least 121
+# frames, and captions come in two parts. Warnings, not errors: short buckets are fine for small tests.
+SHEET_MIN_FRAMES = 121
+_SHEET_CAPTION = re.compile(r"\s*Reference sheet:\s*\S.*/\s*Generated video:\s*\S", re.S)
+
+
+def reference_sheet_problems(caption: str, frames: int) -> dict[str, str]:
+    """What is wrong with a reference-sheet row (a `reference_image` looped for video_to_video), by
+    kind: "frames" (the same for every row of a bucket), "caption"."""
+    problems = {}
+    if frames < SHEET_MIN_FRAMES:
+        problems["frames"] = (
+            f"the sheet is looped to {frames} frames; the IC reference-sheet recipe needs >= "
+            f"{SHEET_MIN_FRAMES} frames at full scale (the reference must cover the output length): "
+            "use a bucket like 768x448x121"
+        )
+    if not _SHEET_CAPTION.match(caption):
+        problems["caption"] = (
+            f"caption {caption[:60]!r} is not the two-part reference-sheet prompt "
+            "'Reference sheet: <what the sheet shows> / Generated video: <what happens>'"
+        )
+    return problems
 
 
 class ClipError(ValueError):
@@ -147,6 +170,8 @@ class SampleBuilder:
             "num_frames": bucket.frames,
         }
         if self.spec.strategy == "video_to_video":
+            if row.reference_video is None and row.reference_image is not None:
+                self._warn_sheet(row, bucket)
             tensors["reference_video_latents"] = self._reference_video(row, bucket)
             meta["reference_downscale_factor"] = self.spec.reference_downscale_factor
         elif self.spec.strategy == "audio_ref_only_ic":
@@ -191,6 +216,16 @@ class SampleBuilder:
                 "'reference_image' to loop) for every row"
             )
         return self.enc.video.encode(frames)
+
+    def _warn_sheet(self, row: ManifestRow, bucket: Bucket) -> None:
+        assert row.caption is not None
+        frames = bucket.downscaled(self.spec.reference_downscale_factor).frames
+        for kind, problem in reference_sheet_problems(row.caption, frames).items():
+            if kind == "frames":  # the same for every row of the bucket: once
+                if bucket.name in self._warned:
+                    continue
+                self._warned.add(bucket.name)
+            log.warning("%s: reference_image: %s", row.where, problem)
 
     def _warn_unused_references(self, row: ManifestRow) -> None:
         for column in REFERENCE_COLUMNS:

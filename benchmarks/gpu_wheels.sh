@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Fetch, into .whl/ (git-ignored through .git/info/exclude), the pure-Python wheels the lent GPU machine
+# lacks for benchmarks/fullsize_bench.py. That machine already has torch, triton, lightning, peft,
+# transformers, accelerate, einops, scipy, safetensors and numpy, and reaches no package registry.
+# Versions are the ones this checkout's .venv runs. Usage: bash benchmarks/gpu_wheels.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+grep -qxF '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
+mkdir -p .whl
+PY=.venv/bin/python
+version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
+for pkg in ltx-core hydra-core omegaconf webdataset braceexpand; do
+  "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation py \
+    -d .whl "$pkg==$(version "$pkg")"
+done
+# antlr4-python3-runtime (needed by omegaconf) is published as an sdist only: build its wheel here.
+"$PY" -m pip wheel -q --no-deps -w .whl "antlr4-python3-runtime==$(version antlr4-python3-runtime)"
+ls -la .whl

@@ -1,0 +1,141 @@
+"""Do cached-latent shards fit the base checkpoint that training will use?
+
+Cached latents only mean something in the latent space of the VAE that made them, and cached text
+contexts only for the connectors that made them. Shards prepared for another base (LTX-2 latents fed to
+LTX-2.3) or with other encoders train without any error and silently give a useless LoRA, so training
+refuses them before any model is built, unless the user overrides it with
+`data.allow_model_version_mismatch` / `data.allow_encoder_mismatch`.
+
+Checked per shard directory (`data.path`, or every `data.mix` source):
+- `model_version` in index.json against the checkpoint's, on major.minor (as for LoRA files);
+- each encoder fingerprint recorded in index.json that the checkpoint can also provide (video VAE, audio
+  VAE, text connectors; present only when the checkpoint file holds those weights) against the same
+  fingerprint computed from the checkpoint. Gemma lives outside the checkpoint and is not compared.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors import safe_open
+
+from ltxdist.data.shards import ShardIndexError, load_index
+from ltxdist.models.checkpoint_file import CheckpointInfo, major_minor, read_checkpoint_info
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSION_FLAG = "data.allow_model_version_mismatch"
+ENCODER_FLAG = "data.allow_encoder_mismatch"
+
+
+@dataclass(frozen=True)
+class CheckpointComponent:
+    """Weights of one encoder inside an LTX checkpoint, and the config sections its fingerprint covers.
+
+    Must match what `ltxdist.encoders.encoder_fingerprints` hashes at preprocessing time (a test holds
+    the two together)."""
+
+    prefixes: tuple[str, ...]
+    config_sections: tuple[str, ...]
+
+
+CHECKPOINT_COMPONENTS: dict[str, CheckpointComponent] = {
+    "video_vae": CheckpointComponent(("vae.",), ("vae",)),
+    "audio_vae": CheckpointComponent(("audio_vae.",), ("audio_vae",)),
+    "text_connectors": CheckpointComponent(
+        (
+            "text_embedding_projection.",
+            "model.diffusion_model.video_embeddings_connector.",
+            "model.diffusion_model.audio_embeddings_connector.",
+        ),
+        ("transformer",),
+    ),
+}
+
+
+class ShardCompatibilityError(ShardIndexError):
+    """Shards were prepared for another base model version or with other encoders than the checkpoint."""
+
+
+@dataclass(frozen=True)
+class DataSource:
+    flag: str  # the config entry that names this directory, for messages: data.path / data.mix[1] 'bob'
+    directory: Path
+
+
+def data_sources(data_cfg: Any) -> list[DataSource]:
+    if data_cfg.mix:
+        return [DataSource(f"data.mix[{i}] '{m.name}'", Path(m.path)) for i, m in enumerate(data_cfg.mix)]
+    return [DataSource("data.path", Path(data_cfg.path))]
+
+
+def checkpoint_encoder_fingerprints(info: CheckpointInfo, components: Iterable[str]) -> dict[str, str]:
+    """Fingerprints of those `components` whose weights the checkpoint file holds (a transformer-only
+    file holds none). Imported lazily: the fingerprint code sits in the encoder package, which pulls in
+    the VAEs; only shards written by ltxdist-prepare record fingerprints worth comparing."""
+    wanted = [c for c in components if c in CHECKPOINT_COMPONENTS]
+    if not wanted:
+        return {}
+    from ltxdist.encoders.fingerprint import checkpoint_component_fingerprint
+
+    with safe_open(str(info.path), framework="pt") as f:
+        keys = list(f.keys())
+    out = {}
+    for name in wanted:
+        component = CHECKPOINT_COMPONENTS[name]
+        if any(k.startswith(component.prefixes) for k in keys):
+            out[name] = checkpoint_component_fingerprint(
+                info.path, info.config, component.prefixes, component.config_sections
+            )
+    return out
+
+
+def check_shards_fit_checkpoint(
+    source: DataSource,
+    info: CheckpointInfo,
+    *,
+    allow_model_version_mismatch: bool = False,
+    allow_encoder_mismatch: bool = False,
+) -> None:
+    index = load_index(source.directory)
+    where = f"{source.directory} ({source.flag})"
+    if major_minor(index.model_version) != major_minor(info.model_version):
+        message = (
+            f"{where} holds latents prepared for model version {index.model_version}, but model.checkpoint "
+            f"{info.path} is model version {info.model_version}: major.minor differ, so the cached latents "
+            "are in another latent space and the LoRA would silently learn nothing useful. Re-run "
+            f"ltxdist-prepare with --checkpoint {info.path}, or set {MODEL_VERSION_FLAG}=true to train "
+            "anyway."
+        )
+        if not allow_model_version_mismatch:
+            raise ShardCompatibilityError(message)
+        log.warning("%s=true: %s", MODEL_VERSION_FLAG, message)
+    recorded = index.encoder_fingerprints
+    ours = checkpoint_encoder_fingerprints(info, recorded)
+    changed = sorted(name for name, fp in ours.items() if recorded[name] != fp)
+    if changed:
+        message = (
+            f"{where} was encoded with other encoder weights than model.checkpoint {info.path} holds "
+            f"({', '.join(changed)}: fingerprints in index.json differ), so its latents or text contexts do "
+            f"not match this base. Re-run ltxdist-prepare with --checkpoint {info.path}, or, if it is the "
+            f"same model stored differently, set {ENCODER_FLAG}=true to train anyway."
+        )
+        if not allow_encoder_mismatch:
+            raise ShardCompatibilityError(message)
+        log.warning("%s=true: %s", ENCODER_FLAG, message)
+
+
+def check_data_fits_checkpoint(data_cfg: Any, checkpoint: str | Path) -> None:
+    """Refuse (before any model is built) shard directories that do not fit the base checkpoint."""
+    info = read_checkpoint_info(checkpoint)
+    for source in data_sources(data_cfg):
+        check_shards_fit_checkpoint(
+            source,
+            info,
+            allow_model_version_mismatch=bool(data_cfg.allow_model_version_mismatch),
+            allow_encoder_mismatch=bool(data_cfg.allow_encoder_mismatch),
+        )

@@ -1,0 +1,285 @@
+"""IC / ID references at sampling time: files decoded and VAE-encoded (a still looped to the output
+length, the voice cut to --reference-audio-seconds), bad references named by their flag; the LoRA
+metadata written by training (downscale factor, ID positions and masks) read back by `ltxdist-sample` and
+by validation sampling; and the CLI end to end with --reference-video (a still) and --reference-audio +
+--image."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import ltxdist.sampling.conditioning as conditioning
+import ltxdist.sampling.pipeline as pipeline
+from ltxdist.config.schema import StrategyConfig, ValidationConfig, ValidationReference
+from ltxdist.data.media import write_video
+from ltxdist.lora import LoRASpec, export_lora, inject_lora, read_lora_file
+from ltxdist.models import load_transformer
+from ltxdist.sampling import IdReferenceOptions, References, Sampler, SampleRequest, VideoSpec
+from ltxdist.sampling.cli import _request, build_parser
+from ltxdist.sampling.cli import main as sample_main
+from ltxdist.sampling.sheet import write_png
+from ltxdist.training.train import lora_extra_metadata
+from ltxdist.training.validation import build_jobs
+
+SPEC = VideoSpec(64, 64, 9, 24.0)  # latent grid 2 x 2 x 2
+RATE = 16000  # the tiny audio VAE's rate, as LTX-2.3's
+SMALL = ["--width", "64", "--height", "64", "--frames", "9", "--steps", "2", "--no-progress"]
+UNGUIDED = ["--cfg", "1", "--audio-cfg", "1", "--stg", "0", "--audio-stg", "0", "--modality-scale", "1"]
+# An ID-LoRA trained with every option away from its default, so a dropped key shows.
+ID_STRATEGY = StrategyConfig(
+    name="audio_ref_only_ic",
+    use_negative_ref_positions=False,
+    mask_video_to_ref_audio=True,
+    mask_ref_audio_to_text=True,
+)
+ID_OPTIONS = IdReferenceOptions(
+    negative_positions=False, mask_video_to_ref_audio=True, mask_ref_audio_to_text=True
+)
+IC_STRATEGY = StrategyConfig(name="video_to_video", reference_downscale_factor=2)
+
+
+def _pattern(f: int, w: int, h: int, seed: int) -> torch.Tensor:
+    """Smooth random uint8 frames (F, H, W, 3): survive H.264 without turning into noise."""
+    g = torch.Generator().manual_seed(seed)
+    small = torch.rand(f, 3, 4, 4, generator=g) * 255
+    x = torch.nn.functional.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def _decode_all(path: Path) -> torch.Tensor:
+    with av.open(str(path)) as c:
+        return torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
+
+
+def _write_wav(path: Path, seconds: float, seed: int) -> torch.Tensor:
+    """A 16 kHz stereo PCM file; returns its samples as the float waveform a reader must get back."""
+    g = torch.Generator().manual_seed(seed)
+    pcm = (torch.randn(2, round(seconds * RATE), generator=g) * 4000).round().to(torch.int16)
+    with av.open(str(path), "w", format="wav") as c:
+        stream = c.add_stream("pcm_s16le", rate=RATE)
+        stream.layout = "stereo"
+        frame = av.AudioFrame.from_ndarray(
+            pcm.T.contiguous().numpy().reshape(1, -1), format="s16", layout="stereo"
+        )
+        frame.sample_rate = RATE
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            c.mux(packet)
+    return pcm.float() / 32768
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("references")
+    clip = write_video(root / "ref.mp4", _pattern(9, 32, 32, seed=1), 24.0)  # at the reference size
+    return {
+        "clip": clip,
+        "still": write_png(root / "sheet.png", _pattern(1, 32, 32, seed=2)[0]),
+        "face": write_png(root / "face.png", _pattern(1, 64, 64, seed=3)[0]),
+        "voice": root / "voice.wav",
+        "voice_wave": _write_wav(root / "voice.wav", 0.5, seed=4),
+    }
+
+
+def _export(tiny_full, path: Path, strategy: StrategyConfig, targets: str) -> Path:
+    """A LoRA file as training exports it: metadata from `lora_extra_metadata` of the strategy config."""
+    model = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=2, alpha=2, targets=(targets,)))
+    return export_lora(
+        model,
+        path,
+        base_model_version="2.3.0",
+        training_strategy=strategy.name,
+        step=1,
+        target_modules=[targets],
+        extra_metadata=lora_extra_metadata(OmegaConf.structured(strategy)),
+    )
+
+
+@pytest.fixture(scope="module")
+def loras(tiny_full, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("ref_loras")
+    return {
+        "ic": _export(tiny_full, root / "ic.safetensors", IC_STRATEGY, "video_attn"),
+        "id": _export(tiny_full, root / "id.safetensors", ID_STRATEGY, "audio_id"),
+    }
+
+
+# -- encode_references ------------------------------------------------------------------------------
+
+
+def test_encode_references_decodes_encodes_and_loops_a_still(sampler, media):
+    refs = References(
+        video=media["clip"], downscale_factor=2, image=media["face"], audio=media["voice"], audio_seconds=0.2
+    )
+    cond = sampler.encode_references(SampleRequest(prompt="p", video=SPEC, references=refs))
+    vae, avae = sampler.video_vae, sampler.audio_vae
+    # reference video: the file's frames (decoded here with PyAV), at output size / 2, through the VAE
+    assert cond.reference_downscale_factor == 2
+    assert torch.equal(cond.reference_video_CFHW, vae.encode(_decode_all(media["clip"])))
+    assert cond.reference_video_CFHW.shape == (128, 2, 1, 1)
+    # image: one clean first frame at the output size
+    face = _decode_all(media["face"])
+    assert torch.equal(cond.first_frame_CFHW, vae.encode(face))
+    assert cond.first_frame_CFHW.shape == (128, 1, 2, 2)
+    # voice: the first 0.2 s of the file (not all 0.5 s), 25 latent frames per second
+    assert cond.reference_audio_CTM.shape == (8, 5, 16)
+    assert torch.equal(cond.reference_audio_CTM, avae.encode(media["voice_wave"][:, : round(0.2 * RATE)], 5))
+    assert cond.id_options == IdReferenceOptions()  # the request's (default) options travel along
+
+    # a still (a reference sheet) is looped to the output length, then encoded like a clip
+    still = sampler.encode_references(
+        SampleRequest(prompt="p", video=SPEC, references=References(video=media["still"], downscale_factor=2))
+    )
+    looped = _decode_all(media["still"]).expand(9, -1, -1, -1).contiguous()
+    assert torch.equal(still.reference_video_CFHW, vae.encode(looped))
+    assert still.first_frame_CFHW is None and still.reference_audio_CTM is None
+
+
+def test_bad_references_are_errors_naming_the_flag(sampler, media):
+    def encode(spec: VideoSpec, refs: References, s: Sampler = sampler):
+        return s.encode_references(SampleRequest(prompt="p", video=spec, references=refs))
+
+    # 9 frames cannot cover 17 output frames (a still would be looped; a clip is not)
+    with pytest.raises(ValueError, match=r"--reference-video .*ref\.mp4 has 9 frames.* 17 output frames"):
+        encode(replace(SPEC, num_frames=17), References(video=media["clip"], downscale_factor=2))
+    with pytest.raises(ValueError, match=r"--reference-downscale 3: 64x64 / 3"):
+        encode(SPEC, References(video=media["clip"], downscale_factor=3))
+    no_audio_vae = Sampler(
+        sampler.transformer,
+        video_vae=sampler.video_vae,
+        audio_vae=None,
+        text=None,
+        device=sampler.device,
+        dtype=sampler.dtype,
+    )
+    with pytest.raises(ValueError, match="--reference-audio needs the audio VAE"):
+        encode(SPEC, References(audio=media["voice"]), no_audio_vae)
+
+
+# -- LoRA metadata: training writes, sampling and validation read ----------------------------------
+
+
+def _cli_request(tiny_full, *extra: str):
+    model = ["--checkpoint", str(tiny_full.checkpoint), "--gemma", str(tiny_full.gemma)]
+    args = build_parser().parse_args(["generate", *model, "--prompt", "p", "--out", "o.mp4", *extra])
+    return _request(args, "p", 0, [read_lora_file(p.split(":")[0]) for p in args.lora])
+
+
+def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras):
+    id_meta = read_lora_file(loras["id"]).metadata
+    assert (
+        id_meta["use_negative_ref_positions"],
+        id_meta["mask_video_to_ref_audio"],
+        id_meta["mask_ref_audio_to_text"],
+    ) == ("false", "true", "true")
+    assert read_lora_file(loras["ic"]).metadata["reference_downscale_factor"] == "2"
+
+    # ltxdist-sample takes them from the file unless a flag says otherwise
+    assert _cli_request(tiny_full, "--lora", str(loras["id"])).id_options == ID_OPTIONS
+    flagged = _cli_request(tiny_full, "--lora", str(loras["id"]), "--id-negative-positions")
+    assert flagged.id_options == replace(ID_OPTIONS, negative_positions=True)
+    assert _cli_request(tiny_full, "--lora", f"{loras['ic']}:0.5").references.downscale_factor == 2
+    ic_flag = _cli_request(tiny_full, "--lora", str(loras["ic"]), "--reference-downscale", "1")
+    assert ic_flag.references.downscale_factor == 1
+    assert _cli_request(tiny_full).id_options == IdReferenceOptions()  # no LoRA: the defaults
+
+    # validation sampling during training uses the strategy config the metadata was written from
+    val = OmegaConf.structured(
+        ValidationConfig(
+            name="default",
+            prompts=["a", "b"],
+            seeds=[1, 2],
+            references=[ValidationReference(audio="v.wav", image="f.png")] * 2,
+        )
+    )
+    jobs = build_jobs(val, OmegaConf.structured(ID_STRATEGY))
+    assert len(jobs) == 4 and all(j.request.id_options == ID_OPTIONS for j in jobs)
+    assert jobs[0].request.references.audio == Path("v.wav")
+    ic_jobs = build_jobs(val, OmegaConf.structured(IC_STRATEGY))
+    assert all(j.request.references.downscale_factor == 2 for j in ic_jobs)
+    # other strategies do not carry ID options into sampling
+    standard = build_jobs(
+        val, OmegaConf.structured(StrategyConfig(name="standard", mask_ref_audio_to_text=True))
+    )
+    assert all(j.request.id_options == IdReferenceOptions() for j in standard)
+
+
+# -- the CLI end to end -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> dict[str, list]:
+    """What the CLI's sampler really received: encoded references, masks set, reference-audio layout."""
+    seen: dict[str, list] = {"cond": [], "masks": [], "negative_positions": []}
+    encode, set_masks, reference_audio = (
+        Sampler.encode_references,
+        pipeline.set_attention_masks,
+        conditioning.clean_reference_audio,
+    )
+
+    def encode_recording(self, request):
+        seen["cond"].append(encode(self, request))
+        return seen["cond"][-1]
+
+    def masks_recording(model, key_keep=None, query_keep=None):
+        seen["masks"].append((sorted(key_keep or {}), sorted(query_keep or {})))
+        set_masks(model, key_keep, query_keep)
+
+    def reference_audio_recording(batch, *, negative_positions, device):
+        seen["negative_positions"].append(negative_positions)
+        return reference_audio(batch, negative_positions=negative_positions, device=device)
+
+    monkeypatch.setattr(Sampler, "encode_references", encode_recording)
+    monkeypatch.setattr(pipeline, "set_attention_masks", masks_recording)
+    monkeypatch.setattr(conditioning, "clean_reference_audio", reference_audio_recording)
+    return seen
+
+
+def _streams(path: Path) -> tuple[int, bool]:
+    with av.open(str(path)) as c:
+        has_audio = bool(c.streams.audio)
+        return sum(1 for _ in c.decode(video=0)), has_audio
+
+
+def test_cli_ic_still_reference_with_the_factor_from_lora_metadata(
+    tiny_full, loras, media, recorded, tmp_path
+):
+    out = tmp_path / "ic.mp4"
+    base = ["--checkpoint", str(tiny_full.checkpoint), "--gemma", str(tiny_full.gemma), *SMALL, *UNGUIDED]
+    ref = ["--reference-video", str(media["still"]), "--no-audio"]
+    sample_main([*base, "--prompt", "x", "--lora", str(loras["ic"]), *ref, "--out", str(out)])
+    assert _streams(out) == (9, False)
+    (cond,) = recorded["cond"]
+    assert cond.reference_downscale_factor == 2  # from the LoRA file, no flag given
+    assert cond.reference_video_CFHW.shape == (128, 2, 1, 1)  # the still looped to 9 frames at 32x32
+    settings = json.loads(out.with_suffix(".json").read_text())["request"]["references"]
+    assert settings["downscale_factor"] == 2 and settings["video"] == str(media["still"])
+
+
+def test_cli_id_voice_and_image_with_options_from_lora_metadata(tiny_full, loras, media, recorded, tmp_path):
+    out = tmp_path / "id.mp4"
+    base = ["--checkpoint", str(tiny_full.checkpoint), "--gemma", str(tiny_full.gemma), *SMALL, *UNGUIDED]
+    refs = [
+        "--reference-audio",
+        str(media["voice"]),
+        "--reference-audio-seconds",
+        "0.2",
+        "--image",
+        str(media["face"]),
+    ]
+    sample_main([*base, "--prompt", "x", "--lora", str(loras["id"]), *refs, "--out", str(out)])
+    assert _streams(out) == (9, True)
+    (cond,) = recorded["cond"]
+    assert cond.id_options == ID_OPTIONS  # all three from the LoRA file
+    assert cond.reference_audio_CTM.shape == (8, 5, 16) and cond.first_frame_CFHW.shape == (128, 1, 2, 2)
+    assert recorded["negative_positions"] == [False]  # the voice overlaps the target, as trained
+    # the masks of training are set for sampling, then cleared
+    assert recorded["masks"] == [(["audio_to_video_attn"], ["audio_attn2"]), ([], [])]
