@@ -289,7 +289,9 @@ class MetricsJsonl(pl.Callback):
             "batches_seen": pl_module.batches_seen,
             "wall_time": time.time(),
         }
-        for key, value in trainer.callback_metrics.items():
+        if hasattr(pl_module, "step_summary"):
+            record.update(pl_module.step_summary())
+        for key, value in trainer.callback_metrics.items():  # anything else logged with self.log
             record[key] = value.item() if isinstance(value, torch.Tensor) else value
         record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
         parts = getattr(pl_module, "_last_parts", {})
@@ -338,7 +340,7 @@ class StepProgressBar(pl.Callback):
             return
         self._bar.update(trainer.global_step - self._last_step)
         self._last_step = trainer.global_step
-        m = trainer.callback_metrics
+        m = pl_module.step_summary() if hasattr(pl_module, "step_summary") else trainer.callback_metrics
         postfix = {}
         if "loss" in m:
             postfix["loss"] = f"{float(m['loss']):.4f}"
