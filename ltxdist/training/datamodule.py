@@ -45,6 +45,13 @@ class CachedLatentDataModule(pl.LightningDataModule):
             stream, batch_size=None, num_workers=self.data_cfg.num_workers, persistent_workers=False
         )
 
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # A batch is a flat dict of tensors and host values (ids, metadata): move the tensors directly.
+        # Lightning's generic walk re-inspects every list and dict entry: ~1 ms of Python per step.
+        if not isinstance(batch, dict):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
 
 def empty_caption_dir(data_cfg: Any) -> Path:
     """Where the cached empty-caption embedding lives (the first source when mixing)."""
