@@ -256,6 +256,14 @@ def _ms_per_sample(fn: Callable[[], int], repeats: int = 3) -> float:
     return best
 
 
+def worker_handoff(batch: Any) -> Any:
+    """What a DataLoader worker's result queue does to a batch, in this process: torch serialises it with
+    multiprocessing's ForkingPickler (tensors as shared-memory handles, or WireBatch's raw bytes) and the
+    trainer deserialises it. This times torch's own inter-process hand-off of an object built a line
+    earlier; no file is read, and ltxdist stores nothing as pickle (samples are safetensors + JSON)."""
+    return pickle.loads(ForkingPickler.dumps(batch))
+
+
 def stage_breakdown(work: Path, n: int, limit: int) -> list[dict[str, Any]]:
     """CPU ms per sample of each stage of both readers, in this process with one thread, best of 3
     (cumulative: each stage includes the ones before it). The hand-off stage pickles a batch the way a
@@ -285,7 +293,7 @@ def stage_breakdown(work: Path, n: int, limit: int) -> list[dict[str, Any]]:
                     handed = (
                         WireBatch(batch) if stage == 3 else batch
                     )  # 4: a plain dict goes by shared memory
-                    pickle.loads(ForkingPickler.dumps(handed))
+                    worker_handoff(handed)
             return count
 
         return run
@@ -300,7 +308,7 @@ def stage_breakdown(work: Path, n: int, limit: int) -> list[dict[str, Any]]:
                 if stage >= 2:
                     batch = torch.utils.data.default_collate([item])
                     if stage >= 3:
-                        pickle.loads(ForkingPickler.dumps(batch))
+                        worker_handoff(batch)
             return count
 
         return run

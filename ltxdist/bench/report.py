@@ -122,6 +122,20 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def portable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config as recorded in a results file: paths inside the repository relative to its root, so a
+    report does not carry the machine's checkout location."""
+    root = RESULTS_DIR.parents[1]
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, (str, Path)) and Path(value).is_absolute():
+            with contextlib.suppress(ValueError):
+                return str(Path(value).resolve().relative_to(root))
+        return value
+
+    return {k: portable(v) for k, v in config.items()}
+
+
 def write_results(
     name: str,
     rows: list[dict[str, Any]],
@@ -141,6 +155,7 @@ def write_results(
     now = datetime.datetime.now(datetime.timezone.utc)
     stem = f"{name}_{hardware_slug()}_{now:%Y-%m-%d}"
     tables = tables or {}
+    config = portable_config(config)
     table = markdown_table(rows, columns)
     extra = "".join(f"\n\n## {title}\n\n{markdown_table(r, c)}" for title, (r, c) in tables.items())
     print(table + extra)
