@@ -94,3 +94,19 @@ def test_quick_data_bench_writes_rates_ratio_and_first_batch_times(tmp_path, mon
     (stages,) = [rows for title, rows in payload["tables"].items() if title.startswith("Where the time goes")]
     assert [r["layout"] for r in stages] == ["shards"] * 5 + ["per_file"] * 3
     assert all(r["cpu_ms_per_sample"] > 0 for r in stages)
+
+
+def test_results_files_record_repository_relative_paths(tmp_path):
+    from ltxdist.bench.report import RESULTS_DIR, write_results
+
+    json_path, md_path = write_results(
+        "paths",
+        [{"x": 1}],
+        ["x"],
+        {"out_dir": str(RESULTS_DIR), "work": tmp_path / "w", "steps": 3},
+        out_dir=tmp_path,
+    )
+    config = json.loads(json_path.read_text())["config"]
+    assert config["out_dir"] == "benchmarks/results"  # inside the checkout: relative to its root
+    assert config["work"] == str(tmp_path / "w") and config["steps"] == 3  # elsewhere / not a path: as given
+    assert str(RESULTS_DIR) not in md_path.read_text()
