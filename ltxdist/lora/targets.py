@@ -48,6 +48,11 @@ def expand_targets(targets: str | list[str]) -> list[str]:
     return patterns
 
 
+def matching_patterns(inner_name: str, patterns: list[str]) -> list[str]:
+    """The patterns that select the Linear at `inner_name` (its path inside a block, e.g. attn1.to_q)."""
+    return [p for p in patterns if fnmatch.fnmatchcase(inner_name, p)]
+
+
 def resolve_target_modules(
     model: torch.nn.Module, targets: str | list[str], blocks: list[int] | None = None
 ) -> list[str]:
@@ -63,10 +68,8 @@ def resolve_target_modules(
             continue
         if blocks is not None and int(m.group(1)) not in blocks:
             continue
-        inner = m.group(2)
-        for p in patterns:
-            if fnmatch.fnmatchcase(inner, p):
-                hits[p].append(name)
+        for p in matching_patterns(m.group(2), patterns):
+            hits[p].append(name)
     unmatched = [p for p, names in hits.items() if not names]
     if unmatched:
         raise ValueError(

@@ -8,6 +8,7 @@ import torch
 
 from ltxdist.parallel.activation_checkpointing import apply_activation_checkpointing
 from ltxdist.parallel.compile import apply_compile
+from ltxdist.parallel.timeouts import collective_timeout
 
 if TYPE_CHECKING:
     from torch.distributed.device_mesh import DeviceMesh
@@ -59,7 +60,6 @@ def lightning_strategy(parallel_cfg: Any) -> Any:
     name = parallel_cfg.name
     if name == "ddp":
         from ltxdist.parallel.ddp_strategy import LtxDDPStrategy
-        from ltxdist.parallel.timeouts import collective_timeout
 
         return LtxDDPStrategy(
             process_group_backend=parallel_cfg.process_group_backend,
@@ -67,7 +67,6 @@ def lightning_strategy(parallel_cfg: Any) -> Any:
         )
     if name == "fsdp2":
         from ltxdist.parallel.fsdp2_strategy import FSDP2Strategy
-        from ltxdist.parallel.timeouts import collective_timeout
 
         return FSDP2Strategy(
             world_size=parallel_cfg.devices * parallel_cfg.num_nodes,

@@ -82,7 +82,7 @@ class FSDP2Strategy(CollectiveTimeoutHint, ModelParallelStrategy):
         if module.trainer.state.fn == "fit":
             states = checkpoint.get("optimizer_states", [])
             for optimizer, state in zip(self.optimizers, states, strict=False):
-                optimizer.load_state_dict(_local_optimizer_state(optimizer, state))
+                optimizer.load_state_dict(local_optimizer_state(optimizer, state))
         # Everything else (loops, schedulers, callbacks, data position) is restored by Lightning from
         # this dict; the adapters in it stay lazy handles, nothing reads them again.
         return checkpoint
@@ -95,7 +95,7 @@ def _copy_rows(param: torch.Tensor, value: Any) -> None:
     local.copy_(read_part(value, local_slice(param)).to(dtype=local.dtype))
 
 
-def _local_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
+def local_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> dict[str, Any]:
     """The saved torch optimizer state with every per-parameter tensor cut to this rank's rows and
     wrapped like its parameter (same mesh and placements), ready for `optimizer.load_state_dict`."""
     from torch.distributed.tensor import DTensor

@@ -29,7 +29,7 @@ def materialize_transformer(
     device: torch.device,
 ) -> None:
     # LTXDIST_MATERIALIZE_REPORT=DIR: each rank records what it held (materialize_report.py).
-    report = MaterializeReport.if_requested(model, parallel_cfg.name)
+    report = MaterializeReport(model, parallel_cfg.name)
     if parallel_cfg.name == "deepspeed_zero3":
         _materialize_zero3(
             model,
@@ -42,8 +42,7 @@ def materialize_transformer(
         )
     else:
         _materialize_in_place(model, parallel_cfg, checkpoint, dtype, lora_init_seed, device, report)
-    if report is not None:
-        report.write()
+    report.write()
 
 
 def _materialize_in_place(
@@ -53,12 +52,11 @@ def _materialize_in_place(
     dtype: torch.dtype,
     lora_init_seed: int,
     device: torch.device,
-    report: MaterializeReport | None,
+    report: MaterializeReport,
 ) -> None:
     model.to_empty(device=device)
-    if report is not None:
-        report.sample()
-    copy_base_weights(model, checkpoint, dtype, on_read=report.on_read if report is not None else None)
+    report.sample()
+    copy_base_weights(model, checkpoint, dtype, on_read=report.on_read)
     if parallel_cfg.name == "fsdp2":
         from torch.distributed.tensor.experimental import implicit_replication
 
@@ -78,7 +76,7 @@ def _materialize_zero3(
     dtype: torch.dtype,
     seed: int,
     device: torch.device,
-    report: MaterializeReport | None = None,
+    report: MaterializeReport,
 ) -> None:
     """Block by block: allocate, load the block's weights, draw its adapters, hand it to ZeRO-3 which
     keeps 1/N of it. Then the same for the parameters outside the blocks."""
@@ -92,7 +90,6 @@ def _materialize_zero3(
     # One generator across blocks, consumed in the order `reset_lora(model, seed)` uses, so adapters
     # start identical to every other parallel config.
     gen = torch.Generator().manual_seed(seed)
-    on_read = report.on_read if report is not None else None
 
     def partition(module: torch.nn.Module) -> None:
         # mem_efficient_linear=False: do not patch torch.nn.functional.linear process-wide.
@@ -102,13 +99,12 @@ def _materialize_zero3(
         prefix = f"{_BLOCKS}{i}."
         block.to_empty(device=device)
         copy_base_weights(
-            model, checkpoint, dtype, select=lambda n, p=prefix: n.startswith(p), on_read=on_read
+            model, checkpoint, dtype, select=lambda n, p=prefix: n.startswith(p), on_read=report.on_read
         )
         with torch.no_grad():
             for lora in lora_modules(block).values():
                 lora.reset_lora_parameters(gen)
-        if report is not None:
-            report.sample()  # the most this rank holds: earlier blocks' partitions + this whole block
+        report.sample()  # the most this rank holds: earlier blocks' partitions + this whole block
         partition(block)
     # What is left (patchify / adaln / output layers, root tables): small. Allocate only tensors still on
     # meta; the blocks' parameters are already partitioned and must not be touched.
@@ -123,9 +119,9 @@ def _materialize_zero3(
             for bname, buf in list(module.named_buffers(recurse=False)):
                 if buf.is_meta:
                     module.register_buffer(bname, torch.empty_like(buf, device=device))
-    copy_base_weights(model, checkpoint, dtype, select=lambda n: not n.startswith(_BLOCKS), on_read=on_read)
-    if report is not None:
-        report.sample()
+    copy_base_weights(
+        model, checkpoint, dtype, select=lambda n: not n.startswith(_BLOCKS), on_read=report.on_read
+    )
+    report.sample()
     partition(model)  # partitions only parameters that are not ZeRO-3 parameters yet
-    if report is not None:
-        report.sample()
+    report.sample()

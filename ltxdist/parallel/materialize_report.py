@@ -51,20 +51,19 @@ def held_base_bytes(model: torch.nn.Module) -> int:
 
 
 class MaterializeReport:
-    """Collects the figures while a model is materialised; `write()` saves them if asked for."""
+    """Collects the figures while a model is materialised and `write()` saves them, when
+    `LTXDIST_MATERIALIZE_REPORT` is set; otherwise every call is a no-op (no parameter walks)."""
 
     def __init__(self, model: torch.nn.Module, parallel_name: str):
         self.model, self.parallel_name = model, parallel_name
+        self.enabled = bool(os.environ.get(REPORT_ENV))
         self.peak_base_bytes = 0
         self.largest_read_elements = 0
 
-    @classmethod
-    def if_requested(cls, model: torch.nn.Module, parallel_name: str) -> MaterializeReport | None:
-        return cls(model, parallel_name) if os.environ.get(REPORT_ENV) else None
-
     def sample(self) -> None:
         """Call after every allocation step: the peak is the largest of these samples."""
-        self.peak_base_bytes = max(self.peak_base_bytes, held_base_bytes(self.model))
+        if self.enabled:
+            self.peak_base_bytes = max(self.peak_base_bytes, held_base_bytes(self.model))
 
     def on_read(self, tensor: torch.Tensor) -> None:
         self.largest_read_elements = max(self.largest_read_elements, tensor.numel())
@@ -86,7 +85,9 @@ class MaterializeReport:
             "largest_read_elements": self.largest_read_elements,
         }
 
-    def write(self) -> Path:
+    def write(self) -> Path | None:
+        if not self.enabled:
+            return None
         figures = self.figures()
         out = Path(os.environ[REPORT_ENV]) / f"rank-{figures['rank']:05d}.json"
         out.parent.mkdir(parents=True, exist_ok=True)

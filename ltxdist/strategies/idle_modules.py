@@ -10,13 +10,12 @@ refuse such configs before any model is built.
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 from typing import Any
 
 import torch
 
-from ltxdist.lora.targets import expand_targets
+from ltxdist.lora.targets import expand_targets, matching_patterns
 
 # Block submodules that run only when the strategy feeds an audio stream.
 AUDIO_STREAM_MODULES = (
@@ -53,8 +52,7 @@ def idle_lora_modules(strategy_cfg: Any, targets: list[str]) -> list[str]:
     return [
         name
         for name in block_linear_names()
-        if name.split(".", 1)[0] in AUDIO_STREAM_MODULES
-        and any(fnmatch.fnmatchcase(name, p) for p in patterns)
+        if name.split(".", 1)[0] in AUDIO_STREAM_MODULES and matching_patterns(name, patterns)
     ]
 
 

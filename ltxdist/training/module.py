@@ -32,7 +32,7 @@ from ltxdist.strategies.attention_masks import set_attention_masks
 from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
 from ltxdist.training.datamodule import empty_caption_dir
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
-from ltxdist.training.nonfinite import NonFiniteGuard, poison_nonfinite_loss
+from ltxdist.training.nonfinite import NonFiniteGuard, poison_nonfinite_loss, total_grad_norm
 from ltxdist.training.optim import build_optimizer, build_scheduler
 from ltxdist.training.warm_start import warm_start
 from ltxdist_kernels.attention import patch_attention_modules, resolve_backend
@@ -222,8 +222,7 @@ class LTXLoRAModule(pl.LightningModule):
             self.sequence_parallel.active = False
 
     def on_train_start(self) -> None:
-        self._lora_params = None
-        self._lora_params = self.lora_parameters()
+        self._lora_params = lora_parameters(self.transformer)
         # A resumed run restores its own checkpoint; warm start only a fresh one.
         if self.cfg.lora.init_from and self.trainer.ckpt_path is None:
             warm_start(self, self.trainer.optimizers[0], self.cfg.lora.init_from)
@@ -232,10 +231,8 @@ class LTXLoRAModule(pl.LightningModule):
         self._lora_params = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        grads = [p.grad for p in self.lora_parameters() if p.grad is not None]
-        # Kept as a tensor: read (and synced) only when metrics are written.
-        # torch's total norm: one multi-tensor launch for all adapters (DTensor-aware under FSDP2).
-        self._last_grad_norm = torch.nn.utils.get_total_norm(grads) if grads else None
+        # One norm per step serves the logged grad_norm and the non-finite check.
+        self._last_grad_norm = total_grad_norm(self.lora_parameters())
         self._skip_nonfinite_step()
 
     # -- non-finite steps (training/nonfinite.py) -------------------------------------------------
@@ -258,7 +255,7 @@ class LTXLoRAModule(pl.LightningModule):
             # DeepSpeed skips the step itself; counted after it in optimizer_step.
             self._deepspeed_skipped_before = self.trainer.strategy.deepspeed_engine.skipped_steps
             return
-        skip = self.nonfinite.decide(self.lora_parameters(), all_reduce=self.cfg.parallel.name == "fsdp2")
+        skip = self.nonfinite.decide(self._last_grad_norm)
         if skip:
             for p in self.lora_parameters():
                 p.grad = None  # AdamW leaves parameters without a gradient (and their moments) alone

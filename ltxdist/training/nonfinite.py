@@ -5,12 +5,14 @@ The check runs after backward and after data-parallel gradient reduction, before
 optimizer step (LTXLoRAModule.on_before_optimizer_step). Every rank must take the same decision, or the
 ranks would disagree on the adapters (or one would stop while the others wait in a collective):
 
+The decision reads the step's total gradient norm (`total_grad_norm`, also the logged `grad_norm`):
+NaN/Inf in any gradient element makes it non-finite.
 - single process / DDP: DDP all-reduces gradients during backward, so a NaN on any rank is a NaN in
-  every rank's reduced gradients; deciding from the local (reduced) gradients is identical everywhere
-  without any communication. A non-finite loss is first turned into NaN gradients
-  (`poison_nonfinite_loss`), so a loss that is Inf while its gradients stay finite is caught the same way.
-- FSDP2: each rank holds only a shard of the reduced gradients and a NaN shows up on the rank that owns
-  the element: the flag is all-reduced (MAX), one scalar per optimizer step.
+  every rank's reduced gradients and so in every rank's norm, without further communication. A
+  non-finite loss is first turned into NaN gradients (`poison_nonfinite_loss`), so a loss that is Inf
+  while its gradients stay finite is caught the same way.
+- FSDP2: each rank holds only a shard of the reduced gradients; the norm is summed over the ranks (one
+  all-reduce of a scalar per optimizer step), so a NaN on the rank that owns the element reaches all.
 - DeepSpeed ZeRO-2/3: gradients live in DeepSpeed's partitions, not in `param.grad`. DeepSpeed's own
   overflow check (all-reduced over the data-parallel group) already skips such a step; the guard counts
   it from `engine.skipped_steps` after the step.
@@ -45,20 +47,16 @@ def poison_nonfinite_loss(loss: torch.Tensor) -> torch.Tensor:
     return loss * factor.to(loss.dtype)
 
 
-def _local(grad: torch.Tensor) -> torch.Tensor:
-    # An FSDP2 gradient is a DTensor: check the shard this rank holds.
-    return grad.to_local() if hasattr(grad, "to_local") else grad
-
-
-def gradients_finite(params: Iterable[torch.nn.Parameter]) -> torch.Tensor:
-    """A 0-dim bool tensor on the gradients' device: every gradient element is finite."""
-    grads = [_local(p.grad) for p in params if p.grad is not None]
+def total_grad_norm(params: Iterable[torch.nn.Parameter]) -> torch.Tensor | None:
+    """The 2-norm over every gradient of `params` (None without gradients), the same on every rank. One
+    multi-tensor launch for all adapters; NaN/Inf in any element makes it non-finite, and so does a
+    finite gradient whose norm overflows fp32 (>1e19), which is what it would make of the update."""
+    grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.ones((), dtype=torch.bool)
-    # NaN/Inf propagate into a norm: one multi-tensor launch for all adapters instead of two kernels per
-    # adapter tensor (thousands on the 22B model). A finite gradient whose norm overflows fp32 (>1e19)
-    # counts as non-finite too, which is what it would make of the update.
-    return torch.isfinite(torch.stack(torch._foreach_norm(grads))).all()
+        return None
+    norm = torch.nn.utils.get_total_norm(grads)
+    # FSDP2 gradients are DTensor shards: their norm is a partial sum until reduced over the ranks.
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
 class NonFiniteGuard:
@@ -72,13 +70,11 @@ class NonFiniteGuard:
         self.consecutive = 0  # skipped steps in a row up to the last optimizer step
         self.last_skipped = False
 
-    def decide(self, params: Iterable[torch.nn.Parameter], *, all_reduce: bool) -> bool:
-        """True when this optimizer step must be skipped (identical on every rank, see module doc).
-        Reads one flag to the host: the step cannot go on before the decision is known."""
-        bad = (~gradients_finite(params)).to(torch.int32)
-        if all_reduce and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        return bool(bad.item())
+    def decide(self, grad_norm: torch.Tensor | None) -> bool:
+        """True when this optimizer step must be skipped: its `total_grad_norm` is not finite (identical
+        on every rank, see module doc). Reads one flag to the host: the step cannot go on before the
+        decision is known."""
+        return grad_norm is not None and not bool(torch.isfinite(grad_norm).item())
 
     def record(self, skipped: bool, *, step: int, detail: str = "") -> None:
         """Count this optimizer step; raise NonFiniteTrainingError at the K-th skipped step in a row.

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 # The resume path's conversion of a saved AdamW state to this rank's rows (reused, not copied).
-from ltxdist.parallel.fsdp2_strategy import _local_optimizer_state
+from ltxdist.parallel.fsdp2_strategy import local_optimizer_state
 from ltxdist.parallel.shard_rows import local_slice, local_tensor
 from ltxdist.training.checkpoint_io import read_checkpoint, read_part
 
@@ -74,5 +74,5 @@ def warm_start(module: torch.nn.Module, optimizer: torch.optim.Optimizer, path: 
     # Per-parameter tensors cut to this rank's rows and wrapped like the parameter (DTensor under FSDP2);
     # whole tensors for unsharded parameters.
     optimizer.load_state_dict(
-        _local_optimizer_state(optimizer, {"state": loaded, "param_groups": state["param_groups"]})
+        local_optimizer_state(optimizer, {"state": loaded, "param_groups": state["param_groups"]})
     )
