@@ -46,8 +46,15 @@ from safetensors.torch import save as safetensors_save
 from ltxdist.bench.report import load_average, write_results
 from ltxdist.data.collate import WireBatch, collate_samples
 from ltxdist.data.sample import CachedSample, decode_sample
-from ltxdist.data.shards import ShardIndex, load_index, save_empty_caption, shard_name, write_shard
-from ltxdist.data.streaming import CachedLatentStream, StreamPlan, read_shard
+from ltxdist.data.shards import (
+    ShardIndex,
+    load_index,
+    read_shard,
+    save_empty_caption,
+    shard_name,
+    write_shard,
+)
+from ltxdist.data.streaming import CachedLatentStream, StreamPlan
 from ltxdist.data.synthetic import latent_shape
 
 TARGET_SPEEDUP = 3.0  # issue 3: streaming at least 3x one file per sample on 10k samples

@@ -25,3 +25,34 @@ def train_overrides(ckpt: Path, data: Path, run_dir: Path, **extra: object) -> l
     }
     base.update({k: v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def tiny_validation_overrides(prompts: list[str], gemma: Path, every_n_steps: int) -> dict[str, object]:
+    """Validation sampling at the smallest size that still runs the whole sampler (64x64, 9 frames, 2
+    steps, STG on the tiny model's block 1), video only."""
+    return {
+        "validation": "default",
+        "validation.gemma_root": gemma,
+        "validation.every_n_steps": every_n_steps,
+        "validation.at_start": "false",
+        "validation.with_audio": "false",
+        "validation.width": 64,
+        "validation.height": 64,
+        "validation.num_frames": 9,
+        "validation.steps": 2,
+        "validation.stg_blocks": "[1]",
+        "validation.prompts": "[" + ",".join(prompts) + "]",
+    }
+
+
+def prepare_command(raw: Path, out: Path, checkpoint: Path, gemma: Path, *extra: str) -> list[str]:
+    """`ltxdist-prepare` on the CPU, one sample per shard, no progress bar (as a subprocess)."""
+    return [
+        sys.executable,
+        "-m",
+        "ltxdist.data.prepare.cli",
+        str(raw),
+        *("--out", str(out), "--checkpoint", str(checkpoint), "--gemma", str(gemma)),
+        *("--samples-per-shard", "1", "--device", "cpu", "--no-progress"),
+        *extra,
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hand_samples import hand_sample
 from ltx_core.components.patchifiers import VideoLatentPatchifier
 from ltx_core.conditioning.types.reference_video_cond import VideoConditionByReferenceLatent
 from ltx_core.tools import VideoLatentTools
@@ -12,7 +13,6 @@ from ltx_core.types import VideoLatentShape
 
 from ltxdist._ltx_core import BatchedPerturbationConfig, Modality
 from ltxdist.data.collate import collate_samples
-from ltxdist.data.sample import CachedSample
 from ltxdist.lora import LoRASpec, export_lora, inject_lora, lora_modules
 from ltxdist.models import load_transformer
 from ltxdist.strategies import AudioRefOnlyICStrategy, ReferenceMismatchError, VideoToVideoStrategy
@@ -21,24 +21,6 @@ from ltxdist.strategies.rng import sample_generators
 from ltxdist.training.losses import masked_mse_per_sample
 
 CPU = torch.device("cpu")
-
-
-def _sample(i, *, f=3, h=2, w=4, ref=None, ref_f=None, audio_t=9, ref_audio_t=None, fps=24.0):
-    g = torch.Generator().manual_seed(i)
-    tensors = {
-        "video_latents": torch.randn(128, f, h, w, generator=g),
-        "audio_latents": torch.randn(8, audio_t, 16, generator=g),
-        "video_context": torch.randn(5, 64, generator=g),
-        "audio_context": torch.randn(5, 32, generator=g),
-        "context_mask": torch.ones(5, dtype=torch.bool),
-    }
-    meta = {"id": f"s{i}", "bucket": "128x64x17", "fps": fps, "caption": "c"}
-    if ref is not None:
-        tensors["reference_video_latents"] = torch.randn(128, ref_f or f, h // ref, w // ref, generator=g)
-        meta["reference_downscale_factor"] = ref
-    if ref_audio_t is not None:
-        tensors["reference_audio_latents"] = torch.randn(8, ref_audio_t, 16, generator=g)
-    return CachedSample(tensors=tensors, meta=meta)
 
 
 def _prep(strategy, batch, dtype=torch.float32, seed=0):
@@ -51,7 +33,7 @@ def _prep(strategy, batch, dtype=torch.float32, seed=0):
 
 
 def test_ic_layout_positions_timesteps_and_loss_mask():
-    batch = collate_samples([_sample(0, ref=2), _sample(1, ref=2)])
+    batch = collate_samples([hand_sample(0, ref=2), hand_sample(1, ref=2)])
     out = _prep(VideoToVideoStrategy(reference_downscale_factor=2), batch, dtype=torch.bfloat16)
     t_tgt, t_ref = 3 * 2 * 4, 3 * 1 * 2
     v = out.video
@@ -79,7 +61,7 @@ def test_ic_layout_positions_timesteps_and_loss_mask():
 
 
 def test_ic_matches_ltx_core_reference_conditioning_layout():
-    batch = collate_samples([_sample(0, ref=2)])
+    batch = collate_samples([hand_sample(0, ref=2)])
     out = _prep(VideoToVideoStrategy(reference_downscale_factor=2), batch, dtype=torch.bfloat16)
     tools = VideoLatentTools(VideoLatentPatchifier(1), VideoLatentShape(1, 128, 3, 2, 4), fps=24.0)
     state = tools.create_initial_state(CPU, torch.bfloat16)
@@ -92,20 +74,20 @@ def test_ic_matches_ltx_core_reference_conditioning_layout():
     torch.testing.assert_close(out.video.timesteps.float(), (state.denoise_mask * sigma).squeeze(-1))
 
 
-def test_ic_factor_mismatch_is_an_error_naming_the_sample():
-    batch = collate_samples([_sample(0, ref=2)])
+def test_ic_factor_mismatch_is_an_error_naming_thehand_sample():
+    batch = collate_samples([hand_sample(0, ref=2)])
     with pytest.raises(ReferenceMismatchError, match=r"\['s0'\].*reference_downscale_factor=1"):
         _prep(VideoToVideoStrategy(reference_downscale_factor=1), batch)
-    odd = _sample(1, ref=1)
+    odd = hand_sample(1, ref=1)
     odd.tensors["reference_video_latents"] = torch.randn(128, 3, 1, 1)  # 2/1 vs 4/1: not one factor
     with pytest.raises(ReferenceMismatchError, match="one integer factor"):
         _prep(VideoToVideoStrategy(reference_downscale_factor=2), collate_samples([odd]))
     with pytest.raises(ReferenceMismatchError, match="needs reference_video_latents"):
-        _prep(VideoToVideoStrategy(), collate_samples([_sample(2)]))
+        _prep(VideoToVideoStrategy(), collate_samples([hand_sample(2)]))
 
 
 def test_ic_variable_reference_lengths_are_padded_and_never_attended():
-    batch = collate_samples([_sample(0, ref=2, ref_f=3), _sample(1, ref=2, ref_f=2)])
+    batch = collate_samples([hand_sample(0, ref=2, ref_f=3), hand_sample(1, ref=2, ref_f=2)])
     assert batch["reference_video_lengths"].tolist() == [3, 2] and batch["reference_video_padded"]
     out = _prep(VideoToVideoStrategy(reference_downscale_factor=2), batch)
     keep = out.key_keep["attn1"]
@@ -132,7 +114,7 @@ def _run(model, out):
 
 
 def test_ic_clean_tokens_get_no_loss_gradient_and_the_reference_matters(tiny_model):
-    batch = collate_samples([_sample(0, ref=2)])
+    batch = collate_samples([hand_sample(0, ref=2)])
     strategy = VideoToVideoStrategy(reference_downscale_factor=2)
     out = _prep(strategy, batch)
     vx, _ = _run(tiny_model, out)
@@ -148,7 +130,7 @@ def test_ic_clean_tokens_get_no_loss_gradient_and_the_reference_matters(tiny_mod
 
 
 def test_padding_key_mask_blocks_attention(tiny_model):
-    batch = collate_samples([_sample(0, ref=2, ref_f=3), _sample(1, ref=2, ref_f=2)])
+    batch = collate_samples([hand_sample(0, ref=2, ref_f=3), hand_sample(1, ref=2, ref_f=2)])
     strategy = VideoToVideoStrategy(reference_downscale_factor=2)
     out = _prep(strategy, batch)
     vx, _ = _run(tiny_model, out)
@@ -192,7 +174,7 @@ def test_exported_ic_lora_through_ltx_core_conditioning_matches_training(tiny_ck
     )
     factor = int(read_lora_file(path).metadata["reference_downscale_factor"])
 
-    batch = collate_samples([_sample(0, ref=2)])
+    batch = collate_samples([hand_sample(0, ref=2)])
     out = _prep(VideoToVideoStrategy(reference_downscale_factor=2), batch, dtype=torch.bfloat16)
     with torch.no_grad():
         ours, _ = _run(model, out)
@@ -246,7 +228,9 @@ def test_exported_ic_lora_through_ltx_core_conditioning_matches_training(tiny_ck
 
 
 def test_id_layout_positions_timesteps_and_masks():
-    batch = collate_samples([_sample(0, audio_t=9, ref_audio_t=5), _sample(1, audio_t=7, ref_audio_t=4)])
+    batch = collate_samples(
+        [hand_sample(0, audio_t=9, ref_audio_t=5), hand_sample(1, audio_t=7, ref_audio_t=4)]
+    )
     strategy = AudioRefOnlyICStrategy(
         first_frame_conditioning_p=1.0,
         use_negative_ref_positions=True,
@@ -293,13 +277,13 @@ def _negative_reference_bounds(n_ref: int) -> list[list[float]]:
 
 
 def test_id_overlapping_positions_without_negative_flag():
-    batch = collate_samples([_sample(0, ref_audio_t=5)])
+    batch = collate_samples([hand_sample(0, ref_audio_t=5)])
     out = _prep(AudioRefOnlyICStrategy(use_negative_ref_positions=False), batch)
     torch.testing.assert_close(out.audio.positions[:, :, :5], out.audio.positions[:, :, 5:10])
 
 
 def test_id_masks_block_what_they_claim(tiny_model):
-    batch = collate_samples([_sample(0, audio_t=9, ref_audio_t=5)])
+    batch = collate_samples([hand_sample(0, audio_t=9, ref_audio_t=5)])
     strategy = AudioRefOnlyICStrategy(
         first_frame_conditioning_p=0.0, mask_video_to_ref_audio=True, mask_ref_audio_to_text=True
     )
@@ -343,7 +327,7 @@ def test_id_masks_block_what_they_claim(tiny_model):
 
 
 def test_id_clean_reference_gets_no_loss_gradient_and_changes_the_target(tiny_model):
-    batch = collate_samples([_sample(0, ref_audio_t=5)])
+    batch = collate_samples([hand_sample(0, ref_audio_t=5)])
     strategy = AudioRefOnlyICStrategy(first_frame_conditioning_p=0.0)
     out = _prep(strategy, batch)
     _, ax = _run(tiny_model, out)
@@ -358,4 +342,4 @@ def test_id_clean_reference_gets_no_loss_gradient_and_changes_the_target(tiny_mo
 
 def test_id_requires_reference_audio():
     with pytest.raises(ReferenceMismatchError, match="needs reference_audio_latents"):
-        _prep(AudioRefOnlyICStrategy(), collate_samples([_sample(0)]))
+        _prep(AudioRefOnlyICStrategy(), collate_samples([hand_sample(0)]))

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hand_samples import hand_sample
 
 from ltxdist.config.store import compose_train_config, register_configs
 from ltxdist.data.collate import collate_samples
-from ltxdist.data.sample import CachedSample
 from ltxdist.lora import lora_modules
 from ltxdist.strategies.idle_modules import idle_lora_modules
 from ltxdist.training.module import LTXLoRAModule
@@ -18,26 +18,6 @@ register_configs()
 
 F, H, W = 3, 2, 4  # latent grid of the target video: 8 tokens per latent frame, 24 in all
 FRAME = H * W
-
-
-def _sample(i, *, audio_t=9, ref_factor=None, ref_audio_t=None):
-    g = torch.Generator().manual_seed(i)
-    tensors = {
-        "video_latents": torch.randn(128, F, H, W, generator=g),
-        "audio_latents": torch.randn(8, audio_t, 16, generator=g),
-        "video_context": torch.randn(5, 64, generator=g),
-        "audio_context": torch.randn(5, 32, generator=g),
-        "context_mask": torch.ones(5, dtype=torch.bool),
-    }
-    meta = {"id": f"s{i}", "bucket": "128x64x17", "fps": 24.0, "caption": "c"}
-    if ref_factor is not None:
-        tensors["reference_video_latents"] = torch.randn(
-            128, F, H // ref_factor, W // ref_factor, generator=g
-        )
-        meta["reference_downscale_factor"] = ref_factor
-    if ref_audio_t is not None:
-        tensors["reference_audio_latents"] = torch.randn(8, ref_audio_t, 16, generator=g)
-    return CachedSample(tensors=tensors, meta=meta)
 
 
 def _module(tiny_ckpt, tmp_path, *overrides) -> LTXLoRAModule:
@@ -83,7 +63,8 @@ def _trained(grad_BTC: torch.Tensor) -> torch.Tensor:
 
 def test_standard_first_frame_and_padded_audio_get_zero_loss_gradient(tiny_ckpt, tmp_path):
     module = _module(tiny_ckpt, tmp_path, "strategy=standard", "strategy.first_frame_conditioning_p=1.0")
-    batch = collate_samples([_sample(0, audio_t=9), _sample(1, audio_t=6)])  # sample 1: 3 padded frames
+    # sample 1: 3 padded audio frames
+    batch = collate_samples([hand_sample(0, audio_t=9), hand_sample(1, audio_t=6)])
     gv, ga = _output_grads(module, batch)
     expect_v = torch.ones(2, F * FRAME, dtype=torch.bool)
     expect_v[:, :FRAME] = False  # latent frame 0 is clean conditioning
@@ -115,7 +96,7 @@ def test_video_to_video_reference_gets_zero_loss_gradient(tiny_ckpt, tmp_path):
         "strategy.reference_downscale_factor=2",
         "lora.targets=[video_attn]",
     )
-    batch = collate_samples([_sample(0, ref_factor=2)])
+    batch = collate_samples([hand_sample(0, ref=2)])
     gv, ga = _output_grads(module, batch)
     t_tgt, t_ref = F * FRAME, F * (H // 2) * (W // 2)
     assert ga is None  # with_audio=false: no audio stream at all
@@ -136,7 +117,9 @@ def test_audio_ref_only_ic_reference_audio_first_frame_and_padding_get_zero_loss
         "lora.rank=4",
     )
     # sample 1: reference 4 of 5 frames, target 7 of 9 frames (both padded)
-    batch = collate_samples([_sample(0, audio_t=9, ref_audio_t=5), _sample(1, audio_t=7, ref_audio_t=4)])
+    batch = collate_samples(
+        [hand_sample(0, audio_t=9, ref_audio_t=5), hand_sample(1, audio_t=7, ref_audio_t=4)]
+    )
     gv, ga = _output_grads(module, batch)
     assert (gv[:, :FRAME] == 0).all() and _trained(gv[:, FRAME:]).all()  # first frame = reference image
     assert ga.shape[1] == 5 + 9
@@ -162,7 +145,7 @@ def test_adapters_without_gradient_are_exactly_the_ones_refused_under_ddp(
         for m in lora_modules(module.transformer).values():
             m.lora_B.fill_(0.1)
     ref = 2 if strategy == "video_to_video" else None
-    loss, _ = module.compute_loss(collate_samples([_sample(0, ref_factor=ref)]))
+    loss, _ = module.compute_loss(collate_samples([hand_sample(0, ref=ref)]))
     loss.backward()
     no_grad = {
         name.split(".", 2)[2]  # transformer_blocks.{i}.<inner>

@@ -7,10 +7,10 @@ encoder fingerprints; it is rewritten atomically after each shard so an interrup
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import webdataset as wds
 
-from ltxdist.data.sample import SCHEMA_VERSION, CachedSample, encode_sample
+from ltxdist.data.sample import SCHEMA_VERSION, TENSOR_EXT, CachedSample, encode_sample
 from ltxdist.io import atomic_file, save_safetensors_atomic, write_json_atomic
 
 INDEX_NAME = "index.json"
@@ -27,6 +27,10 @@ EMPTY_CAPTION_NAME = "empty_caption.safetensors"
 
 class ShardIndexError(ValueError):
     """A shard directory or its index.json is missing, stale or inconsistent."""
+
+
+class ShardReadError(RuntimeError):
+    """A shard could not be read (truncated, deleted, unreadable)."""
 
 
 def shard_name(i: int) -> str:
@@ -136,12 +140,48 @@ def load_empty_caption(directory: str | Path) -> dict[str, torch.Tensor]:
 
 
 def read_shard_records(path: Path) -> list[dict[str, Any]]:
-    """All raw records of one shard, grouped by key (used by tests and tools, not the hot path)."""
-    records: dict[str, dict[str, Any]] = {}
-    with tarfile.open(path) as tar:
-        for member in tar.getmembers():
-            key, _, ext = member.name.partition(".")
-            data = tar.extractfile(member)
-            assert data is not None
-            records.setdefault(key, {"__key__": key})[ext] = io.BytesIO(data.read()).getvalue()
-    return list(records.values())
+    """All records of one shard (tools and tests; training streams them with `read_shard`)."""
+    return list(read_shard(path))
+
+
+def read_shard(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of one webdataset tar shard in order: {"__key__": key, ext: payload, ...}, grouped by
+    key as webdataset groups them (the name up to the first dot of its last path part). The safetensors
+    payload comes as a uint8 tensor that the sample's tensors will view; other members as bytes.
+
+    Why not webdataset's `tarfile_to_samples`: it pulls the tar through tarfile's stream mode, which
+    copies each member block by block (~0.7 ms per 300 KB sample on the benchmark machine, more than
+    decoding and batching together). Here tarfile parses only the 512-byte headers (seeking past data,
+    and raising on a cut-off member) and each member is read with one `readinto`.
+    """
+    record: dict[str, Any] | None = None
+    try:
+        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            while (member := tar.next()) is not None:
+                if not member.isfile():
+                    continue
+                head, slash, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                key = head + slash + stem
+                if record is not None and record["__key__"] != key:
+                    yield record
+                    record = None
+                if record is None:
+                    record = {"__key__": key}
+                f.seek(member.offset_data)
+                if ext == TENSOR_EXT:
+                    payload = torch.empty(member.size, dtype=torch.uint8)
+                    got = f.readinto(payload.numpy()) if member.size else 0
+                else:
+                    payload = f.read(member.size)
+                    got = len(payload)
+                if got != member.size:
+                    raise tarfile.ReadError(f"member {member.name} ends after {got} of {member.size} bytes")
+                record[ext] = payload
+    except (OSError, tarfile.TarError) as exc:
+        raise ShardReadError(
+            f"failed reading shard {path}: {exc}. The shard is truncated or was removed; "
+            "re-run ltxdist-prepare to rewrite it."
+        ) from exc
+    if record is not None:
+        yield record

@@ -2,11 +2,11 @@ import itertools
 import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
 from data_helpers import clip, prepare_opts, read_samples
+from e2e_utils import prepare_command
 
 from ltxdist.data.media import read_frames
 from ltxdist.data.prepare import PrepareError, prepare_dataset
@@ -150,23 +150,7 @@ def test_two_concurrent_processes_via_torchrun_env(tmp_path, tiny_model):
     for i in range(3):
         clip(raw, f"c{i}.mp4", caption=f"clip {i}", concept=i)
     out = tmp_path / "out"
-    args = [
-        sys.executable,
-        "-m",
-        "ltxdist.data.prepare.cli",
-        str(raw),
-        "--out",
-        str(out),
-        "--checkpoint",
-        str(tiny_model.checkpoint),
-        "--gemma",
-        str(tiny_model.gemma),
-        "--samples-per-shard",
-        "1",
-        "--no-progress",
-        "--device",
-        "cpu",
-    ]
+    args = prepare_command(raw, out, tiny_model.checkpoint, tiny_model.gemma)
     procs = [
         subprocess.Popen(
             args,

@@ -17,7 +17,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from e2e_utils import prepare_command
 from fault_helpers import (
     DDP,
     ENV,
@@ -292,25 +292,7 @@ def test_sigkill_during_shard_writing_then_rerun(tmp_path, tiny_encoders_model):
         )
 
     def command(out: Path) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "ltxdist.data.prepare.cli",
-            str(raw),
-            "--out",
-            str(out),
-            "--checkpoint",
-            str(ckpt),
-            "--gemma",
-            str(gemma),
-            "--samples-per-shard",
-            "1",
-            "--device",
-            "cpu",
-            "--dtype",
-            "fp32",
-            "--no-progress",
-        ]
+        return prepare_command(raw, out, ckpt, gemma, "--dtype", "fp32")
 
     ref = tmp_path / "ref"
     assert subprocess.run(command(ref), env=ENV, capture_output=True, timeout=600).returncode == 0

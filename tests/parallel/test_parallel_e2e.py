@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from e2e_utils import tiny_validation_overrides
 from parallel_helpers import (
     REPORT_ENV,
     adapters,
@@ -97,20 +98,7 @@ def fsdp2(tiny_ckpt, data, run_env, encoders, tmp_path_factory) -> Path:
     """Also samples the validation prompts at the last step (3 prompts over 2 ranks)."""
     out = tmp_path_factory.mktemp("fsdp2") / "run"
     enc_ckpt, gemma = encoders
-    validation = {
-        "validation": "default",
-        "validation.checkpoint": enc_ckpt,
-        "validation.gemma_root": gemma,
-        "validation.every_n_steps": STEPS,
-        "validation.at_start": "false",
-        "validation.with_audio": "false",
-        "validation.width": 64,
-        "validation.height": 64,
-        "validation.num_frames": 9,
-        "validation.steps": 2,
-        "validation.stg_blocks": "[1]",
-        "validation.prompts": "[" + ",".join(VAL_PROMPTS) + "]",
-    }
+    validation = {**tiny_validation_overrides(VAL_PROMPTS, gemma, STEPS), "validation.checkpoint": enc_ckpt}
     run(tiny_ckpt, data, out, 2, _recording(run_env, out), parallel="fsdp2", **validation)
     return out
 

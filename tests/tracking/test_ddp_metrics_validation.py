@@ -10,6 +10,7 @@ import sys
 
 import av
 import pytest
+from e2e_utils import tiny_validation_overrides
 
 PROMPTS = ["a red ball", "a blue cube", "a green dot"]
 
@@ -34,17 +35,7 @@ def test_ddp_validation_spread_and_global_throughput(tiny_run_inputs, tmp_path):
         "parallel.devices": 2,
         "parallel.accelerator": "cpu",
         "parallel.process_group_backend": "gloo",
-        "validation": "default",
-        "validation.gemma_root": tiny_run_inputs.gemma,
-        "validation.every_n_steps": 2,
-        "validation.at_start": "false",
-        "validation.with_audio": "false",
-        "validation.width": 64,
-        "validation.height": 64,
-        "validation.num_frames": 9,
-        "validation.steps": 2,
-        "validation.stg_blocks": "[1]",
-        "validation.prompts": "[" + ",".join(PROMPTS) + "]",
+        **tiny_validation_overrides(PROMPTS, tiny_run_inputs.gemma, every_n_steps=2),
     }
     proc = subprocess.run(
         [
