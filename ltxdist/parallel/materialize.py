@@ -41,31 +41,19 @@ def materialize_transformer(
             report=report,
         )
     else:
-        _materialize_in_place(model, parallel_cfg, checkpoint, dtype, lora_init_seed, device, report)
-    report.write()
+        model.to_empty(device=device)
+        report.sample()
+        copy_base_weights(model, checkpoint, dtype, on_read=report.on_read)
+        if parallel_cfg.name == "fsdp2":
+            from torch.distributed.tensor.experimental import implicit_replication
 
-
-def _materialize_in_place(
-    model: torch.nn.Module,
-    parallel_cfg: Any,
-    checkpoint: Path,
-    dtype: torch.dtype,
-    lora_init_seed: int,
-    device: torch.device,
-    report: MaterializeReport,
-) -> None:
-    model.to_empty(device=device)
-    report.sample()
-    copy_base_weights(model, checkpoint, dtype, on_read=report.on_read)
-    if parallel_cfg.name == "fsdp2":
-        from torch.distributed.tensor.experimental import implicit_replication
-
-        # Every rank draws the same full adapter init from one seeded generator and keeps its rows:
-        # implicit_replication lets a plain (replicated) tensor be copied into a sharded DTensor.
-        with implicit_replication():
+            # Every rank draws the same full adapter init from one seeded generator and keeps its rows:
+            # implicit_replication lets a plain (replicated) tensor be copied into a sharded DTensor.
+            with implicit_replication():
+                reset_lora(model, lora_init_seed)
+        else:
             reset_lora(model, lora_init_seed)
-    else:
-        reset_lora(model, lora_init_seed)
+    report.write()
 
 
 def _materialize_zero3(
