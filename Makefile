@@ -2,11 +2,11 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast soak lint format clean
+.PHONY: setup demo test test-fast soak lint format lock clean
 
 setup: .venv/.ltxdist-setup-done
 
-.venv/.ltxdist-setup-done: pyproject.toml setup.py scripts/setup_env.sh
+.venv/.ltxdist-setup-done: pyproject.toml constraints.txt scripts/setup_env.sh
 	bash scripts/setup_env.sh
 	touch $@
 
@@ -24,6 +24,11 @@ test-fast: setup
 # to runs/soak/soak_results.json (LTXDIST_SOAK_RESULTS); SOAK_SEED=n repeats a run's kill points.
 soak: setup
 	LTXDIST_SOAK=1 $(PY) -m pytest -q tests/faults
+
+# Refresh constraints.txt (the lock setup installs from): newest versions pyproject.toml allows, resolved
+# into a throw-away .venv-lock, written only if the whole test suite passes there. Commit the result.
+lock:
+	bash scripts/lock.sh
 
 lint: setup
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .

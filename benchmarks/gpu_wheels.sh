@@ -2,7 +2,12 @@
 # Fetch, into .whl/ (git-ignored through .git/info/exclude), the pure-Python wheels the lent GPU machine
 # lacks for benchmarks/fullsize_bench.py. That machine already has torch, triton, lightning, peft,
 # transformers, accelerate, einops, scipy, safetensors and numpy, and reaches no package registry.
-# Versions are the ones this checkout's .venv runs. Usage: bash benchmarks/gpu_wheels.sh
+# Versions are the ones this checkout's .venv runs (constraints.txt). Usage: bash benchmarks/gpu_wheels.sh
+# On the device, install them into .site and link only the two packages next to them (never put the
+# checkout root on PYTHONPATH: its kernels/ folder must not compete with Hugging Face's `kernels`):
+#   python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
+#   ln -sfn $PWD/ltxdist .site/ltxdist; ln -sfn $PWD/kernels/ltxdist_kernels .site/ltxdist_kernels
+#   PYTHONPATH=$PWD/.site:$PWD/benchmarks python3 -P benchmarks/fullsize_bench.py ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qxF '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude

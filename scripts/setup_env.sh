@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Creates .venv with everything ltxdist needs, on a CPU-only machine or a CUDA one.
+# Creates .venv with everything ltxdist needs, on a CPU-only machine or a CUDA one, at the exact versions
+# of constraints.txt (the lock the test suite last passed with; `make lock` refreshes it).
 # Order matters: torch first (so nothing later resolves a multi-GB CUDA torch on a CPU machine),
 # then the rest, then the torchaudio fix-up for CPU torch.
+# LTXDIST_UNLOCKED=1 resolves the newest versions pyproject.toml allows instead (what `make lock` tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
-TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+# torch comes from the lock too (the CPU wheel on this project's machines is 2.13.0).
+locked_torch=$(sed -n 's/^torch==//p' constraints.txt 2>/dev/null || true)
+TORCH_VERSION=${TORCH_VERSION:-${locked_torch:-2.13.0}}
 
 if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
@@ -18,8 +22,13 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "[setup] installing torch==$TORCH_VERSION first"
   $PIP install -q "torch==$TORCH_VERSION"
 fi
-echo "[setup] installing ltxdist and its dependencies"
-$PIP install -q -e ".[dev]"
+if [ "${LTXDIST_UNLOCKED:-0}" = 1 ]; then
+  echo "[setup] installing ltxdist and the newest dependencies pyproject.toml allows (unlocked)"
+  $PIP install -q -e ".[dev]"
+else
+  echo "[setup] installing ltxdist and its dependencies at the versions of constraints.txt"
+  $PIP install -q -c constraints.txt -e ".[dev]"
+fi
 
 # torchaudio from the registry is a CUDA build. ltx-core's audio VAE imports it but only uses
 # MelSpectrogram and resample, which work in torchaudio's pure-Python mode. On a CPU torch, move the

@@ -154,6 +154,7 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_ckpt, tmp_path):
             "ltxdist.training.train",
             *args,
         ],
+        cwd=REPO,  # `torchrun -m` from the checkout root, as README documents (test_entry_points.py)
         env=ENV,
         capture_output=True,
         text=True,
