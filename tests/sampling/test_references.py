@@ -307,3 +307,37 @@ def test_cli_id_voice_and_image_with_options_from_lora_metadata(tiny_full, loras
     assert recorded["negative_positions"] == [False]  # the voice overlaps the target, as trained
     # the masks of training are set for sampling, then cleared
     assert recorded["masks"] == [(["audio_to_video_attn"], ["audio_attn2"]), ([], [])]
+
+
+def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path):
+    """The IC card validates at LoRA strength 1.4: the live adapters are scaled by it while validation
+    samples, and restored for training afterwards."""
+    from types import SimpleNamespace
+
+    from ltxdist.lora import lora_modules
+    from ltxdist.training.validation import ValidationSampling
+
+    model = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=2, alpha=4, targets=("video_attn",)))
+    trained = [m.scaling for m in lora_modules(model).values()]
+    val = OmegaConf.structured(ValidationConfig(name="ic_lora_card", prompts=["p"], lora_strength=1.4))
+    callback = ValidationSampling(
+        val,
+        run_dir=tmp_path,
+        model_checkpoint="unused",
+        strategy_cfg=OmegaConf.structured(IC_STRATEGY),
+        parallel_name="single",
+    )
+    seen: list[list[float]] = []
+
+    def denoise(request, cond, progress):
+        seen.append([m.scaling for m in lora_modules(model).values()])
+        return None, None
+
+    callback._sampler = SimpleNamespace(denoise=denoise)
+    callback._mine = [(job, False) for job in callback.jobs]  # sampled, not written
+    callback._cond = {0: None}
+    trainer = SimpleNamespace(strategy=SimpleNamespace(barrier=lambda name: None), is_global_zero=False)
+    callback.run(trainer, SimpleNamespace(transformer=model), step=10)
+    assert seen == [[1.4 * s for s in trained]]
+    assert [m.scaling for m in lora_modules(model).values()] == trained  # restored for training
