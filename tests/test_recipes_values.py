@@ -126,3 +126,11 @@ def test_audio_ref_only_ic_refuses_flags_it_would_ignore(override, flag):
     validate_config(_compose("strategy=audio_ref_only_ic"))
     with pytest.raises(ConfigError, match=rf"^{flag}: audio_ref_only_ic"):
         validate_config(_compose("strategy=audio_ref_only_ic", override))
+
+
+def test_adamw8bit_with_fsdp2_is_refused_naming_the_flag():
+    """bitsandbytes' 8-bit update mixes plain tensors with FSDP2's DTensors and fails at the first step
+    (seen on CPU with bitsandbytes 0.50.2): refused before any model is built."""
+    with pytest.raises(ConfigError, match=r"^optim: bitsandbytes' AdamW8bit cannot update FSDP2"):
+        validate_config(_compose("experiment=ic_lora_reference_sheet", "parallel=fsdp2"))
+    validate_config(_compose("experiment=ic_lora_reference_sheet", "parallel=fsdp2", "optim=adamw"))

@@ -368,6 +368,12 @@ def validate_config(cfg: Any) -> None:
         f"must be >= 1 and divide the number of processes ({world} = parallel.devices x "
         f"parallel.num_nodes), got {cfg.parallel.sequence_parallel}",
     )
+    _require(
+        not (cfg.optim.name == "adamw8bit" and cfg.parallel.name == "fsdp2"),
+        "optim",
+        "bitsandbytes' AdamW8bit cannot update FSDP2's sharded (DTensor) parameters (it fails at the first "
+        "step); use optim=adamw with parallel=fsdp2, or parallel=ddp / single with optim=adamw8bit",
+    )
     if cfg.parallel.name == "ddp":
         # DDP (find_unused_parameters=False) fails at step 2 if an adapter never gets a gradient.
         from ltxdist.strategies.idle_modules import idle_lora_problem  # lazy: builds a meta block
