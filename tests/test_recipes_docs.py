@@ -50,7 +50,7 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def test_every_recipe_page_has_a_tested_block():
-    pages = {p.name for p in RECIPES.glob("*.md")} - {"README.md"}
+    pages = {p.name for p in RECIPES.glob("*.md")} - {"README.md", "published.md"}
     assert pages and pages == {p.name for p in PAGES}
 
 
@@ -130,6 +130,18 @@ def test_recipe_page_has_every_section_and_command(page: Path):
     timing = text.split("## Time and memory", 1)[1]
     assert "| command |" in timing and "nproc" in timing and "RAM" in timing, page.name
     assert "pending a GPU run" in timing, page.name
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.stem for p in PAGES])
+def test_every_training_command_names_its_run(page: Path):
+    """`run.resume=auto` resumes the run folder of the run's name: a command that leaves the name to the
+    experiment would resume another dataset's run (the second character trained 0 steps)."""
+    tested, full = _blocks(page.read_text())
+    commands = [c for b in [*tested, *full] for c in _commands(b)]
+    training = [c for c in commands if _uses([c], "ltxdist-train") or "ltxdist.training.train" in c]
+    assert training, page.name
+    unnamed = [c for c in training if not re.search(r"(^|\s)run\.name=\S", c)]
+    assert not unnamed, f"{page.name}: training commands without run.name=...: {unnamed}"
 
 
 # -- full-scale commands against the code -----------------------------------------------------------

@@ -1,74 +1,98 @@
-"""The two published recipes resolve to the published values (LTX_FACTS.md section 2, typed in here
-from the spec, not read from the code), and configs whose adapters could never train are refused."""
+"""Every recipe resolves to the values of docs/recipes/published.md (the published trainings, typed in
+there from their sources, not read from the code; a wrong value in the table or in a recipe fails, naming
+recipe, key, published value and source), the pages show that table, and configs whose adapters could
+never train are refused."""
 
 from __future__ import annotations
 
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
+from published_values import (
+    NOT_REPRODUCTIONS,
+    PUBLISHED,
+    RECIPES,
+    compose,
+    mismatches,
+    page_block,
+    parse_published,
+    sections,
+)
 
 from ltxdist.config import ConfigError, validate_config
 from ltxdist.config.store import CONF_DIR, register_configs
-from ltxdist.lora.targets import resolve_target_modules
-from ltxdist.models import build_meta_transformer
-from ltxdist.models.presets import transformer_config
-from ltxdist.training.optim import build_scheduler
 
 register_configs()
-
-QKVO = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 def _compose(*overrides: str):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=["data.path=/shards", *overrides])
+        return hydra_compose("train", overrides=["data.path=/shards", *overrides])
 
 
-def _adapted(cfg) -> set[str]:
-    """Block-inner names of the Linears the recipe's lora.targets adapt (same names at every size)."""
-    model = build_meta_transformer(transformer_config("tiny"))
-    return {n.split(".", 2)[2] for n in resolve_target_modules(model, list(cfg.lora.targets))}
+# -- every recipe against docs/recipes/published.md ------------------------------------------------
 
 
-def _lr_curve(cfg, steps: list[int]) -> list[float]:
-    """The learning rate the run's own scheduler sets at each (0-based) optimizer step."""
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.optim.lr)
-    sched = build_scheduler(opt, cfg.optim.schedule, cfg.optim.lr, cfg.trainer.max_steps)
-    return [cfg.optim.lr * sched.lr_lambdas[0](step) for step in steps]
+@pytest.fixture(scope="module")
+def published() -> str:
+    return PUBLISHED.read_text()
 
 
-def test_ic_lora_recipe_has_the_published_values():
-    cfg = _compose("experiment=ltx23_ic_lora_8xh100")
-    validate_config(cfg)
-    assert cfg.strategy.name == "video_to_video"
-    assert (cfg.lora.rank, cfg.lora.alpha) == (128, 128)
-    assert cfg.optim.name == "adamw8bit"
-    assert cfg.model.dtype == "bfloat16"
-    assert cfg.trainer.gradient_clip_val == 1.0
-    assert cfg.data.batch_size == 1
-    assert cfg.strategy.first_frame_conditioning_p == 0.0
-    assert (cfg.parallel.name, cfg.parallel.devices) == ("ddp", 8)
-    # lr 1.3e-4, linear down to 1.3e-5, then constant 1.3e-5
-    n = cfg.optim.schedule.phase_one_steps
-    assert n > 0
-    lr = _lr_curve(cfg, [0, n // 2, n, n + 1, cfg.trainer.max_steps - 1])
-    assert lr == pytest.approx([1.3e-4, (1.3e-4 + 1.3e-5) / 2, 1.3e-5, 1.3e-5, 1.3e-5], rel=1e-6)
-    # video-only training: adapters on the video attention, none on modules that never run
-    assert _adapted(cfg) == {f"{m}.{p}" for m in ("attn1", "attn2") for p in QKVO}
+def test_every_recipe_composes_to_the_published_values(published):
+    rows = parse_published(published)
+    assert len(rows) > 100  # the table was read (a parser that finds nothing would pass vacuously)
+    problems = mismatches(rows)
+    assert not problems, "recipes differ from docs/recipes/published.md:\n" + "\n".join(problems)
 
 
-def test_id_lora_recipe_has_the_published_values():
-    cfg = _compose("experiment=ltx23_id_lora_8xh100")
-    validate_config(cfg)
-    assert cfg.strategy.name == "audio_ref_only_ic"
-    assert cfg.lora.rank == 128
-    assert cfg.optim.lr == pytest.approx(2e-4)
-    assert cfg.trainer.max_steps == 3000
-    assert cfg.strategy.first_frame_conditioning_p == pytest.approx(0.9)
-    # rank 128 on the audio attention, the audio FFN and both cross-modal attentions
-    attn = ("audio_attn1", "audio_attn2", "audio_to_video_attn", "video_to_audio_attn")
-    expected = {f"{m}.{p}" for m in attn for p in QKVO} | {"audio_ff.net.0.proj", "audio_ff.net.2"}
-    assert _adapted(cfg) == expected
+def test_every_experiment_is_a_published_recipe_or_a_declared_demo(published):
+    experiments = {p.stem for p in (CONF_DIR / "experiment").glob("*.yaml")}
+    in_table = {e for row in parse_published(published) for e in row.experiments}
+    assert in_table == experiments - NOT_REPRODUCTIONS
+    for section in sections(published):
+        validate_config(compose(section.experiments[0]))  # each recipe passes the cross-field checks
+
+
+def test_a_changed_value_fails_in_the_table_or_in_the_recipe(published):
+    rank_row = "| `lora.rank` | `128` | card | |"
+    assert published.count(rank_row) == 1
+    changed_table = parse_published(published.replace(rank_row, "| `lora.rank` | `64` | card | |"))
+    rows = [r for r in changed_table if r.key == "lora.rank" and "ltx23_ic_lora_8xh100" in r.experiments]
+    assert mismatches(rows) == [
+        "ltx23_ic_lora_8xh100: lora.rank is 128, published 64 (card)",
+        "ic_lora_reference_sheet: lora.rank is 128, published 64 (card)",
+    ]
+    rows = [r for r in parse_published(published) if "ltx23_id_lora_8xh100" in r.experiments]
+    changed_recipe = {"ltx23_id_lora_8xh100": ["strategy.mask_ref_audio_to_text=false", "optim.lr=1e-4"]}
+    assert mismatches(rows, changed_recipe) == [
+        "ltx23_id_lora_8xh100: strategy.mask_ref_audio_to_text is False, published True "
+        "(ID-LoRA config: mask_reference_from_text_attention)",
+        "ltx23_id_lora_8xh100: optim.lr is 0.0001, published 0.0002 (ID-LoRA config)",
+        "ltx23_id_lora_8xh100: lr@[0, 3000, 5999] is [0.0001, 5.500000000000001e-05, 1.0015e-05], published "
+        "[0.0002, 0.00011, 2.003e-05] (ID-LoRA config: linear scheduler (ltx-trainer: to 0.1x over the run))",
+    ]
+    # A departure must be real: the recipe has the stated value, and it is not the published one.
+    batch = [r for r in rows if r.key == "global batch"]
+    assert len(mismatches(batch, {"ltx23_id_lora_8xh100": ["parallel.devices=4"]})) == 1
+    # A range: inside passes, outside fails.
+    steps = [
+        r
+        for r in parse_published(published)
+        if r.key == "trainer.max_steps" and r.source == "character guide"
+    ]
+    assert (
+        mismatches(steps) == []
+        and len(mismatches(steps, {"character_lora": ["trainer.max_steps=2500"]})) == 1
+    )
+
+
+def test_recipe_pages_show_their_published_values(published):
+    for page in sorted({s.page for s in sections(published)}):
+        block = page_block(published, page)
+        assert block in (RECIPES / page).read_text(), (
+            f"docs/recipes/{page} does not show its published values as published.md has them; "
+            "run `python tests/published_values.py`"
+        )
 
 
 def test_ddp_refuses_adapters_on_modules_that_never_run():
@@ -102,3 +126,11 @@ def test_audio_ref_only_ic_refuses_flags_it_would_ignore(override, flag):
     validate_config(_compose("strategy=audio_ref_only_ic"))
     with pytest.raises(ConfigError, match=rf"^{flag}: audio_ref_only_ic"):
         validate_config(_compose("strategy=audio_ref_only_ic", override))
+
+
+def test_adamw8bit_with_fsdp2_is_refused_naming_the_flag():
+    """bitsandbytes' 8-bit update mixes plain tensors with FSDP2's DTensors and fails at the first step
+    (seen on CPU with bitsandbytes 0.50.2): refused before any model is built."""
+    with pytest.raises(ConfigError, match=r"^optim: bitsandbytes' AdamW8bit cannot update FSDP2"):
+        validate_config(_compose("experiment=ic_lora_reference_sheet", "parallel=fsdp2"))
+    validate_config(_compose("experiment=ic_lora_reference_sheet", "parallel=fsdp2", "optim=adamw"))

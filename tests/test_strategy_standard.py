@@ -101,9 +101,9 @@ def test_draws_depend_on_the_sample_not_the_batch_layout():
     torch.testing.assert_close(together.video.latent, torch.cat([a.video.latent for a in apart]))
 
 
-def _reference_sigma_cdf(x, mu, std=1.0):
-    """P(sigma <= x) for the stretched, reflected logit-normal (no uniform share), computed independently
-    from the normal CDF."""
+def _reference_sigma_cdf(x, mu, std=1.0, floor=1e-3):
+    """P(sigma <= x) for the stretched logit-normal reflected at `floor` (no uniform share), computed
+    independently from the normal CDF."""
     lo = 1 / (1 + math.exp(-(mu - 2.5758293035489004 * std)))
     hi = 1 / (1 + math.exp(-(mu + 3.090232306167813 * std)))
 
@@ -114,11 +114,12 @@ def _reference_sigma_cdf(x, mu, std=1.0):
             return 1.0
         return 0.5 * (1 + math.erf((math.log(y / (1 - y)) - mu) / (std * math.sqrt(2))))
 
-    # stretched s = (u - lo) / (hi - lo), reflected |s|, capped at 1
+    # stretched s = (u - lo) / (hi - lo), reflected at the floor (2 floor - s below it), capped at 1:
+    # sigma <= x  <=>  2 floor - x <= s <= x
     if x >= 1:
         return 1.0
     u_hi = lo + x * (hi - lo)
-    u_lo = lo - x * (hi - lo)
+    u_lo = lo + (2 * floor - x) * (hi - lo)
     return cdf_unstretched(u_hi) - cdf_unstretched(u_lo)
 
 
@@ -135,6 +136,16 @@ def test_sigma_sampler_matches_the_shifted_logit_normal(tokens):
         assert empirical == pytest.approx(_reference_sigma_cdf(x, mu), abs=0.03), x
     # the check has teeth: the unshifted mu would not match
     assert abs(float((sig <= 0.5).float().mean()) - _reference_sigma_cdf(0.5, 0.0)) > 0.05
+
+
+def test_sigma_never_falls_below_the_floor():
+    """ltx-trainer and ID-LoRA reflect the stretched tail at 1e-3; reflecting at 0 put about 1 draw in
+    10^4 below it. 100,000 draws at the smallest shift (most mass near 0) hold several near the floor."""
+    g = torch.Generator().manual_seed(0)
+    sig = SigmaSampler(uniform_p=0.0).sample(1, [g] * 100_000)
+    assert float(sig.min()) >= 1e-3
+    assert int((sig < 2e-3).sum()) > 0  # the tail is there and was reflected, not cut off
+    assert float(sig.max()) <= 1.0
 
 
 def test_sigma_uniform_share():

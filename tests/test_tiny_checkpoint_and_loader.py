@@ -20,6 +20,9 @@ def test_tiny_checkpoint_is_in_the_official_layout(tiny_ckpt):
     config = json.loads(meta["config"])
     assert config["transformer"]["rope_type"] == "split"
     assert config["transformer"]["caption_proj_before_connector"] is True
+    # ComfyUI reads this key (default false: non-causal positions); the released 2.3 config has true
+    assert config["transformer"]["causal_temporal_positioning"] is True
+    assert transformer_config("ltx23_22b")["transformer"]["causal_temporal_positioning"] is True
     sd = load_file(str(tiny_ckpt))
     assert all(sd[k].dtype == torch.bfloat16 for k in transformer_keys)
     # every tensor initialised: finite, and no tensor left all-zero (torch.empty would give garbage/zeros)
@@ -87,6 +90,35 @@ def test_missing_file_and_missing_config_name_the_file(tmp_path):
     save_file({"x": torch.zeros(1)}, str(tmp_path / "noconf.safetensors"))
     with pytest.raises(CheckpointError, match=r"noconf\.safetensors has no 'config'"):
         read_checkpoint_info(tmp_path / "noconf.safetensors")
+
+
+def test_a_config_disagreeing_with_ltx_core_on_causal_positions_is_refused(tiny_ckpt, tmp_path):
+    """ltx-core's position tools are causal whatever the config says (latent frame 0 covers pixel frame
+    [0, 1) only); a file saying otherwise would be run as something it does not describe."""
+    from ltx_core.components.patchifiers import VideoLatentPatchifier
+    from ltx_core.tools import VideoLatentTools
+    from ltx_core.types import VideoLatentShape
+
+    shape = VideoLatentShape(batch=1, channels=128, frames=2, height=1, width=1)
+    positions = (
+        VideoLatentTools(VideoLatentPatchifier(patch_size=1), shape, fps=24.0)
+        .create_initial_state(torch.device("cpu"), torch.float32)
+        .positions
+    )
+    assert positions[0, 0, 0].tolist() == pytest.approx([0.0, 1 / 24])  # causal: frame 0 is one frame
+    with safe_open(str(tiny_ckpt), framework="pt") as f:
+        meta = dict(f.metadata())
+    config = json.loads(meta["config"])
+    config["transformer"]["causal_temporal_positioning"] = False
+    bad = tmp_path / "noncausal.safetensors"
+    save_file(load_file(str(tiny_ckpt)), str(bad), metadata={**meta, "config": json.dumps(config)})
+    with pytest.raises(
+        CheckpointError, match=r"noncausal\.safetensors: .*causal_temporal_positioning is False, but ltx-core"
+    ):
+        load_transformer(bad)
+    del config["transformer"]["causal_temporal_positioning"]  # absent: ltx-core's assumption holds
+    save_file(load_file(str(tiny_ckpt)), str(bad), metadata={**meta, "config": json.dumps(config)})
+    assert read_checkpoint_info(bad).config["transformer"].get("causal_temporal_positioning") is None
 
 
 def test_22b_preset_builds_on_meta_with_the_published_size():

@@ -54,6 +54,9 @@ class StrategyConfig:
     use_negative_ref_positions: bool = True
     mask_video_to_ref_audio: bool = False
     mask_ref_audio_to_text: bool = False
+    # audio_ref_only_ic: identity guidance scale at inference (an extra pass without the reference voice);
+    # used by validation and written into the LoRA metadata, where ltxdist-sample reads it (ID-LoRA: 3)
+    identity_guidance_scale: float = 3.0
     # shifted logit-normal sigma sampling (mu linear in the generated token count)
     sigma_mu_at_1024: float = 0.95
     sigma_mu_at_4096: float = 2.05
@@ -185,6 +188,7 @@ class ValidationConfig:
     seeds: list[int] = field(default_factory=lambda: [42])
     references: list[ValidationReference] = field(default_factory=list)  # empty, or one per prompt
     negative_prompt: str = "worst quality, inconsistent motion, blurry, jittery, distorted"
+    lora_strength: float = 1.0  # the live adapters' output scaled by this while sampling (model cards: 1.4)
     width: int = 768
     height: int = 448
     num_frames: int = 89
@@ -194,6 +198,7 @@ class ValidationConfig:
     audio_cfg_scale: float = 7.0
     stg_scale: float = 1.0
     stg_blocks: list[int] = field(default_factory=lambda: [29])
+    stg_mode: str = "stg_av"  # stg_av: skip video and audio self-attention; stg_v: video only
     rescale_scale: float = 0.7
     modality_scale: float = 3.0
     with_audio: bool = True
@@ -363,6 +368,12 @@ def validate_config(cfg: Any) -> None:
         f"must be >= 1 and divide the number of processes ({world} = parallel.devices x "
         f"parallel.num_nodes), got {cfg.parallel.sequence_parallel}",
     )
+    _require(
+        not (cfg.optim.name == "adamw8bit" and cfg.parallel.name == "fsdp2"),
+        "optim",
+        "bitsandbytes' AdamW8bit cannot update FSDP2's sharded (DTensor) parameters (it fails at the first "
+        "step); use optim=adamw with parallel=fsdp2, or parallel=ddp / single with optim=adamw8bit",
+    )
     if cfg.parallel.name == "ddp":
         # DDP (find_unused_parameters=False) fails at step 2 if an adapter never gets a gradient.
         from ltxdist.strategies.idle_modules import idle_lora_problem  # lazy: builds a meta block
@@ -404,6 +415,12 @@ def validate_validation_config(v: Any, strategy: str) -> None:
         f"must be 8n+1 (9, 17, ..., 121), got {v.num_frames}",
     )
     _require(v.fps > 0, "validation.fps", "must be > 0")
+    _require(
+        v.stg_mode in ("stg_av", "stg_v"),
+        "validation.stg_mode",
+        f"must be stg_av (video + audio) or stg_v (video only), got {v.stg_mode!r}",
+    )
+    _require(v.lora_strength >= 0, "validation.lora_strength", f"must be >= 0, got {v.lora_strength}")
     _require(v.gemma_root is not None, "validation.gemma_root", "set it to the Gemma 3 folder (prompts)")
     _require(
         len(v.references) in (0, len(v.prompts)),

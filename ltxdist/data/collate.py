@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ltxdist.data.sample import CachedSample
+from ltxdist.data.sample import SOUND_FRAMES_FIELDS, CachedSample
 
 # Tensors whose time axis (dim 1) may differ between samples of one bucket: padded, with lengths kept.
 _VARIABLE_TIME = ("audio_latents", "reference_audio_latents", "reference_video_latents")
@@ -55,6 +55,14 @@ def packed_empty(specs: dict[str, tuple[tuple[int, ...], torch.dtype]]) -> dict[
     return out
 
 
+def _real_length(sample: CachedSample, name: str, t: torch.Tensor) -> int:
+    """Time steps of `t` that are real: the tensor's length, or less where preparation recorded padding
+    of its own (an audio track shorter than its clip). Both kinds of padding are masked alike."""
+    field_name = SOUND_FRAMES_FIELDS.get(name)
+    recorded = sample.meta.get(field_name) if field_name else None
+    return t.shape[1] if recorded is None else min(t.shape[1], int(recorded))
+
+
 def collate_samples(samples: list[CachedSample]) -> dict[str, Any]:
     if not samples:
         raise ValueError("cannot collate an empty batch")
@@ -74,10 +82,10 @@ def collate_samples(samples: list[CachedSample]) -> dict[str, Any]:
     for name, items in columns.items():
         out = batch[name]
         if name in variable:
-            lengths = [t.shape[1] for t in items]
+            lengths = [_real_length(s, name, t) for s, t in zip(samples, items, strict=True)]
             padded = min(lengths) < out.shape[2]
-            if padded:
-                out.zero_()  # padding is zeros, as F.pad gives
+            if min(t.shape[1] for t in items) < out.shape[2]:
+                out.zero_()  # padding added here is zeros, as F.pad gives
             for i, t in enumerate(items):
                 out[i].narrow(1, 0, t.shape[1]).copy_(t)
             batch[name.replace("_latents", "_lengths")].copy_(torch.tensor(lengths, dtype=torch.long))

@@ -9,7 +9,10 @@ Tensor keys (shapes per sample, no batch dim):
   reference_video_latents  (128, Fr, Hr, Wr)   optional (IC-LoRA)
   reference_audio_latents  (8, Tr, 16)         optional (ID-LoRA)
   reference_image_latents  (128, 1, H', W')    optional
-JSON record: id, bucket ("WxHxF"), fps, caption, source, and optional reference_downscale_factor.
+JSON record: id, bucket ("WxHxF"), fps, caption, source, and optional reference_downscale_factor,
+audio_frames / reference_audio_frames (how many leading latent frames of audio_latents /
+reference_audio_latents hold sound: a track shorter than its clip is padded, and the padding is kept out
+of the loss and of attention; absent: all of them).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ OPTIONAL_TENSORS = (
     "reference_image_latents",
 )
 REQUIRED_FIELDS = ("id", "bucket", "fps", "caption")
+# Optional record fields: how many leading latent frames of a tensor hold sound (the rest is padding).
+SOUND_FRAMES_FIELDS = {"audio_latents": "audio_frames", "reference_audio_latents": "reference_audio_frames"}
 
 
 class SampleError(ValueError):
@@ -75,6 +80,13 @@ def validate_sample(sample: CachedSample, where: str = "") -> None:
     a = sample.tensors.get("audio_latents")
     if a is not None and a.ndim != 3:
         raise SampleError(f"sample {sample.key}{at}: audio_latents must be (C, T, M), got {tuple(a.shape)}")
+    for name, field_name in SOUND_FRAMES_FIELDS.items():
+        if field_name in sample.meta:
+            t = sample.tensors.get(name)
+            n = sample.meta[field_name]
+            if t is None or not isinstance(n, int) or not 1 <= n <= t.shape[1]:
+                have = "no tensor" if t is None else f"{t.shape[1]} frames"
+                raise SampleError(f"sample {sample.key}{at}: {field_name}={n!r} does not fit {name} ({have})")
     s = sample.tensors["context_mask"].shape[0]
     for name in ("video_context", "audio_context"):
         if sample.tensors[name].ndim != 2 or sample.tensors[name].shape[0] != s:

@@ -9,6 +9,8 @@ from typing import Any
 
 from safetensors import safe_open
 
+from ltxdist.models.presets import assumed_layout_problems
+
 TRANSFORMER_PREFIX = "model.diffusion_model."
 # The official checkpoint also stores the text-encoder connectors under model.diffusion_model.; they
 # belong to the text encoder (ltx-core's Gemma configurator loads them), not to the transformer.
@@ -54,6 +56,9 @@ def read_checkpoint_info(path: str | Path) -> CheckpointInfo:
         raise CheckpointError(f"{path}: metadata 'config' is not valid JSON: {exc}") from exc
     if "transformer" not in config:
         raise CheckpointError(f"{path}: metadata config has no 'transformer' section")
+    problems = assumed_layout_problems(config)
+    if problems:
+        raise CheckpointError(f"{path}: metadata config disagrees with ltx-core: {'; '.join(problems)}")
     return CheckpointInfo(
         path=path, config=config, model_version=metadata.get("model_version", "unknown"), metadata=metadata
     )

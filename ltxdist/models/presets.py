@@ -34,9 +34,16 @@ FIXED_TRANSFORMER_KEYS: dict[str, Any] = {
     "use_middle_indices_grid": True,
 }
 
+# Keys ltx-core never reads but hard-codes: its video and audio position tools are always causal (latent
+# frame 0 covers pixel frame [0, 1)). Other readers of the config do read them (ComfyUI defaults
+# `causal_temporal_positioning` to false and then builds non-causal positions), so the 2.3 layout states
+# them, and a config that says otherwise is refused (`assumed_layout_problems`).
+ASSUMED_BY_LTX_CORE: dict[str, Any] = {"causal_temporal_positioning": True}
+
 # 2.3 layout switches shared by every preset: split RoPE on a float64 grid, gated attention,
-# AdaLN on the text cross-attention, caption projection living in the text encoder.
+# AdaLN on the text cross-attention, caption projection living in the text encoder, causal positions.
 _LTX23_LAYOUT: dict[str, Any] = {
+    **ASSUMED_BY_LTX_CORE,
     "rope_type": "split",
     "frequencies_precision": "float64",
     "apply_gated_attention": True,
@@ -97,6 +104,17 @@ def transformer_config(preset: str, **overrides: Any) -> dict[str, Any]:
         raise ValueError(f"unknown model preset {preset!r}; choose one of {preset_names()}")
     transformer = {**FIXED_TRANSFORMER_KEYS, **_LTX23_LAYOUT, **_DIMENSIONS[preset], **overrides}
     return {"transformer": copy.deepcopy(transformer)}
+
+
+def assumed_layout_problems(config: dict[str, Any]) -> list[str]:
+    """Transformer config values that disagree with what ltx-core assumes (it would silently run
+    something else than the file describes); a missing key is fine: ltx-core's assumption holds."""
+    t = config.get("transformer", {})
+    return [
+        f"transformer.{key} is {t[key]!r}, but ltx-core always runs with {value!r}"
+        for key, value in ASSUMED_BY_LTX_CORE.items()
+        if key in t and t[key] != value
+    ]
 
 
 def text_context_dims(config: dict[str, Any]) -> tuple[int, int]:

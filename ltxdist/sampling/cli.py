@@ -25,7 +25,7 @@ from ltxdist.lora.comfy_format import LoRAFile
 from ltxdist.models import CheckpointError, load_transformer, read_checkpoint_info
 from ltxdist.sampling.conditioning import IdReferenceOptions, VideoSpec
 from ltxdist.sampling.grid import DEFAULT_STRENGTHS, GridRunner, GridSpec, remove_trigger
-from ltxdist.sampling.guidance import Guidance, GuidanceParams
+from ltxdist.sampling.guidance import ID_LORA_IDENTITY_GUIDANCE, Guidance, GuidanceParams
 from ltxdist.sampling.loading import LoRAChoice, fused_transformer, read_checked_loras
 from ltxdist.sampling.pipeline import (
     DEFAULT_NEGATIVE_PROMPT,
@@ -70,8 +70,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--stg-blocks", type=int, nargs="+", default=[29], help="blocks whose self-attention STG skips"
     )
-    g.add_argument("--rescale", type=float, default=0.7, help="rescale guided prediction towards cond's std")
+    g.add_argument(
+        "--rescale",
+        type=float,
+        default=None,
+        help="rescale guided prediction towards cond's std (default 0.7; 0 with --reference-audio, as "
+        "ID-LoRA's inference)",
+    )
     g.add_argument("--modality-scale", type=float, default=3.0, help="audio<->video guidance (1 = off)")
+    g.add_argument(
+        "--identity-guidance",
+        type=float,
+        default=None,
+        metavar="SCALE",
+        help="ID-LoRA identity guidance with --reference-audio: one more pass without the reference "
+        f"voice (default: the LoRA's metadata, else {ID_LORA_IDENTITY_GUIDANCE:g} as ID-LoRA publishes; "
+        "0 = off)",
+    )
     g = p.add_argument_group("references")
     g.add_argument("--reference-video", type=Path, help="IC-LoRA reference video (or still image, looped)")
     g.add_argument(
@@ -93,11 +108,23 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         )
 
 
-def _guidance(args: argparse.Namespace) -> Guidance:
+def _guidance(args: argparse.Namespace, loras: list[LoRAFile]) -> Guidance:
+    """The guidance flags; an ID-LoRA run (a reference voice) defaults to ID-LoRA's published inference:
+    no rescale, and identity guidance from the LoRA's metadata (else the published scale)."""
+    id_run = args.reference_audio is not None
+    if args.identity_guidance is not None and not id_run:
+        raise ValueError("--identity-guidance compares passes with and without --reference-audio; give one")
+    identity = 0.0
+    if id_run:
+        stored = _from_metadata(loras, "identity_guidance_scale")
+        identity = args.identity_guidance
+        if identity is None:
+            identity = float(stored) if stored is not None else ID_LORA_IDENTITY_GUIDANCE
+    rescale = args.rescale if args.rescale is not None else (0.0 if id_run else 0.7)
     blocks = tuple(args.stg_blocks)
-    video = GuidanceParams(args.cfg, args.stg, blocks, args.rescale, args.modality_scale)
-    audio = GuidanceParams(args.audio_cfg, args.audio_stg, blocks, args.rescale, args.modality_scale)
-    return Guidance(video, audio)
+    video = GuidanceParams(args.cfg, args.stg, blocks, rescale, args.modality_scale)
+    audio = GuidanceParams(args.audio_cfg, args.audio_stg, blocks, rescale, args.modality_scale)
+    return Guidance(video, audio, identity_scale=identity)
 
 
 def _from_metadata(loras: list[LoRAFile], key: str) -> str | None:
@@ -133,7 +160,7 @@ def _request(args: argparse.Namespace, prompt: str, seed: int, loras: list[LoRAF
         seed=seed,
         steps=args.steps,
         negative_prompt=args.negative_prompt,
-        guidance=_guidance(args),
+        guidance=_guidance(args, loras),
         with_audio=not args.no_audio,
         references=References(
             video=args.reference_video,

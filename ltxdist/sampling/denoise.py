@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ltxdist._ltx_core import Modality
 from ltxdist.sampling.conditioning import InitialStates
-from ltxdist.sampling.guidance import Guidance, TextContext, X0Predictor, guided_x0
+from ltxdist.sampling.guidance import AudioReference, Guidance, TextContext, X0Predictor, guided_x0
 
 
 def keep_clean_tokens(x0_BTC: torch.Tensor, state: LatentState) -> torch.Tensor:
@@ -53,6 +53,11 @@ def euler_sample(
     """Denoise `states` in place of a copy; returns the final states (conditioning tokens included)."""
     stepper = EulerDiffusionStep()
     video, audio = states.video, states.audio
+    reference = (
+        AudioReference(states.audio_ref_tokens, states.key_keep, states.query_keep)
+        if audio is not None and states.audio_ref_tokens
+        else None
+    )
     sig = sigmas.tolist()  # host floats: no device sync inside the loop
     for i in tqdm(range(len(sig) - 1), desc=desc, disable=not progress, leave=False, unit="step"):
         v_in = _modality(video, sig[i], prompt.video_BSC, prompt.mask_BS)
@@ -65,6 +70,7 @@ def euler_sample(
             t_audio_BT1=a_in.timesteps if a_in is not None else None,
             guidance=guidance,
             negative=negative,
+            reference=reference,
         )
         video = replace(video, latent=stepper.step(video.latent, keep_clean_tokens(x0_v, video), sigmas, i))
         if audio is not None:

@@ -16,6 +16,15 @@ followed by an optional rescale towards the std of `cond` (`rescale_scale`).
 A pass runs only when one of the modalities needs it, as in ltx-pipelines. Video and audio have their
 own parameters (ltx-pipelines defaults: video cfg 3, audio cfg 7, stg 1 on block 29, rescale 0.7,
 modality 3).
+
+Identity guidance (ID-LoRA's inference, for a reference voice prepended to the audio): one more pass on
+the same latents with the reference tokens removed, and on the target audio tokens
+
+    x0_a += identity (cond_a - without_reference_a)
+
+added after ltx-core's combination (and its rescale; ID-LoRA's inference has none, so with rescale 0 the
+result is ID-LoRA's). The attention masks that concern the reference are cleared for that pass: there
+is no reference in it.
 Legend: B batch (always 1 here), T tokens, C channels, S text tokens.
 """
 
@@ -30,6 +39,10 @@ from ltx_core.guidance.perturbations import Perturbation, PerturbationConfig, Pe
 from ltx_core.utils import to_denoised
 
 from ltxdist._ltx_core import BatchedPerturbationConfig, Modality
+from ltxdist.strategies.attention_masks import set_attention_masks
+
+# ID-LoRA's published inference (its one- and two-stage scripts): identity guidance scale 3.
+ID_LORA_IDENTITY_GUIDANCE = 3.0
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,7 @@ class TextContext:
 class Guidance:
     video: GuidanceParams = field(default_factory=GuidanceParams)
     audio: GuidanceParams = field(default_factory=GuidanceParams)
+    identity_scale: float = 0.0  # ID-LoRA identity guidance (needs a reference voice; 0 = off)
 
     def guiders(self) -> tuple[MultiModalGuider, MultiModalGuider]:
         return MultiModalGuider(self.video.ltx_params()), MultiModalGuider(self.audio.ltx_params())
@@ -141,6 +155,32 @@ class X0Predictor:
         return x0_v, x0_a
 
 
+@dataclass(frozen=True)
+class AudioReference:
+    """The clean reference voice at the start of the audio sequence (ID-LoRA) and the attention masks
+    set for the whole sequence (restored after the identity pass, which runs without them)."""
+
+    tokens: int
+    key_keep: dict[str, torch.Tensor] = field(default_factory=dict)
+    query_keep: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+def without_reference(audio: Modality, tokens: int) -> Modality:
+    """The same audio input with its first `tokens` (the reference voice) removed: same noisy latents,
+    timesteps, positions and context for the target tokens."""
+    timesteps = audio.timesteps if audio.timesteps.shape[1] == 1 else audio.timesteps[:, tokens:]
+    return Modality(
+        latent=audio.latent[:, tokens:],
+        sigma=audio.sigma,
+        timesteps=timesteps,
+        positions=audio.positions[:, :, tokens:],
+        context=audio.context,
+        enabled=audio.enabled,
+        context_mask=audio.context_mask,
+        attention_mask=None,
+    )
+
+
 def guided_x0(
     predict: X0Predictor,
     video: Modality,
@@ -150,8 +190,11 @@ def guided_x0(
     t_audio_BT1: torch.Tensor | None,
     guidance: Guidance,
     negative: TextContext | None,
+    reference: AudioReference | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Guided x0 predictions (video, audio) for one step; `video`/`audio` carry the prompt's context."""
+    """Guided x0 predictions (video, audio) for one step; `video`/`audio` carry the prompt's context.
+    With `reference` (a reference voice leading the audio) and `guidance.identity_scale` != 0, also
+    the identity guidance pass."""
     vg, ag = guidance.guiders()
     use_audio = audio is not None
     b = video.latent.shape[0]
@@ -182,5 +225,20 @@ def guided_x0(
         iso_v, iso_a = predict(video, audio, isolated_modality_perturbations(b), *ts)
 
     x0_v = vg.calculate(cond_v, uncond_v, ptb_v, iso_v)
-    x0_a = ag.calculate(cond_a, uncond_a, ptb_a, iso_a) if use_audio else None
+    if not use_audio:
+        return x0_v, None
+    assert audio is not None and cond_a is not None and t_audio_BT1 is not None
+    x0_a = ag.calculate(cond_a, uncond_a, ptb_a, iso_a)
+    if reference is not None and reference.tokens > 0 and guidance.identity_scale != 0:
+        r = reference.tokens
+        set_attention_masks(predict.model)  # the masks describe the reference, absent from this pass
+        try:
+            t_target = t_audio_BT1 if t_audio_BT1.shape[1] == 1 else t_audio_BT1[:, r:]
+            empty = BatchedPerturbationConfig.empty(b)
+            _, noref_a = predict(video, without_reference(audio, r), empty, t_video_BT1, t_target)
+        finally:
+            set_attention_masks(predict.model, reference.key_keep, reference.query_keep)
+        assert noref_a is not None
+        identity_a = guidance.identity_scale * (cond_a[:, r:] - noref_a)
+        x0_a = torch.cat([x0_a[:, :r], x0_a[:, r:] + identity_a], dim=1)
     return x0_v, x0_a

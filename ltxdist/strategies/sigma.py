@@ -1,7 +1,9 @@
 """Training sigma: shifted logit-normal, stretched, with a uniform share.
 
 mu grows linearly with the number of generated tokens (0.95 at 1024, 2.05 at 4096, extrapolated), so
-longer / larger clips train at higher noise, as for LTX-2.3 pre-training.
+longer / larger clips train at higher noise, as for LTX-2.3 pre-training. Values below `floor` (1e-3) are
+reflected around it, as ltx-trainer's and ID-LoRA's sampler do, so no sigma is ever below 1e-3: the
+model multiplies sigma by 1000, and near-zero noise levels teach nothing but cost a step.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class SigmaSampler:
     mu_at_4096: float = 2.05
     std: float = 1.0
     uniform_p: float = 0.1
-    uniform_min: float = 1e-3
+    floor: float = 1e-3  # smallest sigma: the stretched tail is reflected here; the uniform share starts here
 
     def mu(self, num_tokens: int) -> float:
         slope = (self.mu_at_4096 - self.mu_at_1024) / (4096 - 1024)
@@ -34,8 +36,10 @@ class SigmaSampler:
         z = float(torch.randn((), generator=generator, dtype=torch.float64)) * self.std + mu
         lo = _sigmoid(mu + self.std * _Z_LO)
         hi = _sigmoid(mu + self.std * _Z_HI)
-        sigma = min(abs((_sigmoid(z) - lo) / (hi - lo)), 1.0)  # reflect the small tail, cap the top
-        uniform = self.uniform_min + (1.0 - self.uniform_min) * float(torch.rand((), generator=generator))
+        stretched = (_sigmoid(z) - lo) / (hi - lo)
+        # Reflect the small tail around the floor (never below it), cap the top.
+        sigma = min(stretched if stretched >= self.floor else 2 * self.floor - stretched, 1.0)
+        uniform = self.floor + (1.0 - self.floor) * float(torch.rand((), generator=generator))
         use_uniform = float(torch.rand((), generator=generator)) < self.uniform_p
         return uniform if use_uniform else sigma
 

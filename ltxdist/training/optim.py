@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -17,12 +18,15 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.O
         # deterministic for a given device, which is what resume and layout parity rely on.
         return torch.optim.AdamW(params, **kwargs)
     if cfg.name == "adamw8bit":
+        # On a CPU with AVX512-BF16, importing bitsandbytes tries to fetch a 4-bit GEMM kernel from the
+        # Hugging Face hub and warns when it cannot; the 8-bit optimizer does not use it.
+        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
         except ImportError as exc:
             raise ImportError(
-                "optim=adamw8bit needs bitsandbytes (pip install bitsandbytes, CUDA only); "
-                "use optim=adamw on CPU"
+                "optim=adamw8bit needs bitsandbytes (a dependency of ltxdist: pip install "
+                "'bitsandbytes>=0.50', which runs it on the CPU too), or choose optim=adamw"
             ) from exc
         return bnb.optim.AdamW8bit(params, **kwargs)
     raise ValueError(f"optim.name: unknown optimizer {cfg.name!r}")

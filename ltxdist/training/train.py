@@ -66,6 +66,7 @@ def lora_extra_metadata(strategy_cfg: Any) -> dict[str, Any]:
             "use_negative_ref_positions": str(strategy_cfg.use_negative_ref_positions).lower(),
             "mask_video_to_ref_audio": str(strategy_cfg.mask_video_to_ref_audio).lower(),
             "mask_ref_audio_to_text": str(strategy_cfg.mask_ref_audio_to_text).lower(),
+            "identity_guidance_scale": str(float(strategy_cfg.identity_guidance_scale)),
         }
     return {}
 

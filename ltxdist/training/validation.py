@@ -1,8 +1,10 @@
 """Validation sampling during training: fixed prompts and seeds every N steps (optionally at step 0).
 
-The live model samples (LoRA adapters as they are now, in eval mode), through the same `Sampler` as
-`ltxdist-sample`, with the strategy's own conditioning and attention masks (IC reference video with the
-configured downscale factor; ID-LoRA reference voice + first-frame image with the masks of training).
+The live model samples (LoRA adapters as they are now, scaled by `validation.lora_strength`, in eval
+mode), through the same `Sampler` as `ltxdist-sample`, with the strategy's own conditioning and attention
+masks (IC reference video with the configured downscale factor; ID-LoRA reference voice + first-frame
+image with the masks of training, and identity guidance at `strategy.identity_guidance_scale`), and the
+guidance of `validation.*` (STG on video only with `stg_mode=stg_v`).
 Jobs (prompt x seed) are spread over ranks; each rank writes its videos under
 `RUN/samples/step-000500/`, then rank 0 writes `index.json` and logs the videos to W&B.
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from ltxdist.encoders.text import load_text_encoder
 from ltxdist.io import write_json_atomic
 from ltxdist.sampling.conditioning import ConditioningLatents, IdReferenceOptions, VideoSpec
 from ltxdist.sampling.guidance import Guidance, GuidanceParams
+from ltxdist.sampling.loading import lora_strength
 from ltxdist.sampling.pipeline import References, Sampler, SampleRequest
 
 log = logging.getLogger("ltxdist")
@@ -47,9 +50,11 @@ class ValidationJob:
     request: SampleRequest
 
 
-def build_jobs(val_cfg: Any, strategy_cfg: Any) -> list[ValidationJob]:
-    """prompts x seeds, each with its references and the strategy's conditioning settings."""
-    guidance = Guidance(
+def validation_guidance(val_cfg: Any, strategy_cfg: Any) -> Guidance:
+    """The guidance of validation sampling: CFG and STG per modality (`stg_mode=stg_v` perturbs the video
+    only), and for an ID-LoRA the identity guidance its LoRA file will carry."""
+    is_id = strategy_cfg.name == "audio_ref_only_ic"
+    return Guidance(
         video=GuidanceParams(
             val_cfg.cfg_scale,
             val_cfg.stg_scale,
@@ -59,12 +64,18 @@ def build_jobs(val_cfg: Any, strategy_cfg: Any) -> list[ValidationJob]:
         ),
         audio=GuidanceParams(
             val_cfg.audio_cfg_scale,
-            val_cfg.stg_scale,
+            val_cfg.stg_scale if val_cfg.stg_mode == "stg_av" else 0.0,
             tuple(val_cfg.stg_blocks),
             val_cfg.rescale_scale,
             val_cfg.modality_scale,
         ),
+        identity_scale=float(strategy_cfg.identity_guidance_scale) if is_id else 0.0,
     )
+
+
+def build_jobs(val_cfg: Any, strategy_cfg: Any) -> list[ValidationJob]:
+    """prompts x seeds, each with its references and the strategy's conditioning settings."""
+    guidance = validation_guidance(val_cfg, strategy_cfg)
     spec = VideoSpec(val_cfg.width, val_cfg.height, val_cfg.num_frames, val_cfg.fps)
     id_options = IdReferenceOptions(
         negative_positions=strategy_cfg.use_negative_ref_positions,
@@ -176,14 +187,16 @@ class ValidationSampling(pl.Callback):
         model.eval()  # no LoRA dropout, no activation checkpointing
         written: list[Path] = []
         try:
-            for job, write in self._mine:
-                req = job.request
-                video, audio = self._sampler.denoise(req, self._cond[job.prompt_index], progress=False)
-                if not write:
-                    continue  # lockstep filler: the forwards were needed, the video is not
-                frames, wave = self._sampler.decode(video, audio)
-                name = f"{job.index:02d}_p{job.prompt_index:02d}_seed{req.seed}.mp4"
-                written.append(write_video(out_dir / name, frames, req.video.fps, audio=wave))
+            # The LoRA strength the card samples with (1.4 for the IC card): adapters scaled, then restored.
+            with lora_strength(model, float(self.cfg.lora_strength)):
+                for job, write in self._mine:
+                    req = job.request
+                    video, audio = self._sampler.denoise(req, self._cond[job.prompt_index], progress=False)
+                    if not write:
+                        continue  # lockstep filler: the forwards were needed, the video is not
+                    frames, wave = self._sampler.decode(video, audio)
+                    name = f"{job.index:02d}_p{job.prompt_index:02d}_seed{req.seed}.mp4"
+                    written.append(write_video(out_dir / name, frames, req.video.fps, audio=wave))
         finally:
             model.train(was_training)
         trainer.strategy.barrier("ltxdist-validation")
@@ -191,12 +204,32 @@ class ValidationSampling(pl.Callback):
             self._publish(trainer, step, out_dir)
         return written
 
+    def settings(self) -> dict[str, Any]:
+        """What every video of a step was sampled with (the same for all jobs but prompt and seed)."""
+        if not self.jobs:
+            return {}
+        req = self.jobs[0].request
+        return {
+            "lora_strength": float(self.cfg.lora_strength),
+            "steps": req.steps,
+            "negative_prompt": req.negative_prompt,
+            "video": asdict(req.video),
+            "with_audio": req.with_audio,
+            "guidance": {
+                "video": {**asdict(req.guidance.video), "stg_blocks": list(req.guidance.video.stg_blocks)},
+                "audio": {**asdict(req.guidance.audio), "stg_blocks": list(req.guidance.audio.stg_blocks)},
+                "identity_scale": req.guidance.identity_scale,
+            },
+        }
+
     def _publish(self, trainer: pl.Trainer, step: int, out_dir: Path) -> None:
         entries = []
         for job in self.jobs:
             path = out_dir / f"{job.index:02d}_p{job.prompt_index:02d}_seed{job.request.seed}.mp4"
             entries.append({"file": path.name, "prompt": job.request.prompt, "seed": job.request.seed})
-        write_json_atomic(out_dir / "index.json", {"step": step, "videos": entries})
+        write_json_atomic(
+            out_dir / "index.json", {"step": step, "settings": self.settings(), "videos": entries}
+        )
         found = [(out_dir / e["file"], e) for e in entries if (out_dir / e["file"]).is_file()]
         for logger in trainer.loggers:
             if hasattr(logger, "log_video") and found:

@@ -42,7 +42,14 @@ def prepare_opts(input_path: Path, out: Path, model, **overrides):
     from ltxdist.data.buckets import parse_buckets
     from ltxdist.data.prepare import PrepareOptions, SampleSpec
 
-    spec_keys = {"strategy", "reference_downscale_factor", "audio", "reference_audio_seconds", "lora_trigger"}
+    spec_keys = {
+        "strategy",
+        "reference_downscale_factor",
+        "audio",
+        "reference_audio_seconds",
+        "lora_trigger",
+        "short_audio",
+    }
     spec = SampleSpec(
         buckets=tuple(parse_buckets(overrides.pop("buckets", BUCKETS))),
         **{k: overrides.pop(k) for k in list(overrides) if k in spec_keys},

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 import ltxdist.sampling.pipeline as pipeline
+from ltxdist._ltx_core import BatchedPerturbationConfig
 from ltxdist.data.collate import collate_samples
 from ltxdist.data.sample import CachedSample
 from ltxdist.sampling import ConditioningLatents, IdReferenceOptions, SampleRequest, VideoSpec
 from ltxdist.sampling.conditioning import initial_states
-from ltxdist.sampling.guidance import Guidance
+from ltxdist.sampling.guidance import AudioReference, Guidance, X0Predictor, guided_x0, without_reference
 from ltxdist.strategies import AudioRefOnlyICStrategy
-from ltxdist.strategies.attention_masks import MaskableAttention
+from ltxdist.strategies.attention_masks import MaskableAttention, find_maskable, set_attention_masks
 from ltxdist.strategies.rng import sample_generators
 
 CPU = torch.device("cpu")
@@ -127,3 +128,115 @@ def test_first_frame_stays_clean_and_ic_reference_is_used_then_dropped(sampler):
         sampler.denoise(request, ConditioningLatents(reference_video_CFHW=ref, reference_downscale_factor=1))
     with pytest.raises(ValueError, match="--frames must be 8n\\+1"):
         sampler.denoise(replace(request, video=VideoSpec(64, 64, 10)), ConditioningLatents())
+
+
+# -- identity guidance (ID-LoRA's inference) --------------------------------------------------------
+
+
+class _Recording(X0Predictor):
+    """Records every model pass: its inputs, whether the ID masks were set, and its x0 outputs."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.calls: list[dict] = []
+
+    def __call__(self, video, audio, perturbations, t_video, t_audio):
+        fn = find_maskable(self.model.transformer_blocks[0].audio_to_video_attn.attention_function)
+        out = super().__call__(video, audio, perturbations, t_video, t_audio)
+        self.calls.append(
+            {
+                "video": video,
+                "audio": audio,
+                "perturbed": any(c.perturbations for c in perturbations.perturbations),
+                "masked": fn is not None and fn.key_keep_BS is not None,
+                "out": out,
+            }
+        )
+        return out
+
+
+def _id_run(sampler, identity: float) -> tuple[_Recording, tuple[torch.Tensor, torch.Tensor]]:
+    request = SampleRequest(
+        prompt="a voice",
+        video=SPEC,
+        seed=5,
+        steps=2,
+        guidance=Guidance(identity_scale=identity),  # CFG, STG, modality off: cond (+ identity) only
+        id_options=OPTIONS,
+    )
+    ref = torch.randn(8, 5, 16, generator=torch.Generator().manual_seed(2))
+    cond = ConditioningLatents(reference_audio_CTM=ref, id_options=OPTIONS)
+    recording, saved = _Recording(sampler.transformer), sampler.predict
+    sampler.predict = recording
+    try:
+        return recording, sampler.denoise(request, cond, progress=False)
+    finally:
+        sampler.predict = saved
+
+
+def test_identity_pass_uses_the_same_noise_and_differs_only_by_the_missing_reference(sampler):
+    with_id, (_, audio_id) = _id_run(sampler, identity=3.0)
+    without, (_, audio_plain) = _id_run(sampler, identity=0.0)
+    assert len(without.calls) == 2 and len(with_id.calls) == 4  # one extra pass per step
+    # The extra pass draws no noise: the conditional passes start from the very same latents.
+    first_plain, first_id = without.calls[0], with_id.calls[0]
+    assert torch.equal(first_plain["video"].latent, first_id["video"].latent)
+    assert torch.equal(first_plain["audio"].latent, first_id["audio"].latent)
+    for cond, noref in (with_id.calls[0:2], with_id.calls[2:4]):
+        # same video input, same target audio tokens (latents, positions, timesteps), same prompt...
+        for field in ("latent", "positions", "timesteps", "context", "sigma"):
+            assert torch.equal(getattr(noref["video"], field), getattr(cond["video"], field)), field
+        assert torch.equal(noref["audio"].latent, cond["audio"].latent[:, 5:])
+        assert torch.equal(noref["audio"].positions, cond["audio"].positions[:, :, 5:])
+        assert torch.equal(noref["audio"].timesteps, cond["audio"].timesteps[:, 5:])
+        assert torch.equal(noref["audio"].context, cond["audio"].context)
+        assert cond["audio"].latent.shape[1] == noref["audio"].latent.shape[1] + 5  # ...minus the reference
+        # no perturbation in either; the reference's masks apply to the full sequence only
+        assert not cond["perturbed"] and not noref["perturbed"]
+        assert cond["masked"] and not noref["masked"]
+    assert (audio_id - audio_plain).abs().max() > 1e-4  # identity guidance changes the audio
+
+
+@torch.no_grad()
+def test_identity_guidance_adds_scale_times_cond_minus_no_reference_on_target_audio(sampler):
+    recording, _ = _id_run(sampler, identity=0.0)
+    step0 = recording.calls[0]
+    video, audio = step0["video"], step0["audio"]
+    states = initial_states(
+        SPEC,
+        ConditioningLatents(reference_audio_CTM=torch.zeros(8, 5, 16), id_options=OPTIONS),
+        with_audio=True,
+        generator=torch.Generator().manual_seed(0),
+        device=CPU,
+        dtype=torch.float32,
+    )
+    model = sampler.transformer
+    set_attention_masks(model, states.key_keep, states.query_keep)
+    try:
+        cond_v, cond_a = step0["out"]
+        reference = AudioReference(5, states.key_keep, states.query_keep)
+        predict = X0Predictor(model)
+        got_v, got_a = guided_x0(
+            predict,
+            video,
+            audio,
+            t_video_BT1=video.timesteps,
+            t_audio_BT1=audio.timesteps,
+            guidance=Guidance(identity_scale=2.5),
+            negative=None,
+            reference=reference,
+        )
+        assert predict.forward_passes == 2
+    finally:
+        set_attention_masks(model)
+    # By hand: the same model on the target audio alone, no masks (there is no reference to mask).
+    target = without_reference(audio, 5)
+    _, ax = model(video, target, BatchedPerturbationConfig.empty(1))
+    noref_a = target.latent - ax * target.timesteps
+    torch.testing.assert_close(got_v, cond_v)  # video untouched by identity guidance
+    torch.testing.assert_close(got_a[:, :5], cond_a[:, :5])  # reference tokens untouched
+    want = cond_a[:, 5:] + 2.5 * (cond_a[:, 5:] - noref_a)
+    torch.testing.assert_close(got_a[:, 5:], want, rtol=1e-5, atol=1e-5)
+    # a CFG-style (scale - 1) combination is not ID-LoRA's and must not pass
+    wrong = cond_a[:, 5:] + 1.5 * (cond_a[:, 5:] - noref_a)
+    assert not torch.allclose(got_a[:, 5:], wrong, rtol=1e-5, atol=1e-5)

@@ -39,6 +39,7 @@ ID_STRATEGY = StrategyConfig(
     use_negative_ref_positions=False,
     mask_video_to_ref_audio=True,
     mask_ref_audio_to_text=True,
+    identity_guidance_scale=2.5,
 )
 ID_OPTIONS = IdReferenceOptions(
     negative_positions=False, mask_video_to_ref_audio=True, mask_ref_audio_to_text=True
@@ -191,6 +192,22 @@ def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras)
     assert ic_flag.references.downscale_factor == 1
     assert _cli_request(tiny_full).id_options == IdReferenceOptions()  # no LoRA: the defaults
 
+    # identity guidance and rescale: an ID run (a reference voice) defaults to ID-LoRA's inference
+    assert id_meta["identity_guidance_scale"] == "2.5"
+    voice = ["--reference-audio", "v.wav"]
+    id_run = _cli_request(tiny_full, "--lora", str(loras["id"]), *voice).guidance
+    assert id_run.identity_scale == 2.5  # from the LoRA file
+    assert (id_run.video.rescale_scale, id_run.audio.rescale_scale) == (0.0, 0.0)  # ID-LoRA: no rescale
+    assert (id_run.video.cfg_scale, id_run.audio.cfg_scale, id_run.video.modality_scale) == (3.0, 7.0, 3.0)
+    assert (id_run.video.stg_scale, id_run.audio.stg_scale, id_run.video.stg_blocks) == (1.0, 1.0, (29,))
+    flag = _cli_request(tiny_full, "--lora", str(loras["id"]), *voice, "--identity-guidance", "0")
+    assert flag.guidance.identity_scale == 0.0
+    assert _cli_request(tiny_full, *voice).guidance.identity_scale == 3.0  # no metadata: the published 3
+    plain = _cli_request(tiny_full, "--lora", str(loras["ic"])).guidance
+    assert plain.identity_scale == 0.0 and plain.video.rescale_scale == 0.7  # not an ID run
+    with pytest.raises(ValueError, match=r"--identity-guidance .*--reference-audio"):
+        _cli_request(tiny_full, "--identity-guidance", "3")
+
     # validation sampling during training uses the strategy config the metadata was written from
     val = OmegaConf.structured(
         ValidationConfig(
@@ -202,6 +219,7 @@ def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras)
     )
     jobs = build_jobs(val, OmegaConf.structured(ID_STRATEGY))
     assert len(jobs) == 4 and all(j.request.id_options == ID_OPTIONS for j in jobs)
+    assert all(j.request.guidance.identity_scale == 2.5 for j in jobs)
     assert jobs[0].request.references.audio == Path("v.wav")
     ic_jobs = build_jobs(val, OmegaConf.structured(IC_STRATEGY))
     assert all(j.request.references.downscale_factor == 2 for j in ic_jobs)
@@ -210,6 +228,12 @@ def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras)
         val, OmegaConf.structured(StrategyConfig(name="standard", mask_ref_audio_to_text=True))
     )
     assert all(j.request.id_options == IdReferenceOptions() for j in standard)
+    assert all(j.request.guidance.identity_scale == 0.0 for j in standard)
+    # stg_mode: stg_v perturbs the video only (the IC card), stg_av both streams
+    video_only = build_jobs(OmegaConf.merge(val, {"stg_mode": "stg_v"}), OmegaConf.structured(IC_STRATEGY))
+    g = video_only[0].request.guidance
+    assert (g.video.stg_scale, g.audio.stg_scale) == (1.0, 0.0)
+    assert jobs[0].request.guidance.audio.stg_scale == 1.0
 
 
 # -- the CLI end to end -----------------------------------------------------------------------------
@@ -283,3 +307,37 @@ def test_cli_id_voice_and_image_with_options_from_lora_metadata(tiny_full, loras
     assert recorded["negative_positions"] == [False]  # the voice overlaps the target, as trained
     # the masks of training are set for sampling, then cleared
     assert recorded["masks"] == [(["audio_to_video_attn"], ["audio_attn2"]), ([], [])]
+
+
+def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path):
+    """The IC card validates at LoRA strength 1.4: the live adapters are scaled by it while validation
+    samples, and restored for training afterwards."""
+    from types import SimpleNamespace
+
+    from ltxdist.lora import lora_modules
+    from ltxdist.training.validation import ValidationSampling
+
+    model = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=2, alpha=4, targets=("video_attn",)))
+    trained = [m.scaling for m in lora_modules(model).values()]
+    val = OmegaConf.structured(ValidationConfig(name="ic_lora_card", prompts=["p"], lora_strength=1.4))
+    callback = ValidationSampling(
+        val,
+        run_dir=tmp_path,
+        model_checkpoint="unused",
+        strategy_cfg=OmegaConf.structured(IC_STRATEGY),
+        parallel_name="single",
+    )
+    seen: list[list[float]] = []
+
+    def denoise(request, cond, progress):
+        seen.append([m.scaling for m in lora_modules(model).values()])
+        return None, None
+
+    callback._sampler = SimpleNamespace(denoise=denoise)
+    callback._mine = [(job, False) for job in callback.jobs]  # sampled, not written
+    callback._cond = {0: None}
+    trainer = SimpleNamespace(strategy=SimpleNamespace(barrier=lambda name: None), is_global_zero=False)
+    callback.run(trainer, SimpleNamespace(transformer=model), step=10)
+    assert seen == [[1.4 * s for s in trained]]
+    assert [m.scaling for m in lora_modules(model).values()] == trained  # restored for training

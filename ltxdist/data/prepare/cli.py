@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from ltxdist.data.buckets import check_reference_factor, parse_buckets
-from ltxdist.data.prepare.samples import AUDIO_MODES, STRATEGIES, SampleSpec
+from ltxdist.data.prepare.samples import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES, SampleSpec
 
 
 def _env_rank() -> tuple[int, int]:
@@ -58,6 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=5.0,
         help="audio_ref_only_ic: longest reference audio kept",
+    )
+    p.add_argument(
+        "--short-audio",
+        choices=SHORT_AUDIO_MODES,
+        default="mask",
+        help="a clip whose audio track ends before its video: mask (keep it; the padding stays out of "
+        "the loss) or refuse (skip it, naming the file)",
     )
     p.add_argument("--lora-trigger", default=None, help="word prepended to every caption")
     p.add_argument("--samples-per-shard", type=int, default=64)
@@ -154,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             audio=args.audio,
             reference_audio_seconds=args.reference_audio_seconds,
             lora_trigger=args.lora_trigger,
+            short_audio=args.short_audio,
         )
     except ValueError as exc:
         parser.error(str(exc))

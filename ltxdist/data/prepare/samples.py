@@ -7,6 +7,7 @@ it (or stops under --strict). Legend: F frames, H height, W width; primes are la
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = ("standard", "video_to_video", "audio_ref_only_ic")
 AUDIO_MODES = ("required", "optional", "off")
+# A clip whose audio track ends before its video: "mask" keeps it, recording how much of the padded
+# track is sound so the silence is kept out of the loss; "refuse" skips it, naming the file.
+SHORT_AUDIO_MODES = ("mask", "refuse")
 CACHE_DTYPE = torch.bfloat16  # what the transformer computes in; halves the cache
 # IC-LoRA reference sheets (model card): the looped still must cover the output length, at least 121
 # frames, and captions come in two parts. Warnings, not errors: short buckets are fine for small tests.
@@ -60,6 +64,7 @@ class SampleSpec:
     audio: str = "required"
     reference_audio_seconds: float = 5.0
     lora_trigger: str | None = None
+    short_audio: str = "mask"
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -69,6 +74,10 @@ class SampleSpec:
         if self.strategy == "audio_ref_only_ic" and self.audio == "off":
             raise ValueError(
                 "--strategy audio_ref_only_ic trains the audio stream: it needs --audio required"
+            )
+        if self.short_audio not in SHORT_AUDIO_MODES:
+            raise ValueError(
+                f"--short-audio {self.short_audio!r}: choose one of {', '.join(SHORT_AUDIO_MODES)}"
             )
         if self.reference_audio_seconds <= 0:
             raise ValueError(f"--reference-audio-seconds must be > 0, got {self.reference_audio_seconds}")
@@ -123,10 +132,34 @@ class SampleBuilder:
             self._text_cache[caption] = self.enc.text.encode(caption)
         return self._text_cache[caption]
 
-    def _audio_latents(self, path: Path, seconds: float, pad: bool = True) -> torch.Tensor:
-        wave = read_audio(path, self.enc.audio.sample_rate, seconds, pad=pad)
-        actual = wave.shape[1] / self.enc.audio.sample_rate
-        return self.enc.audio.encode(wave, max(1, self.enc.audio.latent_frames(actual)))
+    def _audio_latents(self, path: Path, seconds: float, pad: bool = True) -> tuple[torch.Tensor, int, float]:
+        """(latents (8, T, 16), latent frames holding sound, seconds of sound). With `pad`, T covers
+        `seconds` even when the track ends earlier (the rest is encoded silence); without, the track's
+        own length up to `seconds`."""
+        audio = self.enc.audio
+        wave = read_audio(path, audio.sample_rate, seconds, pad=False)
+        sound_seconds = wave.shape[1] / audio.sample_rate
+        if pad:
+            wave = torch.nn.functional.pad(wave, (0, round(seconds * audio.sample_rate) - wave.shape[1]))
+        frames = max(1, audio.latent_frames(wave.shape[1] / audio.sample_rate))
+        # A latent frame that holds any sound counts as sound; only frames of pure padding do not.
+        sound_frames = min(frames, max(1, math.ceil(sound_seconds * audio.latents_per_second - 1e-6)))
+        return audio.encode(wave, frames), sound_frames, sound_seconds
+
+    def _target_audio(self, row: ManifestRow, path: Path, seconds: float, meta: dict) -> torch.Tensor:
+        latents, sound_frames, sound_seconds = self._audio_latents(path, seconds)
+        frames = latents.shape[1]
+        if sound_frames < frames:
+            what = (
+                f"{path}: its audio track holds {sound_seconds:.2f} s of sound, the clip lasts "
+                f"{seconds:.2f} s: {frames - sound_frames} of its {frames} audio latent frames would be "
+                "padding"
+            )
+            if self.spec.short_audio == "refuse":
+                raise ClipError(f"{row.where}: {what} (--short-audio refuse; 'mask' keeps it)")
+            log.warning("%s: %s, kept out of the loss (--short-audio mask)", row.where, what)
+        meta["audio_frames"] = sound_frames  # read by collate: the rest is masked out of loss + attention
+        return latents
 
     # -- the sample --------------------------------------------------------------------------------
     def build(self, row: ManifestRow) -> CachedSample:
@@ -150,16 +183,6 @@ class SampleBuilder:
             "audio_context": text.audio_context,
             "context_mask": text.context_mask,
         }
-        if self.spec.audio != "off":
-            try:
-                tensors["audio_latents"] = self._audio_latents(video_path, seconds)
-            except NoAudioError as exc:
-                if self.spec.audio == "required":
-                    raise ClipError(
-                        f"{row.where}: {video_path} has no audio track, but audio is required "
-                        "(--audio required); use --audio optional to keep such clips without audio, "
-                        "or --audio off"
-                    ) from exc
         meta = {
             "id": row.sample_id,
             "bucket": bucket.name,
@@ -169,6 +192,16 @@ class SampleBuilder:
             "row": row.index,
             "num_frames": bucket.frames,
         }
+        if self.spec.audio != "off":
+            try:
+                tensors["audio_latents"] = self._target_audio(row, video_path, seconds, meta)
+            except NoAudioError as exc:
+                if self.spec.audio == "required":
+                    raise ClipError(
+                        f"{row.where}: {video_path} has no audio track, but audio is required "
+                        "(--audio required); use --audio optional to keep such clips without audio, "
+                        "or --audio off"
+                    ) from exc
         if self.spec.strategy == "video_to_video":
             if row.reference_video is None and row.reference_image is not None:
                 self._warn_sheet(row, bucket)
@@ -177,11 +210,14 @@ class SampleBuilder:
         elif self.spec.strategy == "audio_ref_only_ic":
             ref = self._require_file(row, "reference_audio", row.reference_audio)
             try:
-                tensors["reference_audio_latents"] = self._audio_latents(
+                # Not padded: a reference shorter than --reference-audio-seconds is its own length.
+                ref_latents, ref_frames, _ = self._audio_latents(
                     ref, self.spec.reference_audio_seconds, pad=False
                 )
             except NoAudioError as exc:
                 raise ClipError(f"{row.where}: reference_audio {ref} has no audio track") from exc
+            tensors["reference_audio_latents"] = ref_latents
+            meta["reference_audio_frames"] = ref_frames
             if row.reference_image is not None:
                 image = read_image(
                     self._require_file(row, "reference_image", row.reference_image),
