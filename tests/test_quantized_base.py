@@ -295,7 +295,3 @@ def test_character_lora_24gb_recipe_composes_to_fp8_with_block_swap():
     assert (m.base_precision, m.gradient_checkpointing, m.offload_blocks) == ("fp8", True, 16)
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.model.dtype) == (32, 32, "bfloat16")
     assert cfg.validation.text_encoder_precision == "fp8"
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        fp8_file = compose("train", overrides=["model=ltx23_22b_fp8", "data.path=/shards"])
-    assert fp8_file.model.checkpoint.endswith("ltx-2.3-22b-dev-fp8.safetensors")
-    assert fp8_file.model.base_precision == "fp8"
