@@ -1,7 +1,8 @@
 """Peak memory of LoRA training on the LTX-2.3 22B architecture per base precision and block swap (issue 16).
 
     python benchmarks/low_vram_bench.py                 # analytic model, CPU, ~2 min: the committed results
-    python benchmarks/low_vram_bench.py --gpu           # measured on one GPU (H100/H200: ~6 min)
+    python benchmarks/low_vram_bench.py --gpu --buckets 960x544x49 --ranks 32 --caps 0 24 32
+                                                        # measured on one GPU (H100/H200: ~8 min)
     python benchmarks/low_vram_bench.py --gpu --preset tiny --device cpu --steps 1 --warmup 0 \\
         --buckets 64x64x9 --text-tokens 8               # CPU check of the GPU mode's code path
 
@@ -238,7 +239,8 @@ def gpu(args: argparse.Namespace) -> None:
                     model = offloader = None
                     try:
                         if total is not None:
-                            torch.cuda.set_per_process_memory_fraction(min(1.0, cap * GIB / total), device)
+                            fraction = 1.0 if cap <= 0 else min(1.0, cap * GIB / total)  # 0: no cap
+                            torch.cuda.set_per_process_memory_fraction(fraction, device)
                             torch.cuda.reset_peak_memory_stats(device)
                         model, offloader = _build(args, device, rank, variant)
                         step = _step_fn(args, model, rank, bucket, device)
