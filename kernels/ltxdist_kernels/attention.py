@@ -23,6 +23,7 @@ from ltx_core.model.transformer.attention import Attention
 from ltx_core.model.transformer.rope import LTXRopeType, apply_rotary_emb
 
 from ltxdist.lora.layers import LoRALinear
+from ltxdist.quant.formats import is_quantized_dtype
 from ltxdist_kernels.fused_lora_linear import draw_dropout_seed, fused_lora_linear
 from ltxdist_kernels.qk_norm_rope import qk_norm_rope
 
@@ -45,8 +46,8 @@ def lora_linear_forward(module: torch.nn.Linear, x: torch.Tensor, backend: str) 
 
     Dropout follows LoRALinear: active only in training mode; its seed comes from torch's CPU generator.
     """
-    if backend != "triton" or not isinstance(module, LoRALinear):
-        return module(x)
+    if backend != "triton" or not isinstance(module, LoRALinear) or is_quantized_dtype(module.weight.dtype):
+        return module(x)  # an 8-bit base weight (model.base_precision) takes LoRALinear's own path
     dropout_p = module.dropout_p if module.training else 0.0
     seed = draw_dropout_seed() if dropout_p > 0 else 0
     return fused_lora_linear(

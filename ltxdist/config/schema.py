@@ -23,6 +23,14 @@ class ModelConfig:
     kernels: str = "auto"
     # Write a tiny random checkpoint at `checkpoint` when it is missing (tiny preset only; demo & tests).
     create_if_missing: bool = False
+    # Storage of the frozen base Linear weights (ltxdist/quant, docs/low_vram.md): bf16 (= model.dtype, no
+    # quantization) | fp8 (float8_e4m3fn + scale; an FP8 checkpoint loads as it is) | int8 (torchao).
+    base_precision: str = "bf16"
+    fp8_scale: str = "row"  # fp8 quantized on load: one scale per output row (row) or per tensor (tensor)
+    fp8_matmul: bool = False  # fp8 base on Hopper: fp8 matmuls (torch._scaled_mm), forward + input grad
+    # Frozen weights of this many transformer blocks stay in host memory and are copied in one block ahead
+    # (block swap, parallel/offload.py); needs gradient_checkpointing. 0 = off.
+    offload_blocks: int = 0
 
 
 @dataclass
@@ -205,6 +213,8 @@ class ValidationConfig:
     checkpoint: str | None = None  # VAEs + text connectors; None: model.checkpoint
     gemma_root: str | None = None  # Gemma 3 folder for the prompts
     text_tokens: int | None = None
+    # Gemma's Linear weights in 8 bits for small GPUs (bf16 | fp8 | int8; encoders/text.py)
+    text_encoder_precision: str = "bf16"
 
 
 @dataclass
@@ -248,6 +258,7 @@ def validate_config(cfg: Any) -> None:
     _require(
         cfg.model.kernels in ("auto", "triton", "torch"), "model.kernels", "must be auto, triton or torch"
     )
+    validate_base_precision(cfg.model, cfg.parallel)
     _require(cfg.lora.rank >= 1, "lora.rank", f"must be >= 1, got {cfg.lora.rank}")
     _require(cfg.lora.alpha > 0, "lora.alpha", f"must be > 0, got {cfg.lora.alpha}")
     _require(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
@@ -396,10 +407,52 @@ def validate_config(cfg: Any) -> None:
         validate_validation_config(cfg.validation, cfg.strategy.name)
 
 
+def validate_base_precision(m: Any, parallel: Any) -> None:
+    """model.base_precision / fp8_* / offload_blocks (ltxdist/quant, parallel/offload.py)."""
+    _require(m.base_precision in ("bf16", "fp8", "int8"), "model.base_precision", "must be bf16, fp8 or int8")
+    _require(m.fp8_scale in ("row", "tensor"), "model.fp8_scale", "must be row or tensor")
+    _require(
+        not m.fp8_matmul or m.base_precision == "fp8",
+        "model.fp8_matmul",
+        f"fp8 matmuls need the fp8 base: set model.base_precision=fp8 (it is {m.base_precision})",
+    )
+    _require(m.offload_blocks >= 0, "model.offload_blocks", f"must be >= 0, got {m.offload_blocks}")
+    if m.offload_blocks > 0:
+        _require(
+            m.gradient_checkpointing,
+            "model.offload_blocks",
+            "needs model.gradient_checkpointing=true (without it backward keeps every block's weights on the "
+            "device, so offloading would save nothing)",
+        )
+        _require(
+            not parallel.compile,
+            "model.offload_blocks",
+            "is not supported with parallel.compile=true (block swap replaces weights between calls)",
+        )
+    sharded = parallel.name in ("fsdp2", "deepspeed_zero2", "deepspeed_zero3")
+    _require(
+        not (sharded and m.base_precision != "bf16"),
+        "model.base_precision",
+        f"an 8-bit base is not supported with parallel={parallel.name} (FSDP2 / ZeRO would cast or flatten "
+        "the 8-bit weights without their scales): use parallel=single or ddp, or model.base_precision=bf16",
+    )
+    _require(
+        not (sharded and m.offload_blocks > 0),
+        "model.offload_blocks",
+        f"block swap is not supported with parallel={parallel.name} (it shards the weights instead): "
+        "use parallel=single or ddp, or model.offload_blocks=0",
+    )
+
+
 def validate_validation_config(v: Any, strategy: str) -> None:
     """Validation sampling settings: checked before training, not after N steps."""
     if v.name == "none":
         return
+    _require(
+        v.text_encoder_precision in ("bf16", "fp8", "int8"),
+        "validation.text_encoder_precision",
+        "must be bf16, fp8 or int8",
+    )
     _require(len(v.prompts) > 0, "validation.prompts", "needs at least one prompt")
     _require(len(v.seeds) > 0, "validation.seeds", "needs at least one seed")
     _require(v.every_n_steps >= 1, "validation.every_n_steps", "must be >= 1")

@@ -90,10 +90,13 @@ class EncoderSet:
         device: torch.device,
         dtype: torch.dtype,
         text_tokens: int | None = None,
+        text_precision: str = "bf16",
     ) -> EncoderSet:
         info = read_checkpoint_info(checkpoint)
         tokens = text_tokens or default_text_tokens(Path(gemma_root))
-        text = load_text_encoder(checkpoint, gemma_root, device=device, dtype=dtype, text_tokens=tokens)
+        text = load_text_encoder(
+            checkpoint, gemma_root, device=device, dtype=dtype, text_tokens=tokens, precision=text_precision
+        )
         return cls(
             video=VideoVAE(checkpoint, device, dtype),
             audio=AudioVAE(checkpoint, device, dtype),

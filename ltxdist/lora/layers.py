@@ -11,6 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ltxdist.quant.formats import is_quantized_dtype
+from ltxdist.quant.matmul import dequantized_weight, frozen_linear
+
 
 class LoRALinear(torch.nn.Linear):
     """y = x W^T + b + scaling * (dropout(x) A^T) B^T, with W and b frozen."""
@@ -48,12 +51,16 @@ class LoRALinear(torch.nn.Linear):
         return F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias) + self.lora_delta(x)
+        # frozen_linear: F.linear, or the 8-bit base matmul for a quantized weight (ltxdist.quant)
+        return frozen_linear(self, x) + self.lora_delta(x)
 
     @torch.no_grad()
     def merged_weight(self, strength: float = 1.0) -> torch.Tensor:
         delta = (self.lora_B.float() @ self.lora_A.float()) * (self.scaling * strength)
-        return (self.weight.float() + delta).to(self.weight.dtype)
+        # An 8-bit base (ltxdist.quant) is read back to float32; the merged weight is then bf16.
+        base = dequantized_weight(self, torch.float32)
+        out_dtype = torch.bfloat16 if is_quantized_dtype(self.weight.dtype) else self.weight.dtype
+        return (base + delta).to(out_dtype)
 
     def to_linear(self) -> torch.nn.Linear:
         """A plain Linear with the adapter merged in."""

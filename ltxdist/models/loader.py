@@ -68,8 +68,11 @@ def _format_keys(keys: list[str]) -> str:
 
 def check_transformer_keys(model: torch.nn.Module, path: Path) -> None:
     """Fail loudly on missing or unexpected transformer keys, listing them."""
-    expected = set(model.state_dict().keys())
-    found = set(transformer_keys_in_file(path))
+    from ltxdist.quant.checkpoint import is_quantization_sibling
+
+    # Scales beside 8-bit weights (the FP8 checkpoint's, or a quantized model's) are not ltx-core keys.
+    expected = {k for k in model.state_dict() if not is_quantization_sibling(k)}
+    found = {k for k in transformer_keys_in_file(path) if not is_quantization_sibling(k)}
     missing = sorted(expected - found)
     unexpected = sorted(found - expected)
     if missing or unexpected:
@@ -147,6 +150,7 @@ def copy_base_weights(
     *,
     select: Callable[[str], bool] | None = None,
     on_read: Callable[[torch.Tensor], None] | None = None,
+    work_device: torch.device | None = None,
 ) -> None:
     """Copy the file's transformer weights into an already materialised model (e.g. after `to_empty`).
 
@@ -155,13 +159,21 @@ def copy_base_weights(
     adapters; anything else missing is an error. `select(name)` restricts the copy to some weights
     (materialising block by block). `on_read(tensor)` sees every tensor read from the file (a
     diagnostic hook: ltxdist.parallel.materialize_report).
+
+    8-bit weights (ltxdist.quant): a target stored in fp8 / int8 gets the weight quantized as it is read
+    (with its `weight_scale`), and a pre-quantized file (the official FP8 checkpoint) is dequantized or
+    kept as it is, per target (quant/checkpoint.py); quantizing runs on `work_device` (default: the
+    target's device; host-resident offloaded blocks are quantized on the GPU, then copied back).
     """
     from ltxdist.parallel.shard_rows import local_slice, local_tensor  # here: parallel imports this module
+    from ltxdist.quant.checkpoint import BaseWeightCodec, is_quantization_sibling
 
     keep = select or (lambda name: True)
-    reader = BaseWeightReader(path)
-    available = {n for n in reader.names() if keep(n)}
-    targets = {n: t for n, t in model.state_dict(keep_vars=True).items() if keep(n)}
+    codec = BaseWeightCodec(BaseWeightReader(path))
+    available = {n for n in codec.weight_names if keep(n)}
+    all_targets = model.state_dict(keep_vars=True)
+    # A weight_scale buffer is filled together with its weight.
+    targets = {n: t for n, t in all_targets.items() if keep(n) and not is_quantization_sibling(n)}
     missing = [n for n in targets if n not in available and not n.endswith((".lora_A", ".lora_B"))]
     if missing:
         raise CheckpointError(f"{path} lacks {len(missing)} transformer weights: {_format_keys(missing)}")
@@ -170,11 +182,16 @@ def copy_base_weights(
         raise CheckpointError(f"{path} has {len(unexpected)} unexpected weights: {_format_keys(unexpected)}")
     for name in sorted(available):
         target = targets[name]
-        local = local_tensor(target)
-        tensor = reader.read(name, local_slice(target))
-        if on_read is not None:
-            on_read(tensor)
-        local.copy_(tensor.to(device=local.device, dtype=dtype or local.dtype))
+        scale = all_targets.get(name + "_scale")
+        codec.copy_into(
+            name,
+            local_tensor(target),
+            part=local_slice(target),
+            scale_target=None if scale is None else local_tensor(scale),
+            via_dtype=dtype,
+            work_device=work_device,
+            on_read=on_read,
+        )
 
 
 def load_transformer(
@@ -183,7 +200,14 @@ def load_transformer(
     info: CheckpointInfo = read_checkpoint_info(path)
     model = build_meta_transformer(info.config)
     check_transformer_keys(model, info.path)
-    load_transformer_weights(model, info.path, torch.device(device), dtype)
+    from ltxdist.quant.checkpoint import has_weight_scales
+
+    if has_weight_scales(info.path):
+        # A pre-quantized (FP8) file: ltx-core's loader would cast the 8-bit data without its scale.
+        model = model.to(dtype or torch.bfloat16).to_empty(device=torch.device(device))
+        copy_base_weights(model, info.path, dtype)
+    else:
+        load_transformer_weights(model, info.path, torch.device(device), dtype)
     return LoadedTransformer(
         model=model, config=info.config, model_version=info.model_version, checkpoint=info.path
     )

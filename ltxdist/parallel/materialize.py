@@ -15,6 +15,12 @@ import torch
 from ltxdist.lora.inject import lora_modules, reset_lora
 from ltxdist.models.loader import copy_base_weights
 from ltxdist.parallel.materialize_report import MaterializeReport
+from ltxdist.parallel.offload import (
+    BlockOffloader,
+    install_block_offload,
+    offloaded_parameter_names,
+    to_empty_with_host_blocks,
+)
 
 _BLOCKS = "transformer_blocks."
 
@@ -27,9 +33,14 @@ def materialize_transformer(
     dtype: torch.dtype,
     lora_init_seed: int,
     device: torch.device,
-) -> None:
+    offload_blocks: int = 0,
+) -> BlockOffloader | None:
+    """`offload_blocks`: the frozen weights of that many blocks are allocated and loaded in host memory and
+    handed to a block-swap `BlockOffloader` (parallel/offload.py), which is returned."""
     # LTXDIST_MATERIALIZE_REPORT=DIR: each rank records what it held (materialize_report.py).
     report = MaterializeReport(model, parallel_cfg.name)
+    if offload_blocks and parallel_cfg.name not in ("single", "ddp"):
+        raise ValueError(f"model.offload_blocks works with parallel=single or ddp, not {parallel_cfg.name}")
     if parallel_cfg.name == "deepspeed_zero3":
         _materialize_zero3(
             model,
@@ -41,9 +52,12 @@ def materialize_transformer(
             report=report,
         )
     else:
-        model.to_empty(device=device)
+        if offload_blocks:
+            to_empty_with_host_blocks(model, device, offloaded_parameter_names(model, offload_blocks))
+        else:
+            model.to_empty(device=device)
         report.sample()
-        copy_base_weights(model, checkpoint, dtype, on_read=report.on_read)
+        copy_base_weights(model, checkpoint, dtype, on_read=report.on_read, work_device=device)
         if parallel_cfg.name == "fsdp2":
             from torch.distributed.tensor.experimental import implicit_replication
 
@@ -54,6 +68,7 @@ def materialize_transformer(
         else:
             reset_lora(model, lora_init_seed)
     report.write()
+    return install_block_offload(model, offload_blocks, device)
 
 
 def _materialize_zero3(

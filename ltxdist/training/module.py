@@ -21,12 +21,14 @@ from ltxdist.lora.inject import lora_state_dict
 from ltxdist.models import build_meta_transformer, read_checkpoint_info
 from ltxdist.models.loader import check_transformer_keys
 from ltxdist.parallel import materialize_transformer, parallelize_transformer
+from ltxdist.parallel.offload import BlockOffloader, ddp_ignored_names
 from ltxdist.parallel.sequence_parallel import (
     SequenceParallelGroup,
     install_sequence_parallel,
     new_sequence_parallel_group,
     sequence_parallel_forward,
 )
+from ltxdist.quant.base import check_fp8_matmul_device, prepare_quantized_base
 from ltxdist.strategies import StrategyOutput, build_strategy
 from ltxdist.strategies.attention_masks import set_attention_masks
 from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
@@ -62,6 +64,7 @@ class LTXLoRAModule(pl.LightningModule):
         self._batch_ids: list[str] = []
         self._deepspeed_skipped_before: int | None = None
         self.sequence_parallel: SequenceParallelGroup | None = None  # set in configure_model
+        self.block_offloader: BlockOffloader | None = None  # model.offload_blocks > 0
         # The adapters, listed once training has started (every strategy has set up its parameters by
         # then): the step reads them several times and walking the module tree each time costs ~1 ms.
         self._lora_params: list[torch.nn.Parameter] | None = None
@@ -86,6 +89,13 @@ class LTXLoRAModule(pl.LightningModule):
         )
         self.target_modules = inject_lora(model, spec)
         device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        m = self.cfg.model
+        # 8-bit frozen base (ltxdist/quant): on the meta model, before parallel wrappers see it.
+        quantized = prepare_quantized_base(
+            model, info.path, precision=m.base_precision, fp8_scale=m.fp8_scale, fp8_matmul=m.fp8_matmul
+        )
+        if m.fp8_matmul:
+            check_fp8_matmul_device(device)
         if resolve_backend(self.cfg.model.kernels, device) == "triton":
             # before parallelize: sharding and compile must wrap the kernel-dispatching modules
             patch_attention_modules(model, backend="triton")
@@ -102,15 +112,19 @@ class LTXLoRAModule(pl.LightningModule):
         )
         # Materialise straight on this rank's device, only what this rank keeps (its FSDP2 shards /
         # ZeRO-3 partitions), then load the base weights and draw identical adapters on every rank.
-        materialize_transformer(
+        self.block_offloader = materialize_transformer(
             model,
             self.cfg.parallel,
             checkpoint=info.path,
             dtype=self.dtype_compute,
             lora_init_seed=self.cfg.lora.init_seed,
             device=device,
+            offload_blocks=m.offload_blocks,
         )
         self.transformer = model
+        if quantized or self.block_offloader is not None:
+            # DDP must not broadcast 8-bit or host-resident frozen weights (parallel/offload.py).
+            self._ddp_params_and_buffers_to_ignore = ["transformer." + n for n in ddp_ignored_names(model)]
 
     def lora_parameters(self) -> list[torch.nn.Parameter]:
         assert self.transformer is not None

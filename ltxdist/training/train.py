@@ -16,6 +16,7 @@ from ltxdist.config.schema import validate_config
 from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.data.compat import check_data_fits_checkpoint
 from ltxdist.parallel import lightning_strategy
+from ltxdist.quant.base import base_precision_metadata
 from ltxdist.tracking.metrics import TrainingMetrics
 from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl, StepProgressBar
 from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
@@ -136,7 +137,7 @@ def train(cfg: Any) -> Path:
             cfg.trainer.checkpoint_every_n_steps,
             cfg.trainer.keep_last_k,
             strategy_name=cfg.strategy.name,
-            extra_metadata=lora_extra_metadata(cfg.strategy),
+            extra_metadata={**lora_extra_metadata(cfg.strategy), **base_precision_metadata(cfg.model)},
         ),
     ]
     if cfg.trainer.progress_bar:

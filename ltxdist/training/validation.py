@@ -140,7 +140,12 @@ class ValidationSampling(pl.Callback):
         self._mine = rank_jobs(self.jobs, trainer.global_rank, trainer.world_size, self.lockstep)
         with_audio_vae = self.cfg.with_audio or any(j.request.references.audio for j, _ in self._mine)
         text = load_text_encoder(
-            self.checkpoint, self.cfg.gemma_root, device=device, dtype=dtype, text_tokens=self.cfg.text_tokens
+            self.checkpoint,
+            self.cfg.gemma_root,
+            device=device,
+            dtype=dtype,
+            text_tokens=self.cfg.text_tokens,
+            precision=self.cfg.text_encoder_precision,
         )
         sampler = Sampler(
             pl_module.transformer,

@@ -62,6 +62,7 @@ class PrepareOptions:
     dtype: str = "auto"
     text_tokens: int | None = None
     progress: bool = True
+    text_encoder_precision: str = "bf16"  # bf16 | fp8 | int8 (Gemma's Linears in 8 bits: small GPUs)
 
 
 @dataclass
@@ -96,6 +97,8 @@ def run_fingerprint(rows: list[ManifestRow], opts: PrepareOptions, text_tokens: 
         "samples_per_shard": opts.samples_per_shard,
         "text_tokens": text_tokens,
     }
+    if opts.text_encoder_precision != "bf16":  # 8-bit text embeddings differ: a resume must not mix them
+        described["text_encoder_precision"] = opts.text_encoder_precision
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -261,6 +264,7 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
             device=device,
             dtype=pick_dtype(opts.dtype, device),
             text_tokens=text_tokens,
+            text_precision=opts.text_encoder_precision,
         )
         assert encoders.fingerprints == want["encoder_fingerprints"]
         if not (out / EMPTY_CAPTION_NAME).is_file():
