@@ -19,8 +19,12 @@ class ModelConfig:
     dtype: str = "bfloat16"  # frozen base weights and compute dtype: bfloat16 | float32
     gradient_checkpointing: bool = False  # per transformer block (non-reentrant)
     # Attention LoRA projections + q/k norm + RoPE: triton (fused kernels, CUDA), torch (ltx-core's own
-    # code), auto (triton on CUDA, torch elsewhere)
+    # code), auto (per call shape, the path measured fastest on this GPU kind; torch where nothing was
+    # measured and on CPUs: never slower than torch by construction; ltxdist_kernels/dispatch.py)
     kernels: str = "auto"
+    # kernels=auto on CUDA: time the paths of each call shape no committed measurement covers, the
+    # first time it is seen (a few ms per shape, plus Triton's autotuning), instead of taking torch there
+    kernels_calibrate: bool = False
     # Write a tiny random checkpoint at `checkpoint` when it is missing (tiny preset only; demo & tests).
     create_if_missing: bool = False
 
