@@ -23,7 +23,8 @@ import math
 import re
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -282,3 +283,21 @@ DISPATCHER = Dispatcher()
 def set_calibration(enabled: bool) -> None:
     """`model.kernels_calibrate`: time unmeasured shapes on first sight (CUDA only)."""
     DISPATCHER.calibrate = enabled
+
+
+@contextmanager
+def recording_shapes() -> Iterator[list[CallShape]]:
+    """Collect every call shape `auto` dispatch is asked about while active (the kernel benchmark runs a
+    model step under it to learn which shapes a workload hits, then times those)."""
+    shapes: list[CallShape] = []
+    choose = DISPATCHER.choose
+
+    def record(shape: CallShape, device: torch.device) -> str:
+        shapes.append(shape)
+        return choose(shape, device)
+
+    DISPATCHER.choose = record  # an instance attribute shadowing the method
+    try:
+        yield shapes
+    finally:
+        del DISPATCHER.choose
