@@ -177,6 +177,8 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
         f"{args.text_tokens} text), then {args.tokens[1:]} (another bucket). Method: docstring of "
         "benchmarks/compile_bench.py."
     )
+    if args.backend == "eager":
+        notes += " Backend eager: dynamo only, no code generation; compiled step times are not a payoff."
     config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     return write_results("compile", rows, COLUMNS, config, notes=notes, out_dir=args.out_dir)
 

@@ -5,8 +5,8 @@ gradients identical to no checkpointing on the tiny model."""
 from __future__ import annotations
 
 import copy
-import re
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
