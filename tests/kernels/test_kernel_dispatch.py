@@ -148,3 +148,16 @@ def test_auto_backend_asks_the_dispatcher_per_call_shape(monkeypatch) -> None:
     layer = LoRALinear(torch.nn.Linear(16, 24), rank=4, alpha=4.0, dropout=0.0, dtype=torch.float32)
     kattn.lora_linear_forward(layer, torch.randn(2, 5, 16), "auto")
     assert asked == [CallShape("lora_linear", 10, 16, 24, 4, dtype="float32")] and used == ["fused"]
+
+
+def test_auto_is_the_torch_path_inside_torch_compile() -> None:
+    """Dynamo cannot trace the dispatch table (a graph break per projection): compiled blocks take the
+    torch path, which inductor fuses; outside compile auto stays per-call on CUDA."""
+    cuda = torch.device("cuda", 0)
+
+    def scale(x: torch.Tensor) -> torch.Tensor:
+        return x * (2.0 if kattn.resolve_backend("auto", cuda) == "torch" else 3.0)
+
+    compiled = torch.compile(scale, backend="eager", fullgraph=True)  # fullgraph: no break allowed
+    assert torch.equal(compiled(torch.ones(2)), torch.full((2,), 2.0))
+    assert kattn.resolve_backend("auto", cuda) == "auto"
