@@ -224,6 +224,7 @@ _DOWN_CONFIGS = [
 _gemm_lora_tuned = triton.autotune(_GEMM_CONFIGS, key=["M", "N", "K", "R"])(_gemm_lora_kernel)
 _lora_down_tuned = triton.autotune(_DOWN_CONFIGS, key=["M", "K", "R"])(_lora_down_kernel)
 
+
 # LTXDIST_TRITON_AUTOTUNE=0: one fixed config per kernel instead of autotuning every new shape. Autotuning
 # compiles every config for every constexpr variant (bias, dropout, rank block): what made the bf16 kernel
 # tests take minutes on a fresh GPU machine. The tests set it; training keeps autotuning.
