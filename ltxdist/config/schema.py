@@ -348,8 +348,7 @@ def validate_config(cfg: Any) -> None:
         f"must be auto, cpu or gpu, got {cfg.parallel.accelerator!r}",
     )
     _require(
-        cfg.parallel.activation_checkpointing
-        in ("auto", "off", "full", "attention", "every_k", "budget"),
+        cfg.parallel.activation_checkpointing in ("auto", "off", "full", "attention", "every_k", "budget"),
         "parallel.activation_checkpointing",
         "must be auto, off, full, attention, every_k or budget",
     )
