@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fetch, into .whl/ (git-ignored through .git/info/exclude), the pure-Python wheels the lent GPU machine
-# lacks for benchmarks/fullsize_bench.py. That machine already has torch, triton, lightning, peft,
-# transformers, accelerate, einops, scipy, safetensors and numpy, and reaches no package registry.
+# Fetch, into .whl/ (git-ignored by .gitignore), the pure-Python wheels the lent GPU machine lacks for
+# benchmarks/gpu_check.sh. That machine already has torch, triton, lightning, peft, transformers,
+# accelerate, einops, scipy, safetensors, numpy and pytest, and reaches no package registry.
 # Versions are the ones this checkout's .venv runs (constraints.txt). Usage: bash benchmarks/gpu_wheels.sh
 # On the device, install them into .site and link only the two packages next to them (never put the
 # checkout root on PYTHONPATH: its kernels/ folder must not compete with Hugging Face's `kernels`):
@@ -10,7 +10,6 @@
 #   PYTHONPATH=$PWD/.site:$PWD/benchmarks python3 -P benchmarks/fullsize_bench.py ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qxF '/.whl/' .git/info/exclude || echo '/.whl/' >> .git/info/exclude
 mkdir -p .whl
 PY=.venv/bin/python
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }

@@ -37,12 +37,13 @@ def one_thread():
 def test_tiny_random_weights_run_of_every_trainer_and_workload(tmp_path, monkeypatch, one_thread):
     bench = _load(monkeypatch)
     argv = ["--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--ranks", "4", "--ac", "on"]
+    argv += ["--kernels", "auto", "on", "off"]
     argv += ["--standard-bucket", "64x64x9", "--ic-bucket", "64x64x9", "--text-tokens", "8"]
     argv += ["--warmup", "0", "--steps", "1", "--kernels-on-backend", "torch", "--out-dir", str(tmp_path)]
     json_path, md_path = bench.main(argv)
     payload = json.loads(json_path.read_text())
     rows = {(r["workload"], r["trainer"]): r for r in payload["rows"]}
-    trainers = {"ltxdist kernels on", "ltxdist kernels off", "peft"}
+    trainers = {"ltxdist kernels auto", "ltxdist kernels on", "ltxdist kernels off", "peft"}
     assert set(rows) == {(w, t) for w in ("standard", "ic_lora") for t in trainers}
     assert all(r["status"] == "ok" and r["step_ms"] > 0 for r in rows.values()), rows
     # 64x64x9 -> 2x2x2 latent grid: 8 video tokens; standard adds 9 audio latent frames (9 frames at
@@ -51,8 +52,10 @@ def test_tiny_random_weights_run_of_every_trainer_and_workload(tmp_path, monkeyp
         tokens = 8 + 9 if work == "standard" else 2 * 8
         assert r["tokens_per_s"] * r["step_ms"] / 1e3 == pytest.approx(tokens, rel=1e-3)
         assert r["mfu"] == ""  # no known peak on a CPU: MFU is left out, not made up
+    for (_, trainer), r in rows.items():  # the activation memory model's prediction beside each peak
+        assert (r.get("predicted_peak_gib", 0) > 0) == trainer.startswith("ltxdist"), r
     ratios = payload["tables"]["ltxdist vs PEFT (step time ratio, > 1: ltxdist faster)"]
-    assert len(ratios) == 4
+    assert len(ratios) == 6
     for ratio in ratios:
         ours = rows[(ratio["workload"], ratio["ltxdist"])]["step_ms"]
         theirs = rows[(ratio["workload"], "peft")]["step_ms"]

@@ -8,8 +8,9 @@ ltx-core's forward step for step, with two substitutions on the triton backend:
     `nn.Linear` layers stay on cuBLAS: there is nothing to fuse);
   * q_norm + RoPE (and k_norm + RoPE) run as one `qk_norm_rope` kernel each (SPLIT rope, or no pe).
 The attention itself still goes through `self.attention_function(q, k, v, heads, mask)`, the seam
-sequence-parallel code hooks. Backends: "triton", "torch" (ltx-core's own ops) or "auto" (triton for
-CUDA inputs, torch otherwise), resolved at every call from the input's device.
+sequence-parallel code hooks. Backends: "triton" (always the fused kernels), "torch" (ltx-core's own ops,
+LoRALinear's own forward) or "auto": on CUDA, per call shape, the path `dispatch.DISPATCHER` says was
+measured fastest on this GPU kind (the torch path wherever nothing was measured); torch on anything else.
 
 Shape legend: B batch, T query tokens, S context tokens, H heads, D head dim, C = H * D.
 """
@@ -24,6 +25,7 @@ from ltx_core.model.transformer.rope import LTXRopeType, apply_rotary_emb
 
 from ltxdist.lora.layers import LoRALinear
 from ltxdist.quant.formats import is_quantized_dtype
+from ltxdist_kernels.dispatch import DISPATCHER, CallShape
 from ltxdist_kernels.fused_lora_linear import draw_dropout_seed, fused_lora_linear
 from ltxdist_kernels.qk_norm_rope import qk_norm_rope
 
@@ -33,21 +35,39 @@ BACKENDS: tuple[str, ...] = ("triton", "torch", "auto")
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
-    """'triton' or 'torch' for inputs on `device`."""
+    """'triton', 'torch', or 'auto' (per-call dispatch, CUDA only) for inputs on `device`."""
     if backend not in BACKENDS:
         raise ValueError(f"kernels backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" else "torch"
+    if backend == "auto" and device.type != "cuda":
+        return "torch"  # the Triton kernels need CUDA: auto is the torch path here
+    if backend == "auto" and torch.compiler.is_compiling():
+        # Inside torch.compile the torch path is what inductor fuses itself (compiled q/k norm + RoPE ran
+        # within 13% of the fused kernel on H200), and the dispatch table is not traceable by dynamo.
+        return "torch"
     return backend
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def lora_linear_forward(module: torch.nn.Linear, x: torch.Tensor, backend: str) -> torch.Tensor:
-    """module(x), through the fused kernel when the module is a LoRALinear and backend is triton.
+    """module(x), through the fused kernel when the module is a LoRALinear and the backend is triton
+    (or auto and this call shape was measured faster on the fused kernel).
 
     Dropout follows LoRALinear: active only in training mode; its seed comes from torch's CPU generator.
     """
-    if backend != "triton" or not isinstance(module, LoRALinear) or is_quantized_dtype(module.weight.dtype):
-        return module(x)  # an 8-bit base weight (model.base_precision) takes LoRALinear's own path
+    if backend == "torch" or not isinstance(module, LoRALinear) or is_quantized_dtype(module.weight.dtype):
+        # an 8-bit base weight (model.base_precision) takes LoRALinear's own path: the fused kernel
+        # reads the weight directly, bypassing the frozen_matmul_ seam that dequantizes it
+        return module(x)
+    if backend == "auto":
+        K = x.shape[-1]
+        shape = CallShape(
+            "lora_linear", x.numel() // K, K, module.out_features, module.rank, dtype=_dtype_name(x.dtype)
+        )
+        if DISPATCHER.choose(shape, x.device) != "triton":
+            return module(x)
     dropout_p = module.dropout_p if module.training else 0.0
     seed = draw_dropout_seed() if dropout_p > 0 else 0
     return fused_lora_linear(
@@ -61,9 +81,17 @@ def norm_rope(
     pe: RopeTables | None,
     rope_type: LTXRopeType,
     backend: str,
+    heads: int = 0,
 ) -> torch.Tensor:
-    """RMSNorm then RoPE, fused on the triton backend when the rope layout is SPLIT (or there is none)."""
-    if backend == "triton" and (pe is None or rope_type == LTXRopeType.SPLIT):
+    """RMSNorm then RoPE, fused on the triton backend when the rope layout is SPLIT (or there is none);
+    on auto, fused only where this call shape was measured faster."""
+    fusable = pe is None or rope_type == LTXRopeType.SPLIT
+    if backend == "auto" and fusable:
+        C = x_BTC.shape[-1]
+        op = "qk_norm" if pe is None else "qk_norm_rope"
+        shape = CallShape(op, x_BTC.numel() // C, C, C, heads=heads, dtype=_dtype_name(x_BTC.dtype))
+        backend = DISPATCHER.choose(shape, x_BTC.device)
+    if backend == "triton" and fusable:
         cos_BHTd, sin_BHTd = (None, None) if pe is None else pe
         return qk_norm_rope(x_BTC, norm.weight, norm.eps, cos_BHTd, sin_BHTd)
     # torch backend, or INTERLEAVED rope (no fused kernel for that layout): ltx-core's own ops.
@@ -94,8 +122,9 @@ class KernelAttention(Attention):
         else:
             q_BTC = lora_linear_forward(self.to_q, x, backend)
             k_BSC = lora_linear_forward(self.to_k, context, backend)
-            q_BTC = norm_rope(self.q_norm, q_BTC, pe, self.rope_type, backend)
-            k_BSC = norm_rope(self.k_norm, k_BSC, pe if k_pe is None else k_pe, self.rope_type, backend)
+            q_BTC = norm_rope(self.q_norm, q_BTC, pe, self.rope_type, backend, self.heads)
+            k_pe = pe if k_pe is None else k_pe
+            k_BSC = norm_rope(self.k_norm, k_BSC, k_pe, self.rope_type, backend, self.heads)
             out_BTC = self.attention_function(q_BTC, k_BSC, v_BSC, self.heads, mask)
             if perturbation_mask is not None:
                 out_BTC = out_BTC * perturbation_mask + v_BSC * (1 - perturbation_mask)

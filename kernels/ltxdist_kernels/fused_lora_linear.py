@@ -20,6 +20,8 @@ returned in the dtype of A and B from fp32 sums.
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -222,6 +224,22 @@ _DOWN_CONFIGS = [
 _gemm_lora_tuned = triton.autotune(_GEMM_CONFIGS, key=["M", "N", "K", "R"])(_gemm_lora_kernel)
 _lora_down_tuned = triton.autotune(_DOWN_CONFIGS, key=["M", "K", "R"])(_lora_down_kernel)
 
+
+# LTXDIST_TRITON_AUTOTUNE=0: one fixed config per kernel instead of autotuning every new shape. Autotuning
+# compiles every config for every constexpr variant (bias, dropout, rank block): what made the bf16 kernel
+# tests take minutes on a fresh GPU machine. The tests set it; training keeps autotuning.
+def _autotune() -> bool:
+    return os.environ.get("LTXDIST_TRITON_AUTOTUNE", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _fixed_gemm(dtype: torch.dtype) -> dict:
+    if dtype == torch.float32:  # fp32 tiles twice the bytes: the small config fits shared memory
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32, "GROUP_M": 8, "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 8, "num_warps": 8, "num_stages": 3}
+
+
+_FIXED_DOWN = {"BLOCK_M": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
+
 # The interpreter runs programs one by one in numpy: small tiles, and sizes chosen so that tests with
 # odd shapes cover partial tiles in every dimension.
 _INTERP_GEMM = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2}
@@ -244,6 +262,8 @@ def _lora_down(a_MK: torch.Tensor, b_RK: torch.Tensor, scale: float, seed: int, 
     flags = {"HAS_DROPOUT": has_dropout, "DOT_PRECISION": dot_precision(a_MK.dtype), "BLOCK_R": next_pow2(R)}
     if interpreting():
         _lora_down_kernel[(triton.cdiv(M, _INTERP_DOWN["BLOCK_M"]),)](*args, **flags, **_INTERP_DOWN)
+    elif not _autotune():
+        _lora_down_kernel[(triton.cdiv(M, _FIXED_DOWN["BLOCK_M"]),)](*args, **flags, **_FIXED_DOWN)
     else:
         _lora_down_tuned[lambda meta: (triton.cdiv(M, meta["BLOCK_M"]),)](*args, **flags)
     return out_MR
@@ -272,6 +292,9 @@ def _gemm_lora(a_MK: torch.Tensor, b_KN: torch.Tensor, bias_N: torch.Tensor | No
 
     if interpreting():
         _gemm_lora_kernel[grid(_INTERP_GEMM)](*args, **flags, **_INTERP_GEMM)
+    elif not _autotune():
+        fixed = _fixed_gemm(a_MK.dtype)
+        _gemm_lora_kernel[grid(fixed)](*args, **flags, **fixed)
     else:
         _gemm_lora_tuned[grid](*args, **flags)
     return out_MN

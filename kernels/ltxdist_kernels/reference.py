@@ -88,15 +88,18 @@ def lora_linear_reference(
     scaling: float,
     dropout_p: float = 0.0,
     seed: int | None = None,
+    keep_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """y = x W^T + b + s * (dropout(x) A^T) B^T with the fused kernels' seeded mask; dtype of x."""
+    """y = x W^T + b + s * (dropout(x) A^T) B^T; dtype of x. The dropout keep-mask is `keep_mask` (bool,
+    x's shape) when given, else the fused kernels' seeded mask."""
     dtype = x.dtype
     x_dropped = x
     if dropout_p > 0:
-        if seed is None:
-            raise ValueError("dropout_p > 0 needs the seed the fused kernel used")
-        keep_MK = dropout_keep_mask(seed, x.numel() // x.shape[-1], x.shape[-1], dropout_p, x.device)
-        x_dropped = x * keep_MK.reshape(x.shape).to(dtype) / (1.0 - dropout_p)
+        if keep_mask is None:
+            if seed is None:
+                raise ValueError("dropout_p > 0 needs the seed the fused kernel used, or the keep_mask")
+            keep_mask = dropout_keep_mask(seed, x.numel() // x.shape[-1], x.shape[-1], dropout_p, x.device)
+        x_dropped = x * keep_mask.reshape(x.shape).to(dtype) / (1.0 - dropout_p)
     base = F.linear(x, weight.to(dtype), None if bias is None else bias.to(dtype))
     return base + F.linear(F.linear(x_dropped, lora_A.to(dtype)), lora_B.to(dtype)) * scaling
 

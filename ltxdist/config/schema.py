@@ -19,8 +19,12 @@ class ModelConfig:
     dtype: str = "bfloat16"  # frozen base weights and compute dtype: bfloat16 | float32
     gradient_checkpointing: bool = False  # per transformer block (non-reentrant)
     # Attention LoRA projections + q/k norm + RoPE: triton (fused kernels, CUDA), torch (ltx-core's own
-    # code), auto (triton on CUDA, torch elsewhere)
+    # code), auto (per call shape, the path measured fastest on this GPU kind; torch where nothing was
+    # measured and on CPUs: never slower than torch by construction; ltxdist_kernels/dispatch.py)
     kernels: str = "auto"
+    # kernels=auto on CUDA: time the paths of each call shape no committed measurement covers, the
+    # first time it is seen (a few ms per shape, plus Triton's autotuning), instead of taking torch there
+    kernels_calibrate: bool = False
     # Write a tiny random checkpoint at `checkpoint` when it is missing (tiny preset only; demo & tests).
     create_if_missing: bool = False
     # Storage of the frozen base Linear weights (ltxdist/quant, docs/low_vram.md): bf16 (= model.dtype, no
@@ -145,6 +149,14 @@ class ParallelConfig:
     num_nodes: int = 1
     process_group_backend: str | None = None  # None: nccl on GPU, gloo on CPU
     compile: bool = False  # torch.compile each transformer block (after activation checkpointing)
+    # Activation checkpointing per transformer block (parallel/activation_checkpointing.py): auto (budget
+    # when memory_budget_gib is set, else model.gradient_checkpointing) | off | full | attention (keep the
+    # attention outputs, recompute the rest) | every_k (every k-th block) | budget
+    activation_checkpointing: str = "auto"
+    activation_checkpointing_every: int = 2  # the k of every_k
+    # GPU memory one process may use (GiB): budget mode picks, per step shape, the least recompute whose
+    # predicted peak fits (the activation memory model of parallel/activation_memory.py)
+    memory_budget_gib: float | None = None
     # fsdp2: free the gathered block weights after forward (re-gather in backward): less memory, more comm
     reshard_after_forward: bool = True
     reduce_dtype: str = "float32"  # fsdp2: dtype of the gradient reduce-scatter (LoRA grads)
@@ -350,6 +362,26 @@ def validate_config(cfg: Any) -> None:
         cfg.parallel.accelerator in ("auto", "cpu", "gpu", "cuda"),
         "parallel.accelerator",
         f"must be auto, cpu or gpu, got {cfg.parallel.accelerator!r}",
+    )
+    _require(
+        cfg.parallel.activation_checkpointing in ("auto", "off", "full", "attention", "every_k", "budget"),
+        "parallel.activation_checkpointing",
+        "must be auto, off, full, attention, every_k or budget",
+    )
+    _require(
+        cfg.parallel.activation_checkpointing != "budget" or cfg.parallel.memory_budget_gib is not None,
+        "parallel.memory_budget_gib",
+        "parallel.activation_checkpointing=budget needs a budget: set parallel.memory_budget_gib=<GiB>",
+    )
+    _require(
+        cfg.parallel.memory_budget_gib is None or cfg.parallel.memory_budget_gib > 0,
+        "parallel.memory_budget_gib",
+        f"must be > 0 GiB, got {cfg.parallel.memory_budget_gib}",
+    )
+    _require(
+        cfg.parallel.activation_checkpointing_every >= 1,
+        "parallel.activation_checkpointing_every",
+        f"must be >= 1, got {cfg.parallel.activation_checkpointing_every}",
     )
     _require(
         cfg.parallel.reduce_dtype in ("float32", "bfloat16"),

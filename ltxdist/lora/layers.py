@@ -1,7 +1,9 @@
 """LoRA linear layer that keeps the base parameter names (`weight`, `bias`) of the Linear it wraps.
 
 Keeping the names means a LoRA-injected model still loads base checkpoints (and shards with FSDP)
-under the original keys; the adapter adds only `lora_A` (r, in) and `lora_B` (out, r).
+under the original keys; the adapter adds only `lora_A` (r, in) and `lora_B` (out, r). The forward runs
+`linear_ops.lora_linear`: the frozen GEMM with the adapter accumulated into its output (and into the
+input gradient), no extra pass over the activations.
 """
 
 from __future__ import annotations
@@ -9,8 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
+from ltxdist.lora.linear_ops import lora_linear
 from ltxdist.quant.formats import is_quantized_dtype
 from ltxdist.quant.matmul import dequantized_weight, frozen_linear
 
@@ -45,14 +47,24 @@ class LoRALinear(torch.nn.Linear):
         self.lora_A.copy_(a.to(self.lora_A.device))
         self.lora_B.zero_()
 
-    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.dropout_p > 0:
-            x = F.dropout(x, p=self.dropout_p)
-        return F.linear(F.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)) * self.scaling
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # frozen_linear: F.linear, or the 8-bit base matmul for a quantized weight (ltxdist.quant)
-        return frozen_linear(self, x) + self.lora_delta(x)
+        if is_quantized_dtype(self.weight.dtype):
+            # An 8-bit frozen base (ltxdist.quant) runs its own matmul (up-cast per layer or fp8
+            # scaled-mm); the adapter is added eagerly beside it.
+            return frozen_linear(self, x) + self.lora_delta(x)
+        dropout_p = self.dropout_p if self.training else 0.0
+        return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling, dropout_p)
+
+    def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
+        """scaling * (dropout(x) A^T) B^T in x's dtype (the eager adapter, beside a quantized base)."""
+        if self.training and self.dropout_p > 0:
+            x = torch.nn.functional.dropout(x, p=self.dropout_p)
+        return (
+            torch.nn.functional.linear(
+                torch.nn.functional.linear(x, self.lora_A.to(x.dtype)), self.lora_B.to(x.dtype)
+            )
+            * self.scaling
+        )
 
     @torch.no_grad()
     def merged_weight(self, strength: float = 1.0) -> torch.Tensor:

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ltxdist.parallel.activation_checkpointing import apply_activation_checkpointing
+from ltxdist.parallel.activation_checkpointing import apply_activation_checkpointing, checkpointing_policy
 from ltxdist.parallel.compile import apply_compile
 from ltxdist.parallel.timeouts import collective_timeout
 
@@ -26,16 +26,18 @@ def parallelize_transformer(
 ) -> torch.nn.Module:
     """Apply, in this order, to a meta-device model with LoRA injected:
 
-    1. activation checkpointing per block: it wraps the block call, so compile and sharding (added
-       per block after it) see the checkpointed block as their unit and recomputation re-runs the
-       compiled, sharded block;
+    1. activation checkpointing per block (`parallel.activation_checkpointing`: full / off /
+       attention-selective / every k-th / by `parallel.memory_budget_gib`): it wraps the block call, so
+       compile and sharding (added per block after it) see the checkpointed block as their unit and
+       recomputation re-runs the compiled, sharded block;
     2. torch.compile per block (`parallel.compile`): after checkpointing so the recompute is compiled
        too, and before sharding so FSDP2's all-gather hooks stay outside the compiled graph;
     3. FSDP2 `fully_shard` per block, then the root (`parallel=fsdp2`). DeepSpeed needs nothing here:
        ZeRO-3 partitions while materialising (`materialize_transformer`), ZeRO-2 in its engine.
     """
-    if gradient_checkpointing:
-        apply_activation_checkpointing(model)
+    policy = checkpointing_policy(parallel_cfg, gradient_checkpointing=gradient_checkpointing)
+    if policy.mode != "off":
+        apply_activation_checkpointing(model, policy)
     if parallel_cfg.compile:
         apply_compile(model)
     if parallel_cfg.name == "fsdp2":

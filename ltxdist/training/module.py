@@ -38,6 +38,7 @@ from ltxdist.training.nonfinite import NonFiniteGuard, poison_nonfinite_loss, to
 from ltxdist.training.optim import build_optimizer, build_scheduler
 from ltxdist.training.warm_start import warm_start
 from ltxdist_kernels.attention import patch_attention_modules, resolve_backend
+from ltxdist_kernels.dispatch import set_calibration
 
 SIGMA_BUCKET_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -96,9 +97,11 @@ class LTXLoRAModule(pl.LightningModule):
         )
         if m.fp8_matmul:
             check_fp8_matmul_device(device)
-        if resolve_backend(self.cfg.model.kernels, device) == "triton":
+        backend = resolve_backend(self.cfg.model.kernels, device)
+        if backend != "torch":
             # before parallelize: sharding and compile must wrap the kernel-dispatching modules
-            patch_attention_modules(model, backend="triton")
+            patch_attention_modules(model, backend=backend)
+            set_calibration(self.cfg.model.kernels_calibrate)
         if self.cfg.parallel.sequence_parallel > 1:
             # After the kernel patch: its forward still calls attention_function, the seam wrapped here.
             self.sequence_parallel = new_sequence_parallel_group(self.cfg.parallel.sequence_parallel)

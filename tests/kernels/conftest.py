@@ -6,6 +6,8 @@ modules right here, before any test module of this folder imports them. The vari
 the session: Triton's interpreter imports parts of triton lazily at launch and checks it then. (On a
 CPU-only machine nothing else in the suite runs Triton kernels.) The interpreter's bf16 tl.dot is
 wrong, so CPU tests run in fp32; bf16 tests are marked `gpu` and skipped without CUDA.
+On a GPU the kernels run with fixed tile configs (LTXDIST_TRITON_AUTOTUNE=0), so the bf16 tests compile
+each kernel variant once instead of once per autotuning config and shape.
 """
 
 from __future__ import annotations
@@ -39,3 +41,6 @@ def _import_kernels(interpret: bool) -> None:
 
 
 _import_kernels(interpret=not torch.cuda.is_available())
+# On a GPU: one fixed tile config per kernel instead of autotuning every test shape (each autotuned shape
+# compiles every config: minutes on a fresh machine). Numerics do not depend on the tile config.
+os.environ.setdefault("LTXDIST_TRITON_AUTOTUNE", "0")

@@ -187,7 +187,7 @@ def test_patch_keeps_parameter_names_and_unpatch_restores() -> None:
 
 def test_auto_backend_resolution() -> None:
     assert resolve_backend("auto", torch.device("cpu")) == "torch"
-    assert resolve_backend("auto", torch.device("cuda", 0)) == "triton"
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "auto"  # per-call dispatch table
     assert resolve_backend("torch", torch.device("cuda", 0)) == "torch"
     assert resolve_backend("triton", torch.device("cpu")) == "triton"
 

@@ -1,0 +1,163 @@
+"""The LoRA linear as library GEMMs (cuBLAS on GPU): frozen base GEMM with the adapter accumulated in place.
+
+y = x W^T + b + s * (dropout(x) A^T) B^T, with W and b frozen and A, B trainable (fp32 master weights).
+
+Shape legend: M rows (leading dims of x flattened), K in_features, N out_features, R rank.
+Tensors: x_MK, W_NK, b_N, A_RK, B_NR, u_MR = dropout(x) A^T, g_MR = dy B, dy_MN.
+
+Why this shape of computation (GPU figures of 2026-12-04, benchmarks/results/kernels_1xh200_*): at
+T = 10,752, 4096 -> 4096 the frozen GEMM alone (forward + input gradient) takes 1.01 ms on cuBLAS; eager
+LoRA 1.50 ms, of which the adapter's own FLOPs are only 3R/K of the base (2.3% at r32). The rest is extra
+passes over (M, N)-sized tensors: `base + lora` reads both and writes a third. Here every (M, N) or (M, K)
+result is produced by exactly one pass, and the LoRA product is added by the base GEMM itself:
+
+  forward   u_MR  = dropout(x) A^T                  one skinny GEMM over x (saved for backward)
+            y_MN  = b + s * u B^T                   K = R GEMM writes y once (bias broadcast in)
+            y_MN += x W^T                           THE frozen GEMM, beta = 1: reads y in its epilogue
+  backward  g_MR  = s * dy B                        skinny GEMM over dy
+            dB_NR = s * dy^T u                      from the saved u: no recompute of x A^T
+            dA_RK = g^T dropout(x)                  one pass over x
+            dx_MK = dropout_mask * (g A) / (1 - p)  K = R GEMM writes dx once
+            dx_MK += dy W                           THE frozen GEMM's input gradient, beta = 1
+
+Adapter math runs in x's dtype (bf16 in training) with fp32 accumulation (the GEMM libraries accumulate
+in fp32); A and B stay fp32 master weights and their gradients come back in fp32 (on CUDA straight from
+the fp32 accumulator, elsewhere from the activation-dtype result).
+
+The two frozen GEMMs go through `frozen_matmul_`: the ONE call site a quantized frozen base (fp8 / int8
+weights up-cast per layer, scaled-mm) replaces.
+
+Dropout (p > 0): the keep-mask is drawn from torch's generator (so `torch.manual_seed` and activation
+checkpointing's RNG replay reproduce it) and saved as bool next to dropout(x), as eager dropout + linear
+save; kept elements are scaled by 1 / (1 - p), as `F.dropout`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def frozen_matmul_(
+    out: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, *, transposed: bool
+) -> torch.Tensor:
+    """out += a @ weight^T (transposed, the forward) or out += a @ weight (the input gradient), in place.
+
+    The frozen base layer's only GEMMs. In place with beta = 1, so cuBLAS adds `out` in its epilogue
+    instead of a separate read-modify-write pass. A quantized base swaps this function.
+    """
+    return out.addmm_(a, weight.t() if transposed else weight)
+
+
+@functools.cache
+def _has_mm_out_dtype() -> bool:
+    return hasattr(torch.ops.aten.mm, "dtype")
+
+
+def _mm_into_dtype(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """a @ b in `dtype` (a master weight's); 16-bit inputs on CUDA give fp32 straight from the accumulator."""
+    half = a.dtype in (torch.bfloat16, torch.float16)
+    if dtype == torch.float32 and half and a.is_cuda and _has_mm_out_dtype():
+        return torch.mm(a, b, out_dtype=torch.float32)
+    return torch.mm(a, b).to(dtype)
+
+
+def draw_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
+    """Bool keep-mask, each element kept with probability 1 - p, from torch's generator."""
+    return torch.empty(shape, dtype=torch.bool, device=device).bernoulli_(1.0 - p)
+
+
+class LoRALinearFunction(torch.autograd.Function):
+    """Autograd of the computation in the module docstring; x already 2-D (M, K)."""
+
+    @staticmethod
+    def forward(ctx, x_MK, weight_NK, bias_N, lora_A_RK, lora_B_NR, scaling, dropout_p, keep_MK):
+        dtype = x_MK.dtype
+        A_RK = lora_A_RK.to(dtype)
+        B_NR = lora_B_NR.to(dtype)
+        x_in_MK = x_MK
+        if keep_MK is not None:
+            x_in_MK = x_MK * keep_MK.to(dtype) * (1.0 / (1.0 - dropout_p))
+        u_MR = torch.mm(x_in_MK, A_RK.t())
+        if bias_N is None:
+            y_MN = torch.mm(u_MR, B_NR.t())
+            if scaling != 1.0:
+                y_MN.mul_(scaling)
+        else:
+            y_MN = torch.addmm(bias_N.to(dtype), u_MR, B_NR.t(), alpha=scaling)
+        frozen_matmul_(y_MN, x_MK, weight_NK, transposed=True)
+        # x itself is not needed backward (the base is frozen): only the adapter input is kept.
+        ctx.save_for_backward(x_in_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK)
+        ctx.scaling, ctx.dropout_p = float(scaling), float(dropout_p)
+        ctx.bias_dtype = None if bias_N is None else bias_N.dtype
+        return y_MN
+
+    @staticmethod
+    def backward(ctx, dy_MN):
+        x_in_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK = ctx.saved_tensors
+        need_dx, need_W, need_b, need_A, need_B = ctx.needs_input_grad[:5]
+        dtype = x_in_MK.dtype
+        s = ctx.scaling
+        dy_MN = dy_MN.to(dtype)
+        dx = dW = db = dA = dB = None
+        if need_dx or need_A:
+            g_MR = torch.mm(dy_MN, lora_B_NR.to(dtype))
+            if s != 1.0:
+                g_MR.mul_(s)
+            if need_A:
+                dA = _mm_into_dtype(g_MR.t(), x_in_MK, lora_A_RK.dtype)
+            if need_dx:
+                dx = torch.mm(g_MR, lora_A_RK.to(dtype))
+                if keep_MK is not None:
+                    dx.mul_(keep_MK.to(dtype)).mul_(1.0 / (1.0 - ctx.dropout_p))
+                frozen_matmul_(dx, dy_MN, weight_NK, transposed=False)
+        if need_B:
+            dB = _mm_into_dtype(dy_MN.t(), u_MR, lora_B_NR.dtype)
+            if s != 1.0:
+                dB.mul_(s)
+        # The base is frozen in LoRA training; these plain paths only keep autograd complete.
+        if need_W:
+            if keep_MK is not None:
+                raise RuntimeError("a trainable base weight with LoRA dropout is not supported")
+            dW = (dy_MN.t().float() @ x_in_MK.float()).to(weight_NK.dtype)
+        if need_b:
+            db = dy_MN.float().sum(dim=0).to(ctx.bias_dtype)
+        return dx, dW, db, dA, dB, None, None, None
+
+
+def lora_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    lora_A: torch.Tensor,
+    lora_B: torch.Tensor,
+    scaling: float,
+    dropout_p: float = 0.0,
+    keep_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y = x W^T + b + scaling * (dropout(x) A^T) B^T through library GEMMs (see the module docstring).
+
+    x: (..., K); weight: (N, K); bias: (N,) or None; lora_A: (R, K); lora_B: (N, R). Runs in x's dtype.
+    dropout_p > 0 drops elements of the adapter's input only; `keep_mask` (bool, x's shape) fixes the
+    mask (tests), otherwise it is drawn from torch's generator.
+    """
+    K = x.shape[-1]
+    N, R = weight.shape[0], lora_A.shape[0]
+    if weight.shape[1] != K or lora_A.shape[1] != K or tuple(lora_B.shape) != (N, R):
+        shapes = (
+            f"x {tuple(x.shape)}, W {tuple(weight.shape)}, A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}"
+        )
+        raise ValueError(f"expected x (..., K), W (N, K), A (R, K), B (N, R); got {shapes}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"lora.dropout must be in [0, 1), got {dropout_p}")
+    x_MK = x.reshape(-1, K)
+    keep_MK = None
+    if dropout_p > 0:
+        keep_MK = (
+            draw_keep_mask(x_MK.shape, dropout_p, x.device) if keep_mask is None else keep_mask.reshape(-1, K)
+        )
+    y_MN = LoRALinearFunction.apply(
+        x_MK, weight, bias, lora_A, lora_B, float(scaling), float(dropout_p), keep_MK
+    )
+    return y_MN.reshape(*x.shape[:-1], N)
