@@ -7,8 +7,8 @@
 #   2. the full-size trimmed matrix: kernels auto / torch / PEFT, AC modes  -> fullsize_<hw>_<date>.*
 #   3. the kernel benchmark: LoRA linear vs the frozen GEMM, q/k norm, SDPA backends, auto dispatch
 #                                                                            -> kernels_<hw>_<date>.*
-#   4. per-block torch.compile at 22B, in the time left (a timeout is a result) -> compile_<hw>_<date>.*
-#   5. (slot) the fp8 frozen-base benchmark
+#   4. the fp8 frozen base: bf16 / fp8 / fp8 + block swap, uncapped and at 24 GiB -> low_vram_<hw>_<date>.*
+#   5. per-block torch.compile at 22B, in the time left (a timeout is a result) -> compile_<hw>_<date>.*
 #   6. the summary table                                                     -> gpu_check_summary.md
 #
 # Here, once (needs PyPI): bash benchmarks/gpu_wheels.sh            (the pure-Python wheels, into .whl/)
@@ -132,7 +132,17 @@ else
     --out-dir "$OUT"
 fi
 
-# -- 4. per-block compile at 22B, in whatever time is left --------------------------------------------
+# -- 4. fp8 frozen base (issue 16): bf16 / fp8 / fp8 + block swap on the 22B architecture ----------------
+# Uncapped (the fp8-matmul throughput goal) and under a 24 GiB cap (the 24 GB-card goal).
+if [ "$MODE" = gpu ] || [ "$MODE" = plan ]; then
+  run_part fp8 150 60 $PY benchmarks/low_vram_bench.py --gpu --buckets 960x544x49 --ranks 32 --caps 0 24 \
+    --steps 2 --warmup 1 --out-dir "$OUT"
+else
+  run_part fp8 150 20 $PY benchmarks/low_vram_bench.py --gpu --preset tiny --device cpu --steps 1 \
+    --warmup 0 --buckets 64x64x9 --text-tokens 8 --out-dir "$OUT"
+fi
+
+# -- 5. per-block compile at 22B, in whatever time is left --------------------------------------------
 if [ "$MODE" = gpu ] || [ "$MODE" = plan ]; then
   run_part compile 200 60 $PY benchmarks/compile_bench.py --variants eager compiled --tokens 10752 5376 \
     --steps 3 --out-dir "$OUT"
@@ -145,12 +155,6 @@ if [ "$MODE" != plan ] && grep -q "^compile	timed out" "$PARTS"; then
   grep "^compile	" "$PARTS" | cut -f2 | sed 's/^/per-block compile of 2 blocks at 10,752 tokens /' \
     > "$OUT/compile.timeout"
 fi
-
-# -- 5. SLOT: fp8 frozen base -------------------------------------------------------------------------
-# >>> The lead adds the fp8 engineer's benchmark command here, e.g.
-# >>>   run_part fp8 120 60 $PY benchmarks/<fp8 benchmark>.py ... --out-dir "$OUT"
-# >>> (and its goal to benchmarks/gpu_summary.py). Keep the 9-minute total: parts 2-4 shrink to fit.
-# -- end of slot ----------------------------------------------------------------------------------------
 
 # -- 6. summary ---------------------------------------------------------------------------------------------
 if [ "$MODE" = plan ]; then

@@ -1,5 +1,5 @@
-"""One table of the speed goals (issues 8, 10, 21) from results files: measured value, goal, met / not met /
-unmeasured. Only what a results file holds counts: no file (or no row) for a goal is "unmeasured".
+"""One table of the speed and memory goals (issues 8, 10, 16, 21) from results files: measured value, goal,
+met / not met / unmeasured. Only what a results file holds counts: no file (or no row) for a goal is "unmeasured".
 
     python benchmarks/gpu_summary.py DIR [DIR ...] [--write OUT.md]
 
@@ -208,12 +208,37 @@ def sequence_parallel_goal(path: Path | None) -> dict[str, str]:
     return _goal(goal, target, value, _met(bool(r["fits_budget"])), path)
 
 
+def low_vram_goals(path: Path | None) -> list[dict[str, str]]:
+    """Issue 16: fp8 + block swap trains 960x544x49 r32 under a 24 GiB cap; fp8 matmuls >= 1.3x bf16."""
+    data = _load(path)
+    rows = [
+        r for r in (data or {}).get("rows", []) if r.get("bucket") == "960x544x49" and r.get("rank") == 32
+    ]
+    goal, target = "fp8 + block swap, 960x544x49 r32, under a 24 GiB cap", "trains (no OOM)"
+    capped = [r for r in rows if r["variant"].startswith("fp8+offload") and r.get("cap_gib") == 24]
+    if not capped:
+        out = [_goal(goal, target, "-", UNMEASURED, path)]
+    else:
+        r = capped[0]
+        value = f"{r['status']}, peak {r.get('peak_alloc_gib', '-')} GiB, {r.get('step_ms', '-')} ms per step"
+        out = [_goal(goal, target, value, _met(r["status"] == "ok"), path)]
+    uncapped = {r["variant"]: r for r in rows if not r.get("cap_gib") and r.get("status") == "ok"}
+    goal, target = "fp8 matmuls vs bf16 step throughput, 960x544x49 r32", ">= 1.3x"
+    if "fp8_matmul" not in uncapped or "bf16" not in uncapped:
+        out.append(_goal(goal, target, "-", UNMEASURED, path))
+    else:
+        ratio = uncapped["bf16"]["step_ms"] / uncapped["fp8_matmul"]["step_ms"]
+        out.append(_goal(goal, target, f"{ratio:.2f}x", _met(ratio >= 1.3), path))
+    return out
+
+
 def summarize(dirs: list[Path]) -> list[dict[str, str]]:
     goals = [kernel_test_goal(dirs)]
     goals += fullsize_goals(newest(dirs, "fullsize"))
     goals += kernel_goals(newest(dirs, "kernels"))
     goals.append(compile_goal(newest(dirs, "compile"), dirs))
     goals.append(sequence_parallel_goal(newest(dirs, "sequence_parallel")))
+    goals += low_vram_goals(newest(dirs, "low_vram"))
     return goals
 
 

@@ -4,6 +4,7 @@ statuses from results files). The dry run of the whole script takes minutes: run
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def test_plan_runs_the_parts_in_order_of_value_without_the_checkout_root_on_the_
         capture_output=True, text=True, check=True, timeout=30,
     ).stdout  # fmt: skip
     parts = [line.split("]")[0].lstrip("[") for line in plan.splitlines() if line.startswith("[")]
-    assert parts == ["setup", "kernel_tests", "fullsize", "kernels", "compile", "summary"]
+    assert parts == ["setup", "kernel_tests", "fullsize", "kernels", "fp8", "compile", "summary"]
     python_lines = [line for line in plan.splitlines() if "python3" in line and "pip" not in line]
     assert python_lines and all("python3 -P " in line for line in python_lines)  # no cwd on sys.path
     path_line = next(line for line in plan.splitlines() if "PYTHONPATH=" in line)
@@ -31,8 +32,8 @@ def test_plan_runs_the_parts_in_order_of_value_without_the_checkout_root_on_the_
     assert [Path(e).name for e in entries] == [".site", "benchmarks"]  # never the checkout root itself
     assert "-m gpu" in plan and "--junitxml" in plan and "--trimmed" in plan
     assert not (tmp_path / "out").exists()  # a plan writes nothing
-    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
-    assert "SLOT: fp8 frozen base" in script and script.index("SLOT: fp8") < script.index("# -- 6. summary")
+    fp8 = next(line for line in plan.splitlines() if line.startswith("[fp8]"))
+    assert "low_vram_bench.py --gpu" in fp8 and "--caps 0 24" in fp8  # uncapped and the 24 GiB card
 
 
 def test_summary_marks_each_goal_from_the_committed_h200_results() -> None:
@@ -65,3 +66,22 @@ def test_summary_reads_kernel_tests_and_a_compile_timeout(tmp_path) -> None:
     (tmp_path / "kernel_tests.seconds").write_text("75\n")  # all passed, but too slow
     goals = {g["goal"]: g for g in _summary().summarize([tmp_path])}
     assert goals["bf16 kernel tests on the GPU (compiled)"]["status"] == "not met"
+
+
+def test_summary_marks_the_low_vram_goals_from_a_results_file(tmp_path) -> None:
+    def row(variant: str, cap: int, status: str = "ok", step_ms: float = 1000.0) -> dict:
+        return {"bucket": "960x544x49", "rank": 32, "variant": variant, "cap_gib": cap, "status": status,
+                "step_ms": step_ms, "peak_alloc_gib": 20.0}  # fmt: skip
+
+    def goals(rows: list[dict]) -> dict[str, dict]:
+        (tmp_path / "low_vram_1xh200_2026-12-05.json").write_text(json.dumps({"rows": rows}))
+        return {g["goal"]: g for g in _summary().summarize([tmp_path])}
+
+    capped = "fp8 + block swap, 960x544x49 r32, under a 24 GiB cap"
+    speed = "fp8 matmuls vs bf16 step throughput, 960x544x49 r32"
+    assert goals([])[capped]["status"] == "unmeasured" and goals([])[speed]["status"] == "unmeasured"
+    got = goals([row("bf16", 0, step_ms=1400.0), row("fp8_matmul", 0), row("fp8+offload16", 24)])
+    assert got[capped]["status"] == "met" and got[speed]["status"] == "met"
+    assert got[speed]["measured"] == "1.40x"
+    got = goals([row("bf16", 0, step_ms=1200.0), row("fp8_matmul", 0), row("fp8+offload16", 24, "OOM")])
+    assert got[capped]["status"] == "not met" and got[speed]["status"] == "not met"
