@@ -1,5 +1,6 @@
 """One table of the speed and memory goals (issues 8, 10, 16, 21) from results files: measured value, goal,
-met / not met / unmeasured. Only what a results file holds counts: no file (or no row) for a goal is "unmeasured".
+met / not met / unmeasured. Only what a results file holds counts: no file (or no row) for a goal is
+"unmeasured".
 
     python benchmarks/gpu_summary.py DIR [DIR ...] [--write OUT.md]
 
