@@ -134,10 +134,11 @@ def train(cfg: Any) -> Path:
             cfg.trainer.keep_last_k,
             strategy_name=cfg.strategy.name,
             extra_metadata=lora_extra_metadata(cfg.strategy),
+            step_metrics=metrics,
         ),
     ]
     if cfg.trainer.progress_bar:
-        callbacks.append(StepProgressBar())
+        callbacks.append(StepProgressBar(metrics))
     if cfg.validation.name != "none":
         from ltxdist.training.validation import ValidationSampling
 
