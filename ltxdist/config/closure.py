@@ -96,7 +96,9 @@ def check_closed(cfg: Any) -> None:
         option = option_of(group, node)
         if option is None:
             raise ConfigError(
-                f"{group}: no option of the group is selected (choose one: {group}=<{_choices(group)}>)"
+                f"{group}: no option of the group is selected (choose one: {group}=<{_choices(group)}>), "
+                "or the selected option's YAML does not name its dataclass "
+                f"(`- /schema/{group}/<option>@_here_` first in its defaults; docs/config.md)"
             )
         name = node.get("name") if "name" in node else option
         if name != option:

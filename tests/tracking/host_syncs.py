@@ -72,7 +72,7 @@ _FACTORIES = {
 
 
 def _placement(func: Any, args: tuple, kwargs: dict) -> str | None:
-    """"device", "host" or None (no placement) for a factory or `.to()` / `.cuda()` call."""
+    """Where a factory or `.to()` / `.cuda()` call puts its result: "device", "host" or None."""
     if func is torch.Tensor.cuda:
         return "device"
     if func is torch.Tensor.to:
@@ -133,8 +133,10 @@ class HostSyncCounter(TorchFunctionMode):
             self._record(getattr(func, "__name__", str(func)))
         if from_device and func is torch.where and len(args) + len(kwargs) == 1:
             self._record("where(condition)")
-        if from_device and func is torch.Tensor.__getitem__ and any(
-            t.dtype == torch.bool for t in _tensors(args[1:])
+        if (
+            from_device
+            and func is torch.Tensor.__getitem__
+            and any(t.dtype == torch.bool for t in _tensors(args[1:]))
         ):
             self._record("boolean-mask indexing")
         placement = _placement(func, args, kwargs)
