@@ -136,7 +136,7 @@ def _overrides(args: argparse.Namespace, name: str, ckpt: Path, shards: Path, ru
         f"model.checkpoint={ckpt}",
         f"model.dtype={args.dtype}",
         "model.gradient_checkpointing=true",
-        "model.create_if_missing=false",
+        *(["model.create_if_missing=false"] if preset == "tiny" else []),  # an option of model=tiny only
         f"lora.rank={args.rank}",
         f"lora.alpha={args.rank}",
         f"lora.targets=[{','.join(args.targets)}]",

@@ -84,7 +84,6 @@ def bench_preset(preset: str, args: argparse.Namespace, work: Path, env: dict[st
             f"model.checkpoint={ckpt}",
             f"data.path={shards}",
             f"run.dir={run_dir}",
-            "model.name=tiny",
             f"model.dtype={args.dtype}",
             f"data.batch_size={args.batch_size}",
             f"data.num_workers={args.workers}",

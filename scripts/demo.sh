@@ -28,8 +28,8 @@ $BIN/python - "$OUT/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
 k = max(1, len(rows) // 5)
-first = sum(r["loss"] for r in rows[:k]) / k
-last = sum(r["loss"] for r in rows[-k:]) / k
+first = sum(r["loss/total"] for r in rows[:k]) / k
+last = sum(r["loss/total"] for r in rows[-k:]) / k
 print(f"loss: first {k} steps {first:.3f} -> last {k} steps {last:.3f}")
 PY
 echo "demo done: LoRA at $LORA"

@@ -1,13 +1,16 @@
 """Every YAML in conf/ composes against the typed schema and builds; mistakes name the key or flag."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 from omegaconf.errors import ConfigKeyError
 
 from ltxdist.config import ConfigError, validate_config
+from ltxdist.config.schema import GROUP_OPTIONS
 from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.lora import LoRASpec, inject_lora, lora_parameters
 from ltxdist.models import build_meta_transformer, load_transformer, read_checkpoint_info
@@ -46,6 +49,12 @@ def test_config_composes_validates_and_builds(group, option, tiny_ckpt, tmp_path
         overrides.append(f"model.checkpoint={tiny_ckpt}")
     cfg = _compose(overrides)
     validate_config(cfg)
+    if group in GROUP_OPTIONS:
+        # The option names its own dataclass (a new option without one fails here), and the composed
+        # node holds exactly that dataclass's keys.
+        schema = OmegaConf.get_type(cfg[group])
+        assert schema in GROUP_OPTIONS[group].values(), schema
+        assert set(cfg[group]) == {f.name for f in dataclasses.fields(schema)}
     build_strategy(cfg.strategy)
     spec = LoRASpec(
         rank=cfg.lora.rank, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout, targets=tuple(cfg.lora.targets)
@@ -192,3 +201,142 @@ def test_trainer_and_datamodule_build_for_every_parallel_and_logger_option(
     finally:
         if logger is not None:
             logger.experiment.finish()
+
+
+# -- a closed config (config/closure.py, config/hydra_errors.py) ---------------------------------------
+def _config_error(*overrides: str) -> str:
+    """The one-line ConfigError that composing (and validating) these overrides gives."""
+    from ltxdist.config.store import compose_train_config
+
+    with pytest.raises(ConfigError) as err:
+        validate_config(compose_train_config(["data.path=/shards", *overrides]))
+    message = str(err.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["+lora.rnak=4"], "lora.rnak: not an option of lora (did you mean lora.rank?)"),
+        (
+            ["++trainer.max_stpes=3"],
+            "trainer.max_stpes: not an option of trainer (did you mean trainer.max_steps?)",
+        ),
+        (["+foo=1"], "foo: not a config key or group"),
+        # removed: it did nothing (metrics are recorded every optimizer step)
+        (["trainer.log_every_n_steps=10"], "trainer.log_every_n_steps: not an option of trainer"),
+    ],
+)
+def test_keys_outside_the_schema_are_refused_with_a_plus_too(overrides, expected):
+    assert _config_error(*overrides).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["parallel=ddp", "parallel.reshard_after_forward=false"],
+            "parallel.reshard_after_forward: an option of parallel=fsdp2, not of the selected parallel=ddp",
+        ),
+        (
+            ["strategy=standard", "+strategy.reference_downscale_factor=2"],
+            "strategy.reference_downscale_factor: an option of strategy=video_to_video, not of the selected "
+            "strategy=standard",
+        ),
+        (
+            ["parallel=fsdp2", "parallel.offload_optimizer=true"],
+            "parallel.offload_optimizer: an option of parallel=deepspeed_zero2 | deepspeed_zero3, not of the "
+            "selected parallel=fsdp2",
+        ),
+        (
+            ["model=ltx23_22b", "model.create_if_missing=true"],
+            "model.create_if_missing: an option of model=tiny, not of the selected model=ltx23_22b",
+        ),
+        (
+            ["logger.project=mine"],
+            "logger.project: an option of logger=wandb, not of the selected logger=none",
+        ),
+        (
+            ["data=shards", "data.synthetic_num_samples=8"],
+            "data.synthetic_num_samples: an option of data=synthetic, not of the selected data=shards",
+        ),
+    ],
+)
+def test_options_of_an_unselected_variant_name_the_key_and_the_group(overrides, expected):
+    assert _config_error(*overrides).startswith(expected)
+
+
+@pytest.mark.parametrize("group", ["strategy", "parallel", "model", "optim", "logger", "validation"])
+def test_the_group_choice_is_the_only_selector(group):
+    other = {
+        "strategy": "video_to_video",
+        "parallel": "fsdp2",
+        "model": "ltx23_22b",
+        "optim": "adamw8bit",
+        "logger": "wandb",
+        "validation": "default",
+    }[group]
+    message = _config_error(f"{group}.name={other}")
+    assert message.startswith(f"{group}.name: the option is chosen with {group}=<"), message
+    assert message.endswith(f"use {group}={other} instead"), message
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("parallel=0", "parallel=0: not an option of parallel (choices: ddp | deepspeed_zero2 | "),
+        ("strategy=null", "strategy=null: not an option of strategy (choices: audio_ref_only_ic | standard"),
+        ("parallel=fdsp2", "parallel=fdsp2: not an option of parallel (choices: "),
+        ("~parallel", "parallel: no option of the group is selected (choose one: parallel=<single | ddp"),
+        ("lora.rank=abc", "lora.rank=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+    ],
+)
+def test_malformed_group_overrides_name_the_group_and_its_choices(override, expected):
+    message = _config_error(override)
+    assert message.startswith(expected), message
+    if override == "parallel=fdsp2":
+        assert message.endswith("did you mean parallel=fsdp2?")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "flag"),
+    [
+        (
+            ["optim.schedule.phase_two_lr=1e-5"],
+            "optim.schedule.phase_one_steps / optim.schedule.phase_two_lr",
+        ),
+        (["optim.schedule.min_lr_ratio=0.1"], "optim.schedule.min_lr_ratio"),
+        (["data.mix=[{name:a,path:/a}]"], "data.path"),
+    ],
+)
+def test_options_another_setting_ignores_are_refused(overrides, flag):
+    assert _config_error(*overrides).startswith(f"{flag}: ")
+
+
+def test_every_registered_option_has_its_yaml():
+    for group, options in GROUP_OPTIONS.items():
+        assert set(options) <= {p.stem for p in (CONF_DIR / group).glob("*.yaml")}, group
+
+
+def test_ltxdist_train_prints_a_config_mistake_as_one_line(tmp_path):
+    """The console: the key, its group and what was meant, no traceback, a usage error's exit status
+    (Hydra prints several lines and a hint about HYDRA_FULL_ERROR, and exits 1)."""
+    import os
+    import subprocess
+
+    from e2e_utils import BIN
+
+    proc = subprocess.run(
+        [str(BIN / "ltxdist-train"), "lora.rnak=4", f"run.dir={tmp_path / 'run'}"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "ltxdist-train: config error: lora.rnak: not an option of lora (did you mean lora.rank?)"
+    ]
+    assert not (tmp_path / "run").exists()  # nothing started

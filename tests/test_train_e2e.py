@@ -58,8 +58,8 @@ def test_readme_demo_runs_and_loss_goes_down(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = _metrics(tmp_path / "run")
     assert [r["step"] for r in rows] == list(range(1, 201))
-    first = sum(r["loss"] for r in rows[:40]) / 40
-    last = sum(r["loss"] for r in rows[-40:]) / 40
+    first = sum(r["loss/total"] for r in rows[:40]) / 40
+    last = sum(r["loss/total"] for r in rows[-40:]) / 40
     assert last < 0.85 * first, (first, last)
     lora = read_lora_file(tmp_path / "run" / "lora" / "lora_weights_step_000200.safetensors")
     assert lora.metadata["step"] == "200" and lora.metadata["base_model_version"] == "2.3.0"
@@ -208,9 +208,9 @@ def test_each_strategy_trains_with_falling_loss(tiny_ckpt, tmp_path, strategy):
     proc = _train(args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _metrics(tmp_path / "run")
-    assert len(rows) == 80 and all(math.isfinite(r["loss"]) for r in rows)
-    first = sum(r["loss"] for r in rows[:15]) / 15
-    last = sum(r["loss"] for r in rows[-15:]) / 15
+    assert len(rows) == 80 and all(math.isfinite(r["loss/total"]) for r in rows)
+    first = sum(r["loss/total"] for r in rows[:15]) / 15
+    last = sum(r["loss/total"] for r in rows[-15:]) / 15
     assert last < 0.9 * first, (first, last)
     streams = {"loss/video"} if strategy == "video_to_video" else {"loss/video", "loss/audio"}
     assert streams <= set(rows[-1])

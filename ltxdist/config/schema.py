@@ -2,6 +2,15 @@
 key is an error that names it; `validate_config` runs cross-field checks before any model is built.
 
 Each group dataclass holds one concern; functions receive the sub-config they need, not the whole tree.
+
+Closed groups: where a group's options differ in which keys they have (parallel, strategy, model, data,
+optim, logger, validation), each option has its own dataclass, a subclass of the group's common one,
+listed in GROUP_OPTIONS and named first in the option's defaults list (`conf/<group>/<option>.yaml`:
+`- /schema/<group>/<option>@_here_`). The composed config then holds only the selected option's keys:
+an option of another variant, or a misspelt `+key`, is an error naming the key and the group
+(config/closure.py). `name` comes from the choice (`strategy=video_to_video`), never from
+`strategy.name=...`. A key every option of a group has goes into the group's common dataclass; a key of
+one option goes into that option's dataclass (one line either way).
 """
 
 from __future__ import annotations
@@ -9,12 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING
+    name: str = MISSING  # the choice: model=tiny | ltx23_22b
     checkpoint: str = MISSING  # path to the LTX-2.3 .safetensors (transformer under model.diffusion_model.)
     dtype: str = "bfloat16"  # frozen base weights and compute dtype: bfloat16 | float32
     gradient_checkpointing: bool = False  # per transformer block (non-reentrant)
@@ -25,8 +34,6 @@ class ModelConfig:
     # kernels=auto on CUDA: time the paths of each call shape no committed measurement covers, the
     # first time it is seen (a few ms per shape, plus Triton's autotuning), instead of taking torch there
     kernels_calibrate: bool = False
-    # Write a tiny random checkpoint at `checkpoint` when it is missing (tiny preset only; demo & tests).
-    create_if_missing: bool = False
     # Storage of the frozen base Linear weights (ltxdist/quant, docs/low_vram.md): bf16 (= model.dtype, no
     # quantization) | fp8 (float8_e4m3fn + scale; an FP8 checkpoint loads as it is) | int8 (torchao).
     base_precision: str = "bf16"
@@ -35,6 +42,22 @@ class ModelConfig:
     # Frozen weights of this many transformer blocks stay in host memory and are copied in one block ahead
     # (block swap, parallel/offload.py); needs gradient_checkpointing. 0 = off.
     offload_blocks: int = 0
+
+
+@dataclass
+class TinyModelConfig(ModelConfig):
+    """model=tiny: a tiny random LTX-2.3-format checkpoint (demo & tests)."""
+
+    name: str = "tiny"
+    # Write a tiny random checkpoint at `checkpoint` when it is missing.
+    create_if_missing: bool = False
+
+
+@dataclass
+class LTX23ModelConfig(ModelConfig):
+    """model=ltx23_22b: the official LTX-2.3 22B checkpoint."""
+
+    name: str = "ltx23_22b"
 
 
 @dataclass
@@ -53,27 +76,50 @@ class LoRAConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "standard"
+    name: str = MISSING  # the choice: strategy=standard | video_to_video | audio_ref_only_ic
     first_frame_conditioning_p: float = 0.1
-    with_audio: bool = True  # train the audio stream jointly when samples carry audio latents
-    audio_sigma: str = "shared"  # shared | independent
     video_loss_weight: float = 1.0
     audio_loss_weight: float = 1.0
     caption_dropout_p: float = 0.0
-    # video_to_video: target H/W over reference H/W (one integer for both); written into the LoRA file
-    reference_downscale_factor: int = 1
-    # audio_ref_only_ic
-    use_negative_ref_positions: bool = True
-    mask_video_to_ref_audio: bool = False
-    mask_ref_audio_to_text: bool = False
-    # audio_ref_only_ic: identity guidance scale at inference (an extra pass without the reference voice);
-    # used by validation and written into the LoRA metadata, where ltxdist-sample reads it (ID-LoRA: 3)
-    identity_guidance_scale: float = 3.0
     # shifted logit-normal sigma sampling (mu linear in the generated token count)
     sigma_mu_at_1024: float = 0.95
     sigma_mu_at_4096: float = 2.05
     sigma_std: float = 1.0
     sigma_uniform_p: float = 0.1
+
+
+@dataclass
+class StandardStrategyConfig(StrategyConfig):
+    """strategy=standard: text-to-video with optional joint audio."""
+
+    name: str = "standard"
+    with_audio: bool = True  # train the audio stream jointly when samples carry audio latents
+    audio_sigma: str = "shared"  # shared | independent
+
+
+@dataclass
+class VideoToVideoStrategyConfig(StandardStrategyConfig):
+    """strategy=video_to_video: IC-LoRA, [target | clean reference] in one self-attention."""
+
+    name: str = "video_to_video"
+    with_audio: bool = False
+    # target H/W over reference H/W (one integer for both); written into the LoRA file
+    reference_downscale_factor: int = 1
+
+
+@dataclass
+class AudioRefOnlyICStrategyConfig(StrategyConfig):
+    """strategy=audio_ref_only_ic: ID-LoRA, identity from reference audio (always trains the audio
+    stream, noised with the video's sigma)."""
+
+    name: str = "audio_ref_only_ic"
+    first_frame_conditioning_p: float = 0.9
+    use_negative_ref_positions: bool = True
+    mask_video_to_ref_audio: bool = False
+    mask_ref_audio_to_text: bool = False
+    # identity guidance scale at inference (an extra pass without the reference voice); used by
+    # validation and written into the LoRA metadata, where ltxdist-sample reads it (ID-LoRA: 3)
+    identity_guidance_scale: float = 3.0
 
 
 @dataclass
@@ -92,16 +138,22 @@ class DataConfig:
     num_workers: int = 0
     shuffle_buffer: int = 64
     split: str = "auto"  # auto | shard | sample
-    # Make a synthetic cached-latent dataset at `path` when it is missing (demo & tests only).
+    # Train on shards prepared for another base model version (major.minor) / with other encoder weights
+    # than model.checkpoint; refused by default (data/compat.py): their latents are in another space.
+    allow_model_version_mismatch: bool = False
+    allow_encoder_mismatch: bool = False
+
+
+@dataclass
+class SyntheticDataConfig(DataConfig):
+    """data=synthetic: synthetic cached latents (demo & tests)."""
+
+    # Make a synthetic cached-latent dataset at `path` when it is missing.
     synthetic_if_missing: bool = False
     synthetic_num_samples: int = 32
     synthetic_buckets: list[str] = field(default_factory=lambda: ["64x64x17"])
     synthetic_reference_video_downscale: int | None = None  # add IC-LoRA references (video_to_video)
     synthetic_reference_audio_frames: int | None = None  # add ID-LoRA reference audio (audio_ref_only_ic)
-    # Train on shards prepared for another base model version (major.minor) / with other encoder weights
-    # than model.checkpoint; refused by default (data/compat.py): their latents are in another space.
-    allow_model_version_mismatch: bool = False
-    allow_encoder_mismatch: bool = False
 
 
 @dataclass
@@ -115,12 +167,24 @@ class ScheduleConfig:
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | adamw8bit
+    name: str = MISSING  # the choice: optim=adamw | adamw8bit
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class AdamWConfig(OptimConfig):
+    name: str = "adamw"
+
+
+@dataclass
+class AdamW8bitConfig(OptimConfig):
+    """bitsandbytes AdamW-8bit (CUDA only)."""
+
+    name: str = "adamw8bit"
 
 
 @dataclass
@@ -130,7 +194,6 @@ class TrainerConfig:
     gradient_clip_val: float | None = 1.0
     checkpoint_every_n_steps: int = 250
     keep_last_k: int = 3
-    log_every_n_steps: int = 1
     progress_bar: bool = True
     deterministic: bool = False
     # A step whose loss or gradients hold NaN/Inf is skipped and counted (train/nonfinite_skipped); this
@@ -143,11 +206,10 @@ PARALLEL_NAMES = ("single", "ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3"
 
 @dataclass
 class ParallelConfig:
-    name: str = "single"  # single | ddp | fsdp2 | deepspeed_zero2 | deepspeed_zero3 (docs/distributed.md)
+    name: str = MISSING  # the choice: single | ddp | fsdp2 | deepspeed_zero2 | deepspeed_zero3
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1  # processes per node
     num_nodes: int = 1
-    process_group_backend: str | None = None  # None: nccl on GPU, gloo on CPU
     compile: bool = False  # torch.compile each transformer block (after activation checkpointing)
     # Activation checkpointing per transformer block (parallel/activation_checkpointing.py): auto (budget
     # when memory_budget_gib is set, else model.gradient_checkpointing) | off | full | attention (keep the
@@ -157,23 +219,65 @@ class ParallelConfig:
     # GPU memory one process may use (GiB): budget mode picks, per step shape, the least recompute whose
     # predicted peak fits (the activation memory model of parallel/activation_memory.py)
     memory_budget_gib: float | None = None
-    # fsdp2: free the gathered block weights after forward (re-gather in backward): less memory, more comm
-    reshard_after_forward: bool = True
-    reduce_dtype: str = "float32"  # fsdp2: dtype of the gradient reduce-scatter (LoRA grads)
-    # deepspeed_zero2 / deepspeed_zero3: keep optimizer state (and for zero3 also parameters) on the CPU
-    offload_optimizer: bool = False
-    offload_params: bool = False
-    # A collective (gradient all-reduce, barrier, broadcast) waiting longer than this for another rank
-    # fails with an error naming this flag instead of hanging (a hung or dead rank).
-    collective_timeout_s: float = 1800.0
     # Ulysses sequence parallelism: groups of this many consecutive processes share each sample, every
     # process holding 1/N of its tokens (parallel/sequence_parallel.py; docs/distributed.md). 1 = off.
     sequence_parallel: int = 1
 
 
 @dataclass
-class LoggerConfig:
-    name: str = "none"  # none | wandb
+class SingleParallelConfig(ParallelConfig):
+    """parallel=single: one process."""
+
+    name: str = "single"
+
+
+@dataclass
+class DistributedParallelConfig(ParallelConfig):
+    """What every multi-process option has (docs/distributed.md)."""
+
+    process_group_backend: str | None = None  # None: nccl on GPU, gloo on CPU
+    # A collective (gradient all-reduce, barrier, broadcast) waiting longer than this for another rank
+    # fails with an error naming this flag instead of hanging (a hung or dead rank).
+    collective_timeout_s: float = 1800.0
+
+
+@dataclass
+class DDPParallelConfig(DistributedParallelConfig):
+    name: str = "ddp"
+
+
+@dataclass
+class FSDP2ParallelConfig(DistributedParallelConfig):
+    name: str = "fsdp2"
+    # free the gathered block weights after forward (re-gather in backward): less memory, more comm
+    reshard_after_forward: bool = True
+    reduce_dtype: str = "float32"  # dtype of the gradient reduce-scatter (LoRA grads)
+
+
+@dataclass
+class DeepSpeedZero2ParallelConfig(DistributedParallelConfig):
+    name: str = "deepspeed_zero2"
+    offload_optimizer: bool = False  # keep the optimizer state on the CPU
+
+
+@dataclass
+class DeepSpeedZero3ParallelConfig(DeepSpeedZero2ParallelConfig):
+    name: str = "deepspeed_zero3"
+    offload_params: bool = False  # keep the parameter partitions on the CPU too
+
+
+@dataclass
+class NoLoggerConfig:
+    """logger=none: metrics.jsonl only. The common part of every logger option."""
+
+    name: str = "none"  # the choice: logger=none | wandb
+
+
+@dataclass
+class LoggerConfig(NoLoggerConfig):
+    """logger=wandb: Weights & Biases."""
+
+    name: str = "wandb"
     project: str = "ltxdist"
     entity: str | None = None
     mode: str = "auto"  # auto (online only if WANDB_API_KEY is set) | online | offline | disabled
@@ -198,10 +302,17 @@ class ValidationReference:
 
 
 @dataclass
-class ValidationConfig:
+class NoValidationConfig:
+    """validation=none: no sampling during training. The common part of every validation option."""
+
+    name: str = "none"  # the choice: validation=none | default | ic_lora_card | id_lora
+
+
+@dataclass
+class ValidationConfig(NoValidationConfig):
     """Validation sampling during training (training/validation.py; docs/sampling.md)."""
 
-    name: str = "none"  # none: off; any other config (e.g. default) samples
+    name: str = "default"
     every_n_steps: int = 250
     at_start: bool = False  # also sample before the first step (the base model + fresh adapters)
     prompts: list[str] = field(default_factory=list)
@@ -230,6 +341,20 @@ class ValidationConfig:
 
 
 @dataclass
+class ICLoRACardValidationConfig(ValidationConfig):
+    """validation=ic_lora_card: as the Ingredients IC-LoRA model card samples (same keys as default)."""
+
+    name: str = "ic_lora_card"
+
+
+@dataclass
+class IDLoRAValidationConfig(ValidationConfig):
+    """validation=id_lora: as ID-LoRA-2.3 publishes its inference (same keys as default)."""
+
+    name: str = "id_lora"
+
+
+@dataclass
 class StageConfig:
     """One stage of a curriculum: its own step count and config overrides (Hydra dotlist syntax)."""
 
@@ -247,12 +372,40 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    logger: NoLoggerConfig = field(default_factory=NoLoggerConfig)
+    validation: NoValidationConfig = field(default_factory=NoValidationConfig)
     run: RunConfig = field(default_factory=RunConfig)
     # Non-empty: run these stages in order in one command, carrying LoRA + optimizer (training/curriculum.py)
     stages: list[StageConfig] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+
+
+# The options of each closed group (see the module doc): conf/<group>/<option>.yaml names
+# /schema/<group>/<option> first in its defaults list (config/store.py registers them there).
+GROUP_OPTIONS: dict[str, dict[str, type]] = {
+    "model": {"tiny": TinyModelConfig, "ltx23_22b": LTX23ModelConfig},
+    "strategy": {
+        "standard": StandardStrategyConfig,
+        "video_to_video": VideoToVideoStrategyConfig,
+        "audio_ref_only_ic": AudioRefOnlyICStrategyConfig,
+    },
+    "data": {"shards": DataConfig, "synthetic": SyntheticDataConfig},
+    "optim": {"adamw": AdamWConfig, "adamw8bit": AdamW8bitConfig},
+    "parallel": {
+        "single": SingleParallelConfig,
+        "ddp": DDPParallelConfig,
+        "fsdp2": FSDP2ParallelConfig,
+        "deepspeed_zero2": DeepSpeedZero2ParallelConfig,
+        "deepspeed_zero3": DeepSpeedZero3ParallelConfig,
+    },
+    "logger": {"none": NoLoggerConfig, "wandb": LoggerConfig},
+    "validation": {
+        "none": NoValidationConfig,
+        "default": ValidationConfig,
+        "ic_lora_card": ICLoRACardValidationConfig,
+        "id_lora": IDLoRAValidationConfig,
+    },
+}
 
 
 class ConfigError(ValueError):
@@ -265,7 +418,11 @@ def _require(cond: bool, flag: str, message: str) -> None:
 
 
 def validate_config(cfg: Any) -> None:
-    """Cross-field checks that must pass before any model is built."""
+    """Cross-field checks that must pass before any model is built (after the closure check: every key
+    belongs to the selected options)."""
+    from ltxdist.config.closure import check_closed  # closure.py reads GROUP_OPTIONS from here
+
+    check_closed(cfg)
     _require(cfg.model.dtype in ("bfloat16", "float32"), "model.dtype", "must be bfloat16 or float32")
     _require(
         cfg.model.kernels in ("auto", "triton", "torch"), "model.kernels", "must be auto, triton or torch"
@@ -280,34 +437,23 @@ def validate_config(cfg: Any) -> None:
         "strategy",
         f"unknown strategy {cfg.strategy.name!r} (standard | video_to_video | audio_ref_only_ic)",
     )
-    _require(
-        cfg.strategy.reference_downscale_factor >= 1,
-        "strategy.reference_downscale_factor",
-        "must be an integer >= 1",
-    )
+    if cfg.strategy.name == "video_to_video":
+        _require(
+            cfg.strategy.reference_downscale_factor >= 1,
+            "strategy.reference_downscale_factor",
+            "must be an integer >= 1",
+        )
     _require(
         0 <= cfg.strategy.first_frame_conditioning_p <= 1,
         "strategy.first_frame_conditioning_p",
         "must be a probability in [0, 1]",
     )
     _require(0 <= cfg.strategy.caption_dropout_p <= 1, "strategy.caption_dropout_p", "must be in [0, 1]")
-    _require(
-        cfg.strategy.audio_sigma in ("shared", "independent"),
-        "strategy.audio_sigma",
-        "must be shared or independent",
-    )
-    if cfg.strategy.name == "audio_ref_only_ic":
-        # The strategy trains the target audio at the video's sigma and always feeds audio: say so
-        # rather than silently ignore these flags.
+    if "audio_sigma" in cfg.strategy:  # audio_ref_only_ic has none: audio at the video's sigma, always
         _require(
-            cfg.strategy.audio_sigma == "shared",
+            cfg.strategy.audio_sigma in ("shared", "independent"),
             "strategy.audio_sigma",
-            "audio_ref_only_ic noises the target audio with the video's sigma; only shared is supported",
-        )
-        _require(
-            cfg.strategy.with_audio,
-            "strategy.with_audio",
-            "audio_ref_only_ic always trains the audio stream; with_audio=false is not supported",
+            "must be shared or independent",
         )
     _require(
         cfg.strategy.video_loss_weight >= 0 and cfg.strategy.audio_loss_weight >= 0,
@@ -318,6 +464,11 @@ def validate_config(cfg: Any) -> None:
         bool(cfg.data.mix) or cfg.data.path is not None,
         "data.path",
         "set data.path=<shard dir>, or list several under data.mix",
+    )
+    _require(
+        not cfg.data.mix or OmegaConf.is_missing(cfg.data, "path") or cfg.data.path is None,
+        "data.path",
+        "unused when data.mix lists the shard directories: set data.path=null (or drop data.mix)",
     )
     _require(
         all(m.weight > 0 for m in cfg.data.mix),
@@ -339,6 +490,18 @@ def validate_config(cfg: Any) -> None:
     if sched.name == "two_phase":
         _require(sched.phase_one_steps > 0, "optim.schedule.phase_one_steps", "must be > 0 for two_phase")
         _require(sched.phase_two_lr > 0, "optim.schedule.phase_two_lr", "must be > 0 for two_phase")
+    else:  # schedule options another schedule would use do nothing here: say so
+        _require(
+            sched.phase_one_steps == 0 and sched.phase_two_lr == 0,
+            "optim.schedule.phase_one_steps / optim.schedule.phase_two_lr",
+            f"options of optim.schedule.name=two_phase, not of {sched.name}",
+        )
+    if sched.name not in ("linear", "cosine"):
+        _require(
+            sched.min_lr_ratio == 0,
+            "optim.schedule.min_lr_ratio",
+            f"the floor of linear and cosine decay; schedule {sched.name} does not decay to it",
+        )
     _require(cfg.trainer.max_steps >= 1, "trainer.max_steps", "must be >= 1")
     _require(cfg.trainer.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", "must be >= 1")
     _require(cfg.trainer.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps", "must be >= 1")
@@ -348,11 +511,12 @@ def validate_config(cfg: Any) -> None:
         "trainer.max_consecutive_nonfinite",
         f"must be >= 1 (non-finite steps tolerated in a row), got {cfg.trainer.max_consecutive_nonfinite}",
     )
-    _require(
-        cfg.parallel.collective_timeout_s > 0,
-        "parallel.collective_timeout_s",
-        f"must be > 0 seconds, got {cfg.parallel.collective_timeout_s}",
-    )
+    if "collective_timeout_s" in cfg.parallel:  # every multi-process option
+        _require(
+            cfg.parallel.collective_timeout_s > 0,
+            "parallel.collective_timeout_s",
+            f"must be > 0 seconds, got {cfg.parallel.collective_timeout_s}",
+        )
     _require(
         cfg.parallel.name in PARALLEL_NAMES,
         "parallel",
@@ -383,22 +547,12 @@ def validate_config(cfg: Any) -> None:
         "parallel.activation_checkpointing_every",
         f"must be >= 1, got {cfg.parallel.activation_checkpointing_every}",
     )
-    _require(
-        cfg.parallel.reduce_dtype in ("float32", "bfloat16"),
-        "parallel.reduce_dtype",
-        "must be float32 or bfloat16",
-    )
-    _require(
-        not (cfg.parallel.offload_optimizer or cfg.parallel.offload_params)
-        or cfg.parallel.name.startswith("deepspeed"),
-        "parallel.offload_optimizer / parallel.offload_params",
-        "CPU offload is a DeepSpeed option: use parallel=deepspeed_zero2 or parallel=deepspeed_zero3",
-    )
-    _require(
-        not cfg.parallel.offload_params or cfg.parallel.name == "deepspeed_zero3",
-        "parallel.offload_params",
-        "only ZeRO-3 partitions parameters; use parallel=deepspeed_zero3 to offload them",
-    )
+    if cfg.parallel.name == "fsdp2":
+        _require(
+            cfg.parallel.reduce_dtype in ("float32", "bfloat16"),
+            "parallel.reduce_dtype",
+            "must be float32 or bfloat16",
+        )
     _require(
         cfg.parallel.devices >= 1 and cfg.parallel.num_nodes >= 1,
         "parallel.devices / parallel.num_nodes",
@@ -430,11 +584,12 @@ def validate_config(cfg: Any) -> None:
             "parallel=single runs one process; use parallel=ddp for devices > 1 or num_nodes > 1",
         )
     _require(cfg.logger.name in ("none", "wandb"), "logger", f"unknown logger {cfg.logger.name!r}")
-    _require(
-        cfg.logger.mode in ("auto", "online", "offline", "disabled"),
-        "logger.mode",
-        "must be auto, online, offline or disabled",
-    )
+    if cfg.logger.name == "wandb":
+        _require(
+            cfg.logger.mode in ("auto", "online", "offline", "disabled"),
+            "logger.mode",
+            "must be auto, online, offline or disabled",
+        )
     if "validation" in cfg:
         validate_validation_config(cfg.validation, cfg.strategy.name)
 

@@ -27,7 +27,8 @@ def describe_layout(cfg: Any) -> str:
     lines = [
         f"parallel         {p.name}: {_SHARDING.get(p.name, '?').format(world=world)}",
         f"world            {p.num_nodes} node(s) x {p.devices} process(es) = {world}",
-        f"accelerator      {p.accelerator} (backend {p.process_group_backend or 'nccl on GPU, gloo on CPU'})",
+        f"accelerator      {p.accelerator} "
+        f"(backend {p.get('process_group_backend') or 'nccl on GPU, gloo on CPU'})",
         f"global batch     {data_parallel} x data.batch_size {cfg.data.batch_size} x accumulate {accumulate} "
         f"= {per_step} samples per optimizer step",
         f"steps            {cfg.trainer.max_steps} (lr schedule {cfg.optim.schedule.name}, stepped once per "
@@ -42,8 +43,9 @@ def describe_layout(cfg: Any) -> str:
         )
     if p.compile:
         lines.append("compile          torch.compile per transformer block")
-    if p.offload_optimizer or p.offload_params:
-        lines.append(f"offload          optimizer={p.offload_optimizer} params={p.offload_params} (to CPU)")
+    if p.get("offload_optimizer") or p.get("offload_params"):  # DeepSpeed options only
+        offload = f"optimizer={p.offload_optimizer} params={p.get('offload_params', False)}"
+        lines.append(f"offload          {offload} (to CPU)")
     return "\n".join(lines)
 
 

@@ -53,8 +53,15 @@ class CheckpointAndExport(pl.Callback):
         keep_last_k: int,
         strategy_name: str,
         extra_metadata: dict[str, Any] | None = None,
+        step_metrics: Any = None,
     ):
         self.run_dir = run_dir
+        # tracking.metrics.TrainingMetrics: whether any rank received a stop signal travels in the step's
+        # one host sync (`_signal_on_any_rank`); without it, this callback reduces the flag itself.
+        self.step_metrics = step_metrics
+        if step_metrics is not None:
+            for sig in STOP_SIGNALS:
+                step_metrics.add_step_counter(_signal_slot(sig), lambda sig=sig: float(self._signal == sig))
         self.every_n_steps = every_n_steps
         self.keep_last_k = keep_last_k
         self.strategy_name = strategy_name
@@ -135,8 +142,14 @@ class CheckpointAndExport(pl.Callback):
         self._previous_handlers = {}
 
     def _signal_on_any_rank(self, trainer: pl.Trainer) -> int:
-        """The strongest signal any rank received (SIGTERM > SIGUSR1), 0 if none. One tiny all-reduce
-        per optimizer step (a host sync on GPU): all ranks must stop at the same step."""
+        """The strongest signal any rank received (SIGTERM > SIGUSR1), 0 if none, the same on every rank:
+        all ranks must stop at the same step. Read from the step's one host sync (each rank's flag as of
+        its `read_step`: a later signal is seen at the next step); else one tiny all-reduce."""
+        values = (
+            self.step_metrics.values_of_step(trainer.global_step) if self.step_metrics is not None else {}
+        )
+        if values:
+            return max((int(sig) for sig in STOP_SIGNALS if values[_signal_slot(sig)] > 0), default=0)
         code = torch.tensor([self._signal], device=trainer.strategy.root_device)
         if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(code, op=torch.distributed.ReduceOp.MAX)
@@ -204,6 +217,10 @@ class CheckpointAndExport(pl.Callback):
         self._last_saved_step = step
 
 
+def _signal_slot(sig: signal.Signals) -> str:
+    return f"signal/{sig.name}"
+
+
 def _fail_together(trainer: pl.Trainer, failure: OSError | None, path: Path) -> None:
     """Raise on every rank if a write failed on any (one all-reduce when distributed)."""
     failed = torch.tensor([int(failure is not None)], device=trainer.strategy.root_device)
@@ -256,13 +273,15 @@ def _requeue_slurm_job() -> None:
 
 
 class MetricsJsonl(pl.Callback):
-    """One JSON line per optimizer step with every logged metric (rank 0 only), W&B or not."""
+    """One JSON line per optimizer step (rank 0 only), W&B or not: the record header (`step`,
+    `batches_seen`: this rank's data position, `wall_time`) and the step's metrics as
+    tracking/metrics.py reduced them over ranks, which go to every logger (W&B) as well."""
 
-    def __init__(self, path: Path, metrics: Any = None):
+    HEADER = ("step", "batches_seen", "wall_time")
+
+    def __init__(self, path: Path, metrics: Any):
         self.path = path
-        # ltxdist.tracking.metrics.TrainingMetrics: the step's metrics reduced over ranks (and throughput,
-        # MFU, memory, data wait); they override the rank-0 values of callback_metrics below.
-        self.metrics = metrics
+        self.metrics = metrics  # ltxdist.tracking.metrics.TrainingMetrics
         self._last_step = -1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -284,41 +303,19 @@ class MetricsJsonl(pl.Callback):
         if not trainer.is_global_zero or step == self._last_step or step == 0:
             return
         self._last_step = step
-        record: dict[str, Any] = {
-            "step": step,
-            "batches_seen": pl_module.batches_seen,
-            "wall_time": time.time(),
-        }
-        if hasattr(pl_module, "step_summary"):
-            record.update(pl_module.step_summary())
-        for key, value in trainer.callback_metrics.items():  # anything else logged with self.log
-            record[key] = value.item() if isinstance(value, torch.Tensor) else value
-        record["lr"] = trainer.optimizers[0].param_groups[0]["lr"]
-        parts = getattr(pl_module, "_last_parts", {})
-        for stream in ("video", "audio"):
-            for bucket, (total, count) in parts.get(f"sigma_buckets/{stream}", {}).items():
-                if int(count) > 0:
-                    record[f"loss/{stream}/sigma_{bucket}"] = float(total) / int(count)
-        if getattr(pl_module, "_last_grad_norm", None) is not None:
-            record["grad_norm"] = float(pl_module._last_grad_norm)
-        guard = getattr(pl_module, "nonfinite", None)
-        if guard is not None:
-            # Steps skipped for a non-finite loss or gradients: the total so far, and this step.
-            record["train/nonfinite_skipped"] = guard.total
-            record["train/step_skipped"] = int(guard.last_skipped)
-        if self.metrics is not None and self.metrics.latest_step == step:
-            record.update(self.metrics.latest)
+        metrics = self.metrics.latest if self.metrics.latest_step == step else {}
+        record = {"step": step, "batches_seen": pl_module.batches_seen, "wall_time": time.time(), **metrics}
         _append_line(self.path, json.dumps(record) + "\n")
         # The same numbers go to W&B (and any other logger), so the two never disagree.
-        scalars = {k: v for k, v in record.items() if k != "step" and isinstance(v, (int, float))}
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
+            logger.log_metrics(dict(metrics), step=step)
 
 
 class StepProgressBar(pl.Callback):
     """tqdm bar over optimizer steps (not epochs: the stream is infinite) with loss and throughput."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: Any) -> None:
+        self.metrics = metrics  # ltxdist.tracking.metrics.TrainingMetrics: the step's reduced values
         self._bar: Any = None
         self._last_step = -1
 
@@ -340,12 +337,12 @@ class StepProgressBar(pl.Callback):
             return
         self._bar.update(trainer.global_step - self._last_step)
         self._last_step = trainer.global_step
-        m = pl_module.step_summary() if hasattr(pl_module, "step_summary") else trainer.callback_metrics
+        m = self.metrics.latest
         postfix = {}
-        if "loss" in m:
-            postfix["loss"] = f"{float(m['loss']):.4f}"
+        if "loss/total" in m:
+            postfix["loss"] = f"{m['loss/total']:.4f}"
         if "throughput/tokens_per_s" in m:
-            postfix["tok/s"] = f"{float(m['throughput/tokens_per_s']):.0f}"
+            postfix["tok/s"] = f"{m['throughput/tokens_per_s']:.0f}"
         self._bar.set_postfix(postfix, refresh=False)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

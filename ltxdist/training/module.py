@@ -8,7 +8,6 @@ uninterrupted one would, without saving generator state.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import lightning.pytorch as pl
@@ -32,6 +31,7 @@ from ltxdist.quant.base import check_fp8_matmul_device, prepare_quantized_base
 from ltxdist.strategies import StrategyOutput, build_strategy
 from ltxdist.strategies.attention_masks import set_attention_masks
 from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
+from ltxdist.tracking.metrics import TrainingMetrics
 from ltxdist.training.datamodule import empty_caption_dir
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
 from ltxdist.training.nonfinite import NonFiniteGuard, poison_nonfinite_loss, total_grad_norm
@@ -57,9 +57,8 @@ class LTXLoRAModule(pl.LightningModule):
         self.batches_seen = 0  # micro-batches consumed by this rank: the data position
         self.strict_loading = False  # checkpoints hold adapter weights only
         self._empty_caption: dict[str, torch.Tensor] | None = None
-        self._t_last = 0.0
-        self._last_parts: dict[str, Any] = {}
-        self._last_grad_norm: torch.Tensor | None = None
+        self._last_parts: dict[str, Any] = {}  # this rank's last micro-batch (device values), for metrics
+        self._metrics: TrainingMetrics | None = None  # the step's one host read (tracking/metrics.py)
         # NaN/Inf steps: skipped, counted, K in a row stop the run (training/nonfinite.py)
         self.nonfinite = NonFiniteGuard(cfg.trainer.max_consecutive_nonfinite)
         self._batch_ids: list[str] = []
@@ -208,29 +207,14 @@ class LTXLoRAModule(pl.LightningModule):
                 torch.cuda.manual_seed(seed)
         loss, parts = self.compute_loss(batch)
         self.batches_seen += 1
-        # This rank's last micro-batch, for the progress bar and metrics.jsonl (`step_summary`). Not
-        # self.log: Lightning's logging machinery costs ~3 ms of Python per step, and the values W&B
-        # and metrics.jsonl record are the ones tracking/metrics.py reduces over ranks.
-        now = time.perf_counter()
-        if self._t_last:
-            parts["throughput/tokens_per_s"] = parts["tokens"] / max(now - self._t_last, 1e-9)
-        self._t_last = now
+        # Read by TrainingMetrics, which sums the step's micro-batches over ranks. Not self.log: Lightning's
+        # logging machinery costs ~3 ms of Python per step and reads each value to the host on its own.
         self._last_parts = parts
         if sp is not None:
             # The data-parallel gradient average also divides by the P ranks that share these samples,
             # whose gradients should add up (parallel/sequence_parallel.py): scale back by P.
             return loss * sp.loss_scale
         return loss
-
-    def step_summary(self) -> dict[str, float]:
-        """This rank's last micro-batch: `loss` (total), per-modality losses and tokens/s. Reads device
-        values: call once per optimizer step (rank 0 only, where metrics are written)."""
-        parts = self._last_parts
-        out = {"loss": float(parts["loss/total"])} if "loss/total" in parts else {}
-        for key in ("loss/video", "loss/audio", "throughput/tokens_per_s"):
-            if key in parts:
-                out[key] = float(parts[key])
-        return out
 
     def on_after_backward(self) -> None:
         if self.sequence_parallel is not None:
@@ -240,6 +224,7 @@ class LTXLoRAModule(pl.LightningModule):
 
     def on_train_start(self) -> None:
         self._lora_params = lora_parameters(self.transformer)
+        self._metrics = next((c for c in self.trainer.callbacks if isinstance(c, TrainingMetrics)), None)
         # A resumed run restores its own checkpoint; warm start only a fresh one.
         if self.cfg.lora.init_from and self.trainer.ckpt_path is None:
             warm_start(self, self.trainer.optimizers[0], self.cfg.lora.init_from)
@@ -248,9 +233,14 @@ class LTXLoRAModule(pl.LightningModule):
         self._lora_params = None
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        # One norm per step serves the logged grad_norm and the non-finite check.
-        self._last_grad_norm = total_grad_norm(self.lora_parameters())
-        self._skip_nonfinite_step()
+        # One norm per step serves optim/grad_norm and the non-finite check, read to the host together
+        # with the step's metrics in the step's one host sync (the decision cannot wait for later).
+        grad_norm = total_grad_norm(self.lora_parameters())
+        if self._metrics is not None:
+            host_norm = self._metrics.read_step(self.trainer, self, grad_norm).get("optim/grad_norm")
+        else:  # trained without ltxdist's metrics callback
+            host_norm = None if grad_norm is None else float(grad_norm)
+        self._skip_nonfinite_step(host_norm)
 
     # -- non-finite steps (training/nonfinite.py) -------------------------------------------------
     def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
@@ -266,13 +256,13 @@ class LTXLoRAModule(pl.LightningModule):
         local = "non-finite" if loss is not None and not bool(torch.isfinite(loss)) else "finite"
         return f"rank {self.global_rank}: loss {local}, batch ids {self._batch_ids}"
 
-    def _skip_nonfinite_step(self) -> None:
+    def _skip_nonfinite_step(self, grad_norm: float | None) -> None:
         step = self.trainer.global_step + 1
         if self.cfg.parallel.name.startswith("deepspeed"):
             # DeepSpeed skips the step itself; counted after it in optimizer_step.
             self._deepspeed_skipped_before = self.trainer.strategy.deepspeed_engine.skipped_steps
             return
-        skip = self.nonfinite.decide(self._last_grad_norm)
+        skip = self.nonfinite.decide(grad_norm)
         if skip:
             for p in self.lora_parameters():
                 p.grad = None  # AdamW leaves parameters without a gradient (and their moments) alone

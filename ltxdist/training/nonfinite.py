@@ -27,6 +27,7 @@ checkpoints, so `train/nonfinite_skipped` and the K-in-a-row limit carry across 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -70,11 +71,10 @@ class NonFiniteGuard:
         self.consecutive = 0  # skipped steps in a row up to the last optimizer step
         self.last_skipped = False
 
-    def decide(self, grad_norm: torch.Tensor | None) -> bool:
-        """True when this optimizer step must be skipped: its `total_grad_norm` is not finite (identical
-        on every rank, see module doc). Reads one flag to the host: the step cannot go on before the
-        decision is known."""
-        return grad_norm is not None and not bool(torch.isfinite(grad_norm).item())
+    def decide(self, grad_norm: float | None) -> bool:
+        """True when this optimizer step must be skipped: its `total_grad_norm` (read to the host in the
+        step's one sync, tracking/metrics.py; identical on every rank, see module doc) is not finite."""
+        return grad_norm is not None and not math.isfinite(grad_norm)
 
     def record(self, skipped: bool, *, step: int, detail: str = "") -> None:
         """Count this optimizer step; raise NonFiniteTrainingError at the K-th skipped step in a row.

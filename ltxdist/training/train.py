@@ -6,14 +6,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from ltxdist.config.schema import validate_config
-from ltxdist.config.store import CONF_DIR, register_configs
+from ltxdist.config.hydra_errors import explain_read_error
+from ltxdist.config.schema import ConfigError, validate_config
+from ltxdist.config.store import CONF_DIR, compose_train_config, register_configs
 from ltxdist.data.compat import check_data_fits_checkpoint
 from ltxdist.parallel import lightning_strategy
 from ltxdist.quant.base import base_precision_metadata
@@ -30,16 +32,13 @@ log = logging.getLogger("ltxdist")
 def _prepare_inputs(cfg: Any) -> None:
     """Demo conveniences: a tiny checkpoint and synthetic data when asked for and missing."""
     ckpt = Path(cfg.model.checkpoint)
-    if not ckpt.is_file() and cfg.model.create_if_missing:
+    # Options of model=tiny and data=synthetic only (the closed config has them nowhere else).
+    if not ckpt.is_file() and cfg.model.get("create_if_missing", False):
         from ltxdist.models.tiny_checkpoint import write_random_checkpoint
 
-        if cfg.model.name != "tiny":
-            raise ValueError(
-                f"model.create_if_missing only writes tiny checkpoints, not model={cfg.model.name}"
-            )
         write_random_checkpoint(ckpt)
         log.info("wrote tiny checkpoint %s", ckpt)
-    if cfg.data.path is None or not cfg.data.synthetic_if_missing:
+    if cfg.data.path is None or not cfg.data.get("synthetic_if_missing", False):
         return
     data = Path(cfg.data.path)
     if not (data / "index.json").is_file():
@@ -84,7 +83,6 @@ def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger:
         max_epochs=-1,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
-        log_every_n_steps=cfg.trainer.log_every_n_steps,
         enable_progress_bar=False,  # StepProgressBar counts optimizer steps instead of epochs
         enable_checkpointing=False,  # CheckpointAndExport owns checkpoints
         enable_model_summary=False,
@@ -138,10 +136,11 @@ def train(cfg: Any) -> Path:
             cfg.trainer.keep_last_k,
             strategy_name=cfg.strategy.name,
             extra_metadata={**lora_extra_metadata(cfg.strategy), **base_precision_metadata(cfg.model)},
+            step_metrics=metrics,
         ),
     ]
     if cfg.trainer.progress_bar:
-        callbacks.append(StepProgressBar())
+        callbacks.append(StepProgressBar(metrics))
     if cfg.validation.name != "none":
         from ltxdist.training.validation import ValidationSampling
 
@@ -171,13 +170,36 @@ def train(cfg: Any) -> Path:
     return final
 
 
+def _exit_on_config_error(err: ConfigError | OmegaConfBaseException) -> NoReturn:
+    """A config mistake: one line naming the key (no traceback), exit status 2 (a usage error)."""
+    if isinstance(err, OmegaConfBaseException):  # a value read after composing (`???`, `${...}`)
+        err = explain_read_error(err)
+    print(f"ltxdist-train: config error: {err}", file=sys.stderr)
+    sys.exit(2)
+
+
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    train(cfg)
+    try:
+        validate_config(cfg)  # train() validates too (and each curriculum stage's config)
+    except (ConfigError, OmegaConfBaseException) as err:
+        _exit_on_config_error(err)
+    try:
+        train(cfg)
+    except ConfigError as err:
+        _exit_on_config_error(err)
 
 
 def main() -> None:
     register_configs()
+    overrides = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in overrides):
+        # Compose and check once here to report a mistake in one line: inside the Hydra app, Hydra
+        # prints its own multi-line message. (Hydra's flags, e.g. --multirun or --cfg, go to Hydra.)
+        try:
+            validate_config(compose_train_config(overrides))
+        except (ConfigError, OmegaConfBaseException) as err:
+            _exit_on_config_error(err)
     try:
         _hydra_main()
     except KeyboardInterrupt:

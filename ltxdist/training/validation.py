@@ -77,17 +77,22 @@ def build_jobs(val_cfg: Any, strategy_cfg: Any) -> list[ValidationJob]:
     """prompts x seeds, each with its references and the strategy's conditioning settings."""
     guidance = validation_guidance(val_cfg, strategy_cfg)
     spec = VideoSpec(val_cfg.width, val_cfg.height, val_cfg.num_frames, val_cfg.fps)
-    id_options = IdReferenceOptions(
-        negative_positions=strategy_cfg.use_negative_ref_positions,
-        mask_video_to_ref_audio=strategy_cfg.mask_video_to_ref_audio,
-        mask_ref_audio_to_text=strategy_cfg.mask_ref_audio_to_text,
+    # Options of strategy=audio_ref_only_ic / video_to_video only (the closed config has them nowhere else).
+    id_options = (
+        IdReferenceOptions(
+            negative_positions=strategy_cfg.use_negative_ref_positions,
+            mask_video_to_ref_audio=strategy_cfg.mask_video_to_ref_audio,
+            mask_ref_audio_to_text=strategy_cfg.mask_ref_audio_to_text,
+        )
+        if strategy_cfg.name == "audio_ref_only_ic"
+        else IdReferenceOptions()
     )
     jobs = []
     for p, prompt in enumerate(val_cfg.prompts):
         ref = val_cfg.references[p] if val_cfg.references else None
         refs = References(
             video=Path(ref.video) if ref is not None and ref.video else None,
-            downscale_factor=int(strategy_cfg.reference_downscale_factor),
+            downscale_factor=int(strategy_cfg.get("reference_downscale_factor", 1)),
             image=Path(ref.image) if ref is not None and ref.image else None,
             audio=Path(ref.audio) if ref is not None and ref.audio else None,
         )
@@ -101,7 +106,7 @@ def build_jobs(val_cfg: Any, strategy_cfg: Any) -> list[ValidationJob]:
                 guidance=guidance,
                 with_audio=val_cfg.with_audio,
                 references=refs,
-                id_options=id_options if strategy_cfg.name == "audio_ref_only_ic" else IdReferenceOptions(),
+                id_options=id_options,
             )
             jobs.append(ValidationJob(len(jobs), p, request))
     return jobs

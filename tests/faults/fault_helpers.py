@@ -53,13 +53,10 @@ def overrides(ckpt: Path, data: Path, run_dir: Path, **extra: object) -> list[st
 
 # -- in-process training ---------------------------------------------------------------------------
 def compose_train(args: list[str]) -> Any:
-    from hydra import compose, initialize_config_dir
+    """As `ltxdist-train ARGS` composes (a mistake is a one-line ConfigError)."""
+    from ltxdist.config.store import compose_train_config
 
-    from ltxdist.config.store import CONF_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=args)
+    return compose_train_config(args)
 
 
 def train_in_process(args: list[str]) -> Path:

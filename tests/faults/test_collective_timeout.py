@@ -14,7 +14,7 @@ import pytest
 from fault_helpers import ENV
 from omegaconf import OmegaConf
 
-from ltxdist.config.schema import ParallelConfig
+from ltxdist.config.schema import GROUP_OPTIONS
 from ltxdist.parallel import lightning_strategy
 from ltxdist.parallel.timeouts import explain_collective_timeout
 
@@ -23,7 +23,7 @@ from ltxdist.parallel.timeouts import explain_collective_timeout
 def test_every_distributed_strategy_gets_the_timeout(name, monkeypatch):
     monkeypatch.setenv("DS_ACCELERATOR", "cpu")
     cfg = OmegaConf.structured(
-        ParallelConfig(name=name, accelerator="cpu", devices=2, collective_timeout_s=7.5)
+        GROUP_OPTIONS["parallel"][name](accelerator="cpu", devices=2, collective_timeout_s=7.5)
     )
     strategy = lightning_strategy(cfg)
     assert strategy._timeout == timedelta(seconds=7.5)

@@ -162,8 +162,8 @@ def _check_matches_reference(run_dir: Path, ref: Path) -> None:
         for key in ("exp_avg", "exp_avg_sq"):
             torch.testing.assert_close(m_got[i][key], m_want[i][key], rtol=1e-4, atol=1e-8)
     # The learning rate steps once per optimizer step, whatever the number of processes.
-    lrs = [r["lr"] for r in metrics(run_dir)]
-    assert lrs == [r["lr"] for r in metrics(ref)] and len(set(lrs)) > 3
+    lrs = [r["optim/lr"] for r in metrics(run_dir)]
+    assert lrs == [r["optim/lr"] for r in metrics(ref)] and len(set(lrs)) > 3
     # The ComfyUI LoRA file is gathered from the shards and written by rank 0.
     name = f"lora/lora_weights_step_{STEPS:06d}.safetensors"
     lora, lora_ref = load_file(str(run_dir / name)), load_file(str(ref / name))
@@ -309,7 +309,7 @@ def test_sigusr1_checkpoints_requeues_and_the_resumed_zero3_run_matches(
     assert [r["batches_seen"] for r in rows] == [r["batches_seen"] for r in uninterrupted]
     # The loss curve after the resume is the uninterrupted run's (same layout: the same numbers).
     for got, want in zip(rows[stopped:], uninterrupted[stopped:], strict=True):
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5, abs=1e-6), got["step"]
+        assert got["loss/total"] == pytest.approx(want["loss/total"], rel=1e-5, abs=1e-6), got["step"]
     assert_same_adapters(adapters(run_dir, STEPS), adapters(ref, STEPS))
 
 
@@ -392,8 +392,9 @@ def test_zero2_resume_then_hard_kill_then_fsdp2_resume_follow_the_uninterrupted_
     for got in rows:
         want = metrics(zero2 if got["step"] <= resumed else ref)[got["step"] - 1]
         assert got["step"] == want["step"] and got["batches_seen"] == want["batches_seen"], got["step"]
-        assert got["loss"] == pytest.approx(want["loss"], rel=1e-4, abs=1e-6), got["step"]
-    assert len({round(r["loss"], 6) for r in rows}) == len(rows)  # distinct losses: a shifted curve shows
+        assert got["loss/total"] == pytest.approx(want["loss/total"], rel=1e-4, abs=1e-6), got["step"]
+    # distinct losses: a shifted curve shows
+    assert len({round(r["loss/total"], 6) for r in rows}) == len(rows)
     final = run_dir / "checkpoints" / f"step-{STEPS:06d}"
     assert (final / "shards" / "rank-00000.safetensors").is_file()  # written by FSDP2, sharded
     assert_same_adapters(adapters(run_dir, STEPS), adapters(ref, STEPS))

@@ -18,7 +18,14 @@ from omegaconf import OmegaConf
 
 import ltxdist.sampling.conditioning as conditioning
 import ltxdist.sampling.pipeline as pipeline
-from ltxdist.config.schema import StrategyConfig, ValidationConfig, ValidationReference
+from ltxdist.config.schema import (
+    AudioRefOnlyICStrategyConfig,
+    StandardStrategyConfig,
+    StrategyConfig,
+    ValidationConfig,
+    ValidationReference,
+    VideoToVideoStrategyConfig,
+)
 from ltxdist.data.media import write_video
 from ltxdist.lora import LoRASpec, export_lora, inject_lora, read_lora_file
 from ltxdist.models import load_transformer
@@ -34,8 +41,7 @@ RATE = 16000  # the tiny audio VAE's rate, as LTX-2.3's
 SMALL = ["--width", "64", "--height", "64", "--frames", "9", "--steps", "2", "--no-progress"]
 UNGUIDED = ["--cfg", "1", "--audio-cfg", "1", "--stg", "0", "--audio-stg", "0", "--modality-scale", "1"]
 # An ID-LoRA trained with every option away from its default, so a dropped key shows.
-ID_STRATEGY = StrategyConfig(
-    name="audio_ref_only_ic",
+ID_STRATEGY = AudioRefOnlyICStrategyConfig(
     use_negative_ref_positions=False,
     mask_video_to_ref_audio=True,
     mask_ref_audio_to_text=True,
@@ -44,7 +50,7 @@ ID_STRATEGY = StrategyConfig(
 ID_OPTIONS = IdReferenceOptions(
     negative_positions=False, mask_video_to_ref_audio=True, mask_ref_audio_to_text=True
 )
-IC_STRATEGY = StrategyConfig(name="video_to_video", reference_downscale_factor=2)
+IC_STRATEGY = VideoToVideoStrategyConfig(reference_downscale_factor=2)
 
 
 def _pattern(f: int, w: int, h: int, seed: int) -> torch.Tensor:
@@ -224,9 +230,7 @@ def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras)
     ic_jobs = build_jobs(val, OmegaConf.structured(IC_STRATEGY))
     assert all(j.request.references.downscale_factor == 2 for j in ic_jobs)
     # other strategies do not carry ID options into sampling
-    standard = build_jobs(
-        val, OmegaConf.structured(StrategyConfig(name="standard", mask_ref_audio_to_text=True))
-    )
+    standard = build_jobs(val, OmegaConf.structured(StandardStrategyConfig()))
     assert all(j.request.id_options == IdReferenceOptions() for j in standard)
     assert all(j.request.guidance.identity_scale == 0.0 for j in standard)
     # stg_mode: stg_v perturbs the video only (the IC card), stg_av both streams

@@ -17,6 +17,7 @@ from wandb_records import history, of_type
 from ltxdist.config.schema import ConfigError, validate_validation_config
 from ltxdist.sampling import SampleRequest, VideoSpec
 from ltxdist.tracking.flops import FlopModel
+from ltxdist.training.callbacks import MetricsJsonl
 from ltxdist.training.validation import ValidationJob, rank_jobs
 
 SECRET = "ltxdist-test-key-0123456789abcdef0123456789abcdef"
@@ -24,8 +25,10 @@ KEYS = {
     "loss/total",
     "loss/video",
     "loss/audio",
-    "lr",
-    "grad_norm",
+    "optim/lr",
+    "optim/grad_norm",
+    "train/nonfinite_skipped",
+    "train/step_skipped",
     "throughput/tokens_per_s",
     "throughput/tokens_per_s_per_gpu",
     "throughput/samples_per_s",
@@ -126,8 +129,9 @@ def test_wandb_run_holds_metrics_config_lora_and_validation_videos(tiny_run_inpu
     assert sorted(metric_rows) == [1, 2, 3, 4]
     for r in rows:
         w = metric_rows[r["step"]]
+        assert not {"loss", "lr", "grad_norm"} & set(r), "one pipeline: no un-namespaced duplicates"
         for key, value in r.items():
-            if key != "step":
+            if key not in MetricsJsonl.HEADER:  # the record's step, data position and time stay local
                 assert w[key] == value, key  # the very same numbers as metrics.jsonl
 
     video_rows = {h["trainer/global_step"]: h for h in logged if "validation/videos" in json.dumps(list(h))}
