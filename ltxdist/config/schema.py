@@ -162,7 +162,9 @@ class RunConfig:
     name: str = "run"
     dir: str = "runs/${run.name}"
     seed: int = 0
-    resume: str = "auto"  # auto (newest complete checkpoint, else fresh) | never | must | <checkpoint dir>
+    # auto: newest complete checkpoint of the same run (same settings: training/run_identity.py), else
+    # fresh | never | must | force (continue even with changed settings) | <checkpoint dir>
+    resume: str = "auto"
 
 
 @dataclass

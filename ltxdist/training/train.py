@@ -12,7 +12,7 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig, OmegaConf
 
-from ltxdist.config.schema import validate_config
+from ltxdist.config.schema import ConfigError, validate_config
 from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.data.compat import check_data_fits_checkpoint
 from ltxdist.parallel import lightning_strategy
@@ -22,6 +22,15 @@ from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
 from ltxdist.training.datamodule import CachedLatentDataModule
 from ltxdist.training.module import SIGMA_BUCKET_EDGES, LTXLoRAModule
 from ltxdist.training.run_dir import lora_path, resolve_resume
+from ltxdist.training.run_identity import (
+    LoRAShapeMismatchError,
+    ResumeRefusedError,
+    RunIdentityRecorder,
+    compute_run_identity,
+    decide_resume,
+    new_run_flag,
+    record_forced_resume,
+)
 
 log = logging.getLogger("ltxdist")
 
@@ -29,7 +38,13 @@ log = logging.getLogger("ltxdist")
 def _prepare_inputs(cfg: Any) -> None:
     """Demo conveniences: a tiny checkpoint and synthetic data when asked for and missing."""
     ckpt = Path(cfg.model.checkpoint)
-    if not ckpt.is_file() and cfg.model.create_if_missing:
+    if not ckpt.is_file() and not cfg.model.create_if_missing:
+        # Never a new random checkpoint as a side effect of a mistyped path (only the demo asks for one).
+        raise ConfigError(
+            f"model.checkpoint: {ckpt} does not exist; point model.checkpoint at the LTX-2.3 .safetensors "
+            f"file (a tiny random one for trying things out: `ltxdist-tiny-checkpoint {ckpt.parent}`)"
+        )
+    if not ckpt.is_file():
         from ltxdist.models.tiny_checkpoint import write_random_checkpoint
 
         if cfg.model.name != "tiny":
@@ -37,7 +52,7 @@ def _prepare_inputs(cfg: Any) -> None:
                 f"model.create_if_missing only writes tiny checkpoints, not model={cfg.model.name}"
             )
         write_random_checkpoint(ckpt)
-        log.info("wrote tiny checkpoint %s", ckpt)
+        log.info("model.create_if_missing: wrote a tiny random checkpoint %s", ckpt)
     if cfg.data.path is None or not cfg.data.synthetic_if_missing:
         return
     data = Path(cfg.data.path)
@@ -110,11 +125,22 @@ def train(cfg: Any) -> Path:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         _prepare_inputs(cfg)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         check_data_fits_checkpoint(cfg.data, cfg.model.checkpoint)  # before any model is built
     resume_from = resolve_resume(run_dir, cfg.run.resume)
-    if resume_from is not None and rank == 0:
-        log.info("resuming from %s", resume_from)
+    identity: dict[str, Any] | None = None
+    if rank == 0:
+        # Resume only the same run (run_identity.py): decided before anything in the run folder changes.
+        # Rank 0 decides (it writes the checkpoint's state.json); a refusal stops the launch.
+        identity = compute_run_identity(cfg)
+        resume = decide_resume(resume_from, cfg.run.resume, identity, new_run_flag(cfg.run))
+        forced = record_forced_resume(identity, resume, cfg.run.resume)
+        if forced:
+            log.warning(forced)
+        if resume.unrecorded:
+            log.warning("%s records no run settings (an older ltxdist wrote it): not checked", resume_from)
+        if resume_from is not None:
+            log.info("resuming from %s", resume_from)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
 
     module = LTXLoRAModule(cfg)
@@ -158,6 +184,8 @@ def train(cfg: Any) -> Path:
 
         logger = build_wandb_logger(cfg.logger, run_dir, cfg.run.name, resolved)
         callbacks.append(WandbLoRAArtifacts(run_dir, cfg.run.name))  # after CheckpointAndExport
+    if identity is not None:
+        callbacks.append(RunIdentityRecorder(identity))  # into every checkpoint's state.json
     callbacks.append(metrics.boundary)
     trainer = build_trainer(cfg, run_dir, callbacks, logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
@@ -171,7 +199,12 @@ def train(cfg: Any) -> Path:
 
 @hydra.main(config_path=str(CONF_DIR), config_name="train", version_base="1.3")
 def _hydra_main(cfg: DictConfig) -> None:
-    train(cfg)
+    try:
+        train(cfg)
+    except (ResumeRefusedError, LoRAShapeMismatchError) as exc:
+        # The message is the whole story (what differs, how to go on): no traceback around it.
+        log.error("%s", exc)
+        sys.exit(2)
 
 
 def main() -> None:
