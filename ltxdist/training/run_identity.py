@@ -121,7 +121,9 @@ def compute_run_identity(cfg: Any) -> dict[str, Any]:
     fields["lora.alpha"] = float(cfg.lora.alpha)
     fields["lora.targets"] = expand_targets(_json(cfg.lora.targets))
     fields["lora.blocks"] = _json(cfg.lora.blocks)
-    shown["lora.targets"] = f"{_json(cfg.lora.targets)} ({len(fields['lora.targets'])} module patterns)"
+    targets = _json(cfg.lora.targets)
+    named = ", ".join(targets) if isinstance(targets, list) else str(targets)
+    shown["lora.targets"] = f"{named} ({len(fields['lora.targets'])} module patterns)"
     optim = _json(cfg.optim)
     schedule = optim.pop("schedule", {}) or {}
     for key, value in optim.items():

@@ -17,8 +17,15 @@ from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.data.compat import check_data_fits_checkpoint
 from ltxdist.parallel import lightning_strategy
 from ltxdist.tracking.metrics import TrainingMetrics
-from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl, StepProgressBar
+from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl
 from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
+from ltxdist.training.console import (
+    ProgressReporter,
+    end_summary,
+    quiet_third_party,
+    resume_command,
+    startup_summary,
+)
 from ltxdist.training.datamodule import CachedLatentDataModule
 from ltxdist.training.module import SIGMA_BUCKET_EDGES, LTXLoRAModule
 from ltxdist.training.run_dir import lora_path, resolve_resume
@@ -98,7 +105,7 @@ def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger:
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
         log_every_n_steps=cfg.trainer.log_every_n_steps,
-        enable_progress_bar=False,  # StepProgressBar counts optimizer steps instead of epochs
+        enable_progress_bar=False,  # ProgressReporter counts optimizer steps instead of epochs
         enable_checkpointing=False,  # CheckpointAndExport owns checkpoints
         enable_model_summary=False,
         deterministic=cfg.trainer.deterministic,
@@ -138,8 +145,7 @@ def train(cfg: Any) -> Path:
             log.warning(forced)
         if resume.unrecorded:
             log.warning("%s records no run settings (an older ltxdist wrote it): not checked", resume_from)
-        if resume_from is not None:
-            log.info("resuming from %s", resume_from)
+        log.info(startup_summary(cfg, identity, resume.describe()))
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
 
@@ -162,10 +168,11 @@ def train(cfg: Any) -> Path:
             cfg.trainer.keep_last_k,
             strategy_name=cfg.strategy.name,
             extra_metadata=lora_extra_metadata(cfg.strategy),
+            resume_command=resume_command(),
         ),
     ]
-    if cfg.trainer.progress_bar:
-        callbacks.append(StepProgressBar())
+    progress = ProgressReporter(show=cfg.trainer.progress_bar)
+    callbacks.append(progress)
     if cfg.validation.name != "none":
         from ltxdist.training.validation import ValidationSampling
 
@@ -193,7 +200,7 @@ def train(cfg: Any) -> Path:
         logger.experiment.finish()  # flush metrics, videos and LoRA artifacts now, not at interpreter exit
     final = lora_path(run_dir, trainer.global_step)
     if trainer.is_global_zero:
-        log.info("final LoRA: %s", final)
+        log.info(end_summary(run_dir, final, trainer.global_step, progress, cfg.trainer.max_steps))
     return final
 
 
@@ -208,6 +215,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
+    quiet_third_party()
     register_configs()
     try:
         _hydra_main()
