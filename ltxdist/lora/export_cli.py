@@ -15,21 +15,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-
-from ltxdist.io import save_safetensors_atomic, write_bytes_atomic
-from ltxdist.lora.comfy_format import (
-    COMFY_PREFIX,
-    LoRAFileError,
-    check_base_version,
-    merge_lora_file_into_state_dict,
-    read_lora_file,
-)
-from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX, read_checkpoint_info
+# Each command imports what it uses: `--help` and argument errors answer without loading torch.
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
+    from ltxdist.lora.comfy_format import read_lora_file
+
     lora = read_lora_file(args.lora)
     ranks = sorted({int(lora.tensors[m + ".lora_A.weight"].shape[0]) for m in lora.modules})
     # transformer_blocks.{i}.{module}; other names (a file from elsewhere) are listed under modules only
@@ -81,6 +72,12 @@ def check_output_path(out: Path, inputs: dict[str, Path], force: bool) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> None:
     check_output_path(args.out, {"--base": args.base, "--lora": args.lora}, args.force)
+    from safetensors import safe_open
+
+    from ltxdist.io import save_safetensors_atomic
+    from ltxdist.lora.comfy_format import check_base_version, merge_lora_file_into_state_dict, read_lora_file
+    from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX, read_checkpoint_info
+
     info = read_checkpoint_info(args.base)
     lora = read_lora_file(args.lora)
     check_base_version(lora, info.model_version, force=args.force)
@@ -95,6 +92,12 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> None:
     check_output_path(args.out, {"--lora": args.lora}, args.force)
+    import torch
+    from safetensors import safe_open
+
+    from ltxdist.io import save_safetensors_atomic, write_bytes_atomic
+    from ltxdist.lora.comfy_format import COMFY_PREFIX, LoRAFileError, read_lora_file
+
     src = Path(args.lora)
     if src.suffix != ".safetensors" or not src.is_file():
         read_lora_file(src)  # raises the error naming the file (missing, or a pickle-based format)
@@ -146,6 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out (never --lora itself)")
     p.set_defaults(fn=cmd_convert)
     args = parser.parse_args(argv)
+    from ltxdist.lora.comfy_format import LoRAFileError
+
     try:
         args.fn(args)
     except (LoRAFileError, ValueError, FileNotFoundError) as exc:

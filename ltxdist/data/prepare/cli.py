@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from ltxdist.data.buckets import check_reference_factor, parse_buckets
-from ltxdist.data.prepare.samples import AUDIO_MODES, STRATEGIES, SampleSpec
+# Only light imports here: `--help` and argument errors answer without loading torch (seconds).
+from ltxdist.data.prepare.options import AUDIO_MODES, STRATEGIES
 
 
 def _env_rank() -> tuple[int, int]:
@@ -152,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     env_rank, env_world = _env_rank()
     rank = env_rank if args.rank is None else args.rank
     world = env_world if args.world_size is None else args.world_size
+    from ltxdist.data.buckets import check_reference_factor, parse_buckets
+    from ltxdist.data.prepare.samples import SampleSpec
+
     try:
         buckets = parse_buckets(args.buckets)
         if args.strategy == "video_to_video":
