@@ -106,7 +106,7 @@ class ProgressReporter(pl.Callback):
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self.show = show  # trainer.progress_bar=false: no bar or progress lines, the summary stays
         self._bar: Any = None
-        self.start_step = 0
+        self.start_step: int | None = None  # None: training never started (the run was already done)
         self.last_step = -1
         self.first_loss: float | None = None
         self.smoothed_loss: float | None = None
@@ -160,12 +160,12 @@ class ProgressReporter(pl.Callback):
             self._bar.set_postfix(postfix, refresh=False)
             self._bar.update(done)
             return
-        now = time.monotonic()
-        first, last = step == self.start_step + 1, step >= trainer.max_steps
+        now, start = time.monotonic(), self.start_step or 0
+        first, last = step == start + 1, step >= trainer.max_steps
         if not (first or last or now - self._last_line >= PLAIN_LINE_EVERY_S):
             return
         self._last_line = now
-        per_step = self.elapsed_s / max(1, step - self.start_step)
+        per_step = self.elapsed_s / max(1, step - start)
         parts = [f"step {step}/{trainer.max_steps}"]
         if self.smoothed_loss is not None:
             parts.append(f"loss {float(m['loss']):.4f} (smoothed {self.smoothed_loss:.4f})")
@@ -190,7 +190,8 @@ def end_summary(
     run_dir: Path, final_lora: Path, final_step: int, progress: ProgressReporter, max_steps: int
 ) -> str:
     """Several lines: what was trained, how long it took, where the results are, what to run next."""
-    trained = final_step - progress.start_step
+    start = final_step if progress.start_step is None else progress.start_step
+    trained = final_step - start
     if trained <= 0:
         head = (
             f"nothing to train: the run is already at step {final_step} (trainer.max_steps={max_steps}); "
@@ -198,7 +199,7 @@ def end_summary(
         )
     else:
         head = (
-            f"done: steps {progress.start_step + 1}-{final_step} in {_duration(progress.elapsed_s)} "
+            f"done: steps {start + 1}-{final_step} in {_duration(progress.elapsed_s)} "
             f"({progress.elapsed_s / trained:.2f} s/step)"
         )
         if progress.smoothed_loss is not None and progress.first_loss is not None:
