@@ -123,3 +123,31 @@ def test_identity_ignores_where_the_same_data_and_base_live(tiny_ckpt, tiny_data
     index["shards"] = index["shards"][:-1]
     (data_copy / "index.json").write_text(json.dumps(index))
     assert compute_run_identity(_cfg(tiny_ckpt, Path(data_copy)))["fields"]["data"] != a["fields"]["data"]
+
+
+def test_a_finished_curriculum_stage_is_reused_only_with_its_settings(tiny_ckpt, tmp_path, monkeypatch):
+    """A finished stage used to be skipped whatever changed; now its checkpoint's identity must match."""
+    monkeypatch.chdir(tmp_path)  # the tiny curriculum writes its synthetic data under data/
+    register_configs()
+
+    def curriculum(*overrides: str):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(
+                "train",
+                overrides=[
+                    "experiment=staged_curriculum_tiny",
+                    f"model.checkpoint={tiny_ckpt}",
+                    "trainer.progress_bar=false",
+                    *overrides,
+                ],
+            )
+        cfg.stages = cfg.stages[:2]
+        for stage in cfg.stages:
+            stage.max_steps = 2
+        return cfg
+
+    final = _train(curriculum())
+    assert final.is_file()
+    with pytest.raises(ResumeRefusedError, match=r"(?s)01-heads.*optim\.lr.*run\.name=NEW"):
+        _train(curriculum("optim.lr=1e-3"))
+    assert _train(curriculum("optim.lr=1e-3", "run.resume=force")) == final  # on purpose: reused

@@ -32,6 +32,8 @@ from typing import Any
 import lightning.pytorch as pl
 from omegaconf import OmegaConf
 
+from ltxdist.training.run_dir import complete_checkpoints
+
 IDENTITY_KEY = "ltxdist_run_identity"
 IDENTITY_FORMAT = 1
 # Settings whose change makes the saved adapters a different shape: the checkpoint cannot load at all.
@@ -277,3 +279,12 @@ def record_forced_resume(identity: dict[str, Any], decision: ResumeDecision, mod
     identity["forced"] = [*saved.get("forced", []), entry]
     changes = "; ".join(f"{d.key}: {d.checkpoint} -> {d.this_run}" for d in decision.differences)
     return f"run.resume={mode}: continuing {decision.checkpoint} with changed settings: {changes}"
+
+
+def check_finished_run(cfg: Any, new_run: str) -> None:
+    """A finished run (a curriculum stage) is reused only if it was trained with these settings: the
+    identity of its newest checkpoint must match, as for run.resume=auto (run.resume=force accepts it).
+    `new_run` is the flag that starts a new run instead (the curriculum's, not the stage's)."""
+    found = complete_checkpoints(Path(cfg.run.dir))
+    if found:
+        decide_resume(found[-1][1], cfg.run.resume, compute_run_identity(cfg), new_run)
