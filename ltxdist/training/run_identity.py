@@ -216,10 +216,10 @@ def shape_mismatch_message(checkpoint: Path, differences: list[Difference], new_
     )
 
 
-def refusal_message(checkpoint: Path, differences: list[Difference], new_run: str) -> str:
+def refusal_message(checkpoint: Path, differences: list[Difference], new_run: str, mode: str = "auto") -> str:
     width = max(len(d.key) for d in differences)
     lines = [
-        f"run.resume=auto: {checkpoint} belongs to a run with other settings than this command:",
+        f"run.resume={mode}: {checkpoint} belongs to a run with other settings than this command:",
         *(f"  {d.key:<{width}}  {d.checkpoint}  ->  {d.this_run}" for d in differences),
         "Nothing was changed (config.yaml and the checkpoints are as they were).",
     ]
@@ -258,7 +258,7 @@ def decide_resume(
         return ResumeDecision(checkpoint)
     shape = [d for d in differences if d.changes_lora_shape]
     if mode in ("auto", "must"):
-        raise ResumeRefusedError(refusal_message(checkpoint, differences, new_run))
+        raise ResumeRefusedError(refusal_message(checkpoint, differences, new_run, mode))
     if shape:
         raise LoRAShapeMismatchError(shape_mismatch_message(checkpoint, shape, new_run))
     return ResumeDecision(checkpoint, forced=True, differences=tuple(differences))
