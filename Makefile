@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup demo test test-fast soak lint format lock clean
+.PHONY: setup demo test test-fast soak lint format lock clean docs
 
 setup: .venv/.ltxdist-setup-done
 
@@ -35,6 +35,10 @@ lint: setup
 
 format: setup
 	.venv/bin/ruff format . && .venv/bin/ruff check --fix .
+
+# docs/configuration.md from the typed schema (tests/test_config_reference.py fails while it is stale).
+docs: setup
+	$(PY) -m ltxdist.config.reference
 
 clean:
 	rm -rf runs/tiny_demo data/synthetic-tiny checkpoints/ltx-2.3-tiny.safetensors .pytest_cache

@@ -43,7 +43,7 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_save
 
-from ltxdist.bench.report import load_average, write_results
+from ltxdist.bench.report import load_average, target_verdict, write_results
 from ltxdist.data.collate import WireBatch, collate_samples
 from ltxdist.data.sample import CachedSample, decode_sample
 from ltxdist.data.shards import (
@@ -421,7 +421,7 @@ def main(argv: list[str] | None = None) -> tuple[Path, Path]:
     for r in rows:
         r["shards_over_per_file"] = ratio[r["cache"]] if r["layout"] == "shards" else ""
     verdict = "; ".join(
-        f"{c}: {x:.2f}x ({'MET' if x >= TARGET_SPEEDUP else 'NOT MET'})" for c, x in sorted(ratio.items())
+        f"{c}: {x:.2f}x ({target_verdict(x >= TARGET_SPEEDUP)})" for c, x in sorted(ratio.items())
     )
     notes = (
         f"{args.num_samples} samples of {info['bytes_per_sample'] / 1024:.0f} KiB (bucket {args.bucket}, "

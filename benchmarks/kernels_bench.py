@@ -51,7 +51,7 @@ from ltx_core.model.transformer.attention import Attention, AttentionFunction
 from ltx_core.model.transformer.rope import LTXRopeType, apply_rotary_emb, precompute_freqs_cis
 
 from ltxdist._ltx_core import BatchedPerturbationConfig, LTXModelConfigurator, Modality
-from ltxdist.bench.report import hardware_slug
+from ltxdist.bench.report import default_results_dir, results_stem, target_verdict
 from ltxdist.io import write_bytes_atomic, write_json_atomic
 from ltxdist.lora.inject import LoRASpec, inject_lora, lora_parameters
 from ltxdist.lora.layers import LoRALinear
@@ -66,7 +66,6 @@ from ltxdist_kernels.qk_norm_rope import qk_norm_rope
 from ltxdist_kernels.reference import lora_linear_reference
 from ltxdist_kernels.sdpa import SdpaCall, actual_backend, ltx_attention_calls, predict_backend
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 TARGET_VS_EAGER = 1.5
 TARGET_VS_COMPILED = 1.15
 TARGET_VS_FLOOR = 1.10  # issue 21: a LoRA linear within 1.10x of the frozen GEMM alone
@@ -722,12 +721,11 @@ def target_lines(rows: list[Row], device: torch.device) -> list[str]:
                 f"<= {TARGET_VS_FLOOR}x; adapter FLOPs alone {row['adapter_flop_share']:.1%} of it)"
             )
         if "eager" in sp:
-            verdicts.append(
-                f"vs eager {sp['eager']:.2f}x ({'PASS' if sp['eager'] >= TARGET_VS_EAGER else 'MISS'})"
-            )
+            ok = sp["eager"] >= TARGET_VS_EAGER
+            verdicts.append(f"vs eager {sp['eager']:.2f}x ({target_verdict(ok, 'PASS', 'MISS')})")
         if "compiled" in sp:
             ok = sp["compiled"] >= TARGET_VS_COMPILED
-            verdicts.append(f"vs compiled {sp['compiled']:.2f}x ({'PASS' if ok else 'MISS'})")
+            verdicts.append(f"vs compiled {sp['compiled']:.2f}x ({target_verdict(ok, 'PASS', 'MISS')})")
         if verdicts:
             lines.append(f"- {shape_of(row)}: " + "; ".join(verdicts))
     return lines
@@ -772,7 +770,7 @@ def write_results(rows: list[Row], args: argparse.Namespace, device: torch.devic
     # <name>_<hardware>_<date> like every results file (ltxdist.bench.report); tiny-shape runs are a
     # different benchmark, not a different machine.
     name = "kernels-tiny" if args.tiny else "kernels"
-    stem = f"{name}_{hardware_slug()}_{now:%Y-%m-%d}"
+    stem = results_stem(name, now)
     payload = {
         "created_utc": now.isoformat(timespec="seconds"),
         "config": config,
@@ -865,7 +863,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rep-ms", type=int, default=300)
     p.add_argument("--e2e-rep-ms", type=int, default=3000, help="a step takes ~100 ms: repeat for longer")
     p.add_argument("--cpu-repeats", type=int, default=10)
-    p.add_argument("--out-dir", default=None, help=f"default {RESULTS_DIR} (a temp dir for --dry-run)")
+    p.add_argument(
+        "--out-dir", default=None, help="default benchmarks/results of this checkout (--dry-run: a temp dir)"
+    )
     args = p.parse_args(argv)
     if args.dry_run:
         args.device, args.tiny, args.compile, args.cpu_repeats = "cpu", True, False, min(args.cpu_repeats, 3)
@@ -876,7 +876,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.sections.remove("e2e")
     if args.out_dir is None:
         dry = Path(tempfile.gettempdir()) / "ltxdist_kernels_bench"
-        args.out_dir = str(dry if args.dry_run else RESULTS_DIR)
+        args.out_dir = str(dry if args.dry_run else default_results_dir())
     return args
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from safetensors.torch import save_file
 
-from ltxdist.bench.report import load_average, summarize, write_results
+from ltxdist.bench.report import load_average, summarize, target_verdict, write_results
 from ltxdist.data.sample import decode_sample
 from ltxdist.data.shards import load_index, read_shard_records
 from ltxdist.data.synthetic import write_synthetic_dataset
@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=0)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads of both trainers")
-    parser.add_argument("--out-dir", type=Path, default=None, help="default: benchmarks/results")
+    parser.add_argument(
+        "--out-dir", type=Path, default=None, help="default: benchmarks/results of this checkout"
+    )
     args = parser.parse_args(argv)
     # Both trainers get the same intra-op thread count. On a small shared machine more threads than
     # free cores turn every small op into a wait for the slowest thread, which swamps what is measured.
@@ -178,9 +180,9 @@ def main(argv: list[str] | None = None) -> None:
         "steps_timed",
         "load_avg_min_max",
     ]
-    met = {True: "MET", False: "NOT MET"}
     verdict = "; ".join(
-        f"{r['preset']}: {r['speedup_vs_baseline']:.2f}x ({met[r['speedup_vs_baseline'] >= 1]})" for r in rows
+        f"{r['preset']}: {r['speedup_vs_baseline']:.2f}x ({target_verdict(r['speedup_vs_baseline'] >= 1)})"
+        for r in rows
     )
     notes = (
         "Training step (forward, backward, clip, AdamW over LoRA params, data loading, metrics) with the "

@@ -23,7 +23,7 @@ $BIN/ltxdist-train experiment=tiny_demo model.checkpoint="$CKPT" data=shards dat
 LORA=$(ls "$OUT"/lora/lora_weights_step_*.safetensors | sort | tail -n 1)
 echo "== 5/5 export: inspect and merge $LORA"
 $BIN/ltxdist-export inspect "$LORA"
-$BIN/ltxdist-export merge --base "$CKPT" --lora "$LORA" --out "$OUT/merged.safetensors"
+$BIN/ltxdist-export merge --base "$CKPT" --lora "$LORA" --out "$OUT/merged.safetensors" --force  # a rerun replaces it
 $BIN/python - "$OUT/metrics.jsonl" <<'PY'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]

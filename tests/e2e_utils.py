@@ -46,7 +46,9 @@ def tiny_validation_overrides(prompts: list[str], gemma: Path, every_n_steps: in
 
 
 def prepare_command(raw: Path, out: Path, checkpoint: Path, gemma: Path, *extra: str) -> list[str]:
-    """`ltxdist-prepare` on the CPU, one sample per shard, no progress bar (as a subprocess)."""
+    """`ltxdist-prepare` on the CPU, one sample per shard, the tiny model's 64x64x17 bucket unless `extra`
+    gives --buckets, no progress bar (as a subprocess)."""
+    buckets = () if "--buckets" in extra else ("--buckets", "64x64x17")
     return [
         sys.executable,
         "-m",
@@ -54,5 +56,6 @@ def prepare_command(raw: Path, out: Path, checkpoint: Path, gemma: Path, *extra:
         str(raw),
         *("--out", str(out), "--checkpoint", str(checkpoint), "--gemma", str(gemma)),
         *("--samples-per-shard", "1", "--device", "cpu", "--no-progress"),
+        *buckets,
         *extra,
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -110,3 +111,35 @@ def test_results_files_record_repository_relative_paths(tmp_path):
     assert config["out_dir"] == "benchmarks/results"  # inside the checkout: relative to its root
     assert config["work"] == str(tmp_path / "w") and config["steps"] == 3  # elsewhere / not a path: as given
     assert str(RESULTS_DIR) not in md_path.read_text()
+
+
+def test_bench_writes_where_it_is_run_and_labels_quick_runs(tmp_path, monkeypatch, capsys):
+    """Issue 24, case 6: ltxdist-bench wrote into the installed package's source tree, a --quick run used
+    the file names of a full run of the same day and printed "1.18x (MET)" from 3 timed steps. Now the
+    default is benchmarks/results of the checkout one is in (runs/bench outside one), and quick runs are
+    labelled in file names and reports and judge no target."""
+    from ltxdist.bench import cli
+    from ltxdist.bench.report import checkout_root, default_results_dir
+
+    assert default_results_dir() == Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    assert checkout_root(Path(__file__).parent) == Path(__file__).resolve().parents[1]
+    script = tmp_path / "echo_bench.py"  # a stand-in benchmark script: the runner's contract only
+    script.write_text(
+        "import sys\nfrom pathlib import Path\n"
+        "from ltxdist.bench.report import target_verdict, write_results\n"
+        "out = Path(sys.argv[sys.argv.index('--out-dir') + 1])\n"
+        "write_results('echo', [{'x': 1}], ['x'], {}, notes=f'2.00x ({target_verdict(True)})', out_dir=out)\n"
+    )
+    monkeypatch.setitem(cli.SUITES, "cpu", {"echo": (str(script), [], [])})
+    elsewhere = tmp_path / "not_a_checkout"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cli.main(["--suite", "cpu", "--quick"])
+    written = sorted(p.name for p in (elsewhere / "runs" / "bench").iterdir())
+    assert [n.split("_")[0] for n in written] == ["echo-quick", "echo-quick", "suite-cpu-quick"], written
+    report = next((elsewhere / "runs" / "bench").glob("echo-quick_*.md")).read_text()
+    assert report.startswith("# echo benchmark (quick run)") and "2.00x (not judged: quick run)" in report
+    assert "MET" not in capsys.readouterr().out + report
+    from ltxdist.bench.report import QUICK_ENV, target_verdict
+
+    assert QUICK_ENV not in os.environ and target_verdict(True) == "MET"  # a full run judges

@@ -15,9 +15,10 @@ from ltxdist.bench.report import hardware_slug
 @pytest.mark.slow
 def test_quick_step_suite_runs_both_trainers_and_writes_the_ratio(tmp_path):
     bench_main(["--suite", "cpu", "--only", "step", "--quick", "--out-dir", str(tmp_path)])
-    (json_file,) = tmp_path.glob(f"step_{hardware_slug()}_*.json")
-    (md_file,) = tmp_path.glob(f"step_{hardware_slug()}_*.md")
-    (summary,) = tmp_path.glob(f"suite-cpu_{hardware_slug()}_*.md")
+    # --quick: labelled in the file names (never mistaken for a full run's results of the same day)
+    (json_file,) = tmp_path.glob(f"step-quick_{hardware_slug()}_*.json")
+    (md_file,) = tmp_path.glob(f"step-quick_{hardware_slug()}_*.md")
+    (summary,) = tmp_path.glob(f"suite-cpu-quick_{hardware_slug()}_*.md")
     payload = json.loads(json_file.read_text())
     (row,) = payload["rows"]
     assert row["preset"] == "tiny"
@@ -27,4 +28,5 @@ def test_quick_step_suite_runs_both_trainers_and_writes_the_ratio(tmp_path):
     assert row["steps_timed"] == 3  # --quick: 3 timed steps after 1 warm-up step
     assert "peft" in payload["versions"]  # the baseline's library is recorded with the other versions
     assert "speedup_vs_baseline" in md_file.read_text()
+    assert payload["quick"] and "not judged: quick run" in payload["notes"] and "MET" not in payload["notes"]
     assert "| step | ok |" in summary.read_text()

@@ -16,14 +16,17 @@ from e2e_utils import REPO
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 ENV.pop("PYTHONPATH", None)
 
-# Imports what the sampling and data-preparation paths import (transformers' Gemma, whose activations
-# module imports Hugging Face `kernels`), then reports where `kernels` and `ltxdist_kernels` came from.
+# Imports what the sampling and data-preparation commands import when they run (their CLI modules import
+# it lazily, after parsing, so that --help is fast): the pipelines, which import transformers, whose Gemma
+# activations module imports Hugging Face `kernels`. Reports whether those paths alone reached
+# transformers, then where `kernels` and `ltxdist_kernels` came from.
 _PROBE = """
 import sys
 import ltxdist.sampling.cli, ltxdist.data.prepare.cli
+import ltxdist.sampling.pipeline, ltxdist.data.prepare.pipeline
+print("transformers" in sys.modules)
 from transformers import Gemma3ForConditionalGeneration
 import kernels, ltxdist_kernels.fused_lora_linear
-print("transformers" in sys.modules)
 print(kernels.__file__)
 print(ltxdist_kernels.__file__)
 """
@@ -55,6 +58,39 @@ def test_python_m_help_from_the_root(module: str) -> None:
     proc = _run("-m", module, "--help")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "usage" in proc.stdout.lower()
+
+
+HELP_COMMANDS = [
+    "ltxdist-train",
+    "ltxdist-prepare",
+    "ltxdist-export",
+    "ltxdist-sample",
+    "ltxdist-bench",
+    "ltxdist-tiny-checkpoint",
+    "ltxdist-synthetic-data",
+]
+
+
+def test_help_of_every_command_imports_no_torch() -> None:
+    """`--help` of every console script answers without importing torch, Lightning or transformers (they
+    take 5-10 s to import; issue 24 measured 10-14 s per --help). Checked on what is imported, not on
+    time: the shared test machine's timing is not a measurement."""
+    import importlib.metadata
+
+    scripts = {e.name: e.value for e in importlib.metadata.entry_points(group="console_scripts")}
+    probe = (
+        "import sys, importlib\n"
+        "module, func = sys.argv[1].split(':')\n"
+        "sys.argv = [sys.argv[2], '--help']\n"
+        "try:\n    getattr(importlib.import_module(module), func)()\n"
+        "except SystemExit:\n    pass\n"
+        "print('HEAVY', sorted(m for m in ('torch', 'lightning', 'transformers') if m in sys.modules))\n"
+    )
+    for name in HELP_COMMANDS:
+        proc = _run("-c", probe, scripts[name], name)
+        assert proc.returncode == 0, (name, proc.stderr[-2000:])
+        assert "usage" in proc.stdout.lower(), (name, proc.stdout[-2000:])
+        assert proc.stdout.strip().endswith("HEAVY []"), (name, proc.stdout.strip().splitlines()[-1])
 
 
 def test_python_m_pytest_collects_from_the_root() -> None:

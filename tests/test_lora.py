@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -330,3 +331,48 @@ def test_export_merge_cli_folds_the_adapter_into_the_base(tiny_ckpt, tiny_data, 
 
     assert rel_err(v_base, v_inj) > 0.1, "the LoRA must change the output for this check to mean anything"
     assert rel_err(v_mrg, v_inj) < 0.02 and rel_err(a_mrg, a_inj) < 0.02  # bf16 storage of the merged file
+
+
+def test_export_never_destroys_an_input(tiny_ckpt, tmp_path, capsys):
+    """Issue 24, case 2: `merge --out X --base X` overwrote the base in place with exit 0, and an existing
+    --out was replaced silently. Now: --out may never reach --base or --lora (same path, a symlink, a hard
+    link), an existing --out needs --force, and the result is written through a temporary file."""
+    import os
+
+    from ltxdist.lora.export_cli import main as export_main
+
+    base = tmp_path / "base.safetensors"
+    base.write_bytes(tiny_ckpt.read_bytes())
+    model = load_transformer(base, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=2, alpha=2, targets=("attn1.to_q",)))
+    _randomise_lora(model)
+    lora = _export(model, tmp_path / "lora.safetensors")
+    original = base.read_bytes(), lora.read_bytes()
+    (tmp_path / "base_link.safetensors").symlink_to(base)
+    os.link(base, tmp_path / "base_hardlink.safetensors")
+
+    def merge(out: Path, *extra: str) -> int:
+        try:
+            export_main(["merge", "--base", str(base), "--lora", str(lora), "--out", str(out), *extra])
+        except SystemExit as exc:
+            return int(exc.code)
+        return 0
+
+    for out in (base, tmp_path / "base_link.safetensors", tmp_path / "base_hardlink.safetensors", lora):
+        assert merge(out, "--force") == 2, out
+        assert "would destroy an input" in capsys.readouterr().err
+    assert (base.read_bytes(), lora.read_bytes()) == original
+    merged = tmp_path / "merged.safetensors"
+    assert merge(merged) == 0
+    first = {k: v.clone() for k, v in load_file(str(merged)).items()}  # not views of the mapped file
+    merged.write_bytes(b"an earlier result")
+    assert merge(merged) == 2 and "already exists: pass --force" in capsys.readouterr().err
+    assert merged.read_bytes() == b"an earlier result"
+    assert merge(merged, "--force") == 0
+    again = load_file(str(merged))
+    assert again.keys() == first.keys() and all(torch.equal(again[k], first[k]) for k in first)
+    assert sorted(p.name for p in tmp_path.iterdir() if ".tmp-" in p.name) == []  # no temporary left
+    # convert guards its input the same way.
+    with pytest.raises(SystemExit):
+        export_main(["convert", "--lora", str(lora), "--out", str(lora)])
+    assert lora.read_bytes() == original[1]

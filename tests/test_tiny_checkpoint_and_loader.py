@@ -130,3 +130,29 @@ def test_22b_preset_builds_on_meta_with_the_published_size():
     # public figures: ~19.0B in the transformer, ~386.7M per block
     assert 18.5e9 < n_params < 19.5e9, n_params
     assert 380e6 < per_block < 392e6, per_block
+
+
+def test_a_mistyped_checkpoint_path_is_an_error_not_a_new_checkpoint(tiny_data, tmp_path):
+    """Issue 24, case 7: with model=tiny a mistyped model.checkpoint silently became a new random
+    checkpoint at that path. Now only a command that asks for one writes it (experiment=tiny_demo)."""
+    from hydra import compose, initialize_config_dir
+
+    from ltxdist.config.schema import ConfigError
+    from ltxdist.config.store import CONF_DIR, register_configs
+    from ltxdist.training.train import train
+
+    typo = tmp_path / "checkpoints" / "ltx-2.3-tiyn.safetensors"
+    overrides = [
+        "model=tiny",
+        f"model.checkpoint={typo}",
+        f"data.path={tiny_data}",
+        f"run.dir={tmp_path / 'r'}",
+    ]
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+        demo = compose("train", overrides=["experiment=tiny_demo", *overrides[1:]])
+    with pytest.raises(ConfigError, match=rf"^model\.checkpoint: {typo} does not exist"):
+        train(cfg)
+    assert not typo.exists() and not (tmp_path / "r" / "config.yaml").exists()
+    assert demo.model.create_if_missing  # the demo asks for it (it then writes the tiny checkpoint there)

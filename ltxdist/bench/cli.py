@@ -3,28 +3,27 @@
   ltxdist-bench --suite cpu            step time + start-up vs the baseline, data streaming (any machine)
   ltxdist-bench --suite gpu            full-size 22B step vs PEFT, kernels, parallel layouts (needs CUDA)
   ltxdist-bench --only step            one benchmark of a suite
-  ltxdist-bench --suite cpu --quick    fewer repeats and samples (smoke run)
-  ltxdist-bench --out-dir DIR          results elsewhere (default benchmarks/results)
+  ltxdist-bench --suite cpu --quick    fewer repeats and samples: a smoke run, labelled "-quick" in its
+                                       file names and reports, judging no target
+  ltxdist-bench --out-dir DIR          results elsewhere (default: benchmarks/results of the ltxdist
+                                       checkout you are in, runs/bench outside one)
 
 Each benchmark is a script in benchmarks/ that warms up, repeats, prints a table and writes
-benchmarks/results/<name>_<hardware>_<date>.{json,md}; the runner adds a suite summary beside them.
+<out-dir>/<name>_<hardware>_<date>.{json,md}; the runner adds a suite summary beside them.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import torch
-
-from ltxdist.bench.report import RESULTS_DIR, hardware_slug
-from ltxdist.io import write_bytes_atomic
-
-BENCH_DIR = RESULTS_DIR.parent
+# The scripts that run: those of the installed ltxdist's source tree (they import that ltxdist).
+BENCH_DIR = Path(__file__).resolve().parents[2] / "benchmarks"
 
 # name -> (script, full args, quick args)
 SUITES: dict[str, dict[str, tuple[str, list[str], list[str]]]] = {
@@ -60,12 +59,33 @@ SUITES: dict[str, dict[str, tuple[str, list[str], list[str]]]] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ltxdist-bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ltxdist-bench",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
     parser.add_argument("--suite", choices=sorted(SUITES), default="cpu")
     parser.add_argument("--only", nargs="+", default=None, help="benchmark names within the suite")
-    parser.add_argument("--quick", action="store_true", help="smoke run: fewer repeats and samples")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where results files go")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: fewer repeats and samples, labelled, no verdicts"
+    )
+    parser.add_argument(
+        "--out-dir",
+        type=Path,
+        default=None,
+        help="where results files go (default: benchmarks/results of this checkout, else runs/bench)",
+    )
     args = parser.parse_args(argv)
+    import torch  # after parsing: --help stays fast
+
+    from ltxdist.bench.report import QUICK_ENV, default_results_dir, hardware_slug, results_stem
+    from ltxdist.io import write_bytes_atomic
+
+    args.out_dir = (args.out_dir or default_results_dir()).resolve()
+    env = {k: v for k, v in os.environ.items() if k != QUICK_ENV}
+    if args.quick:
+        env[QUICK_ENV] = "1"  # the scripts label their results files and judge no target
     if args.suite == "gpu" and not torch.cuda.is_available():
         parser.error("--suite gpu needs a CUDA device; use --suite cpu here")
     suite = SUITES[args.suite]
@@ -84,21 +104,23 @@ def main(argv: list[str] | None = None) -> None:
         print(f"== {name}: {script}", flush=True)
         t0 = time.time()
         cmd = [sys.executable, str(path), *(quick if args.quick else full), "--out-dir", str(args.out_dir)]
-        proc = subprocess.run(cmd)
+        proc = subprocess.run(cmd, env=env)
         new = sorted(p.name for p in args.out_dir.glob(f"*_{hardware_slug()}_*") if p.stat().st_mtime >= t0)
         status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
         lines.append(f"| {name} | {status} | {time.time() - t0:.0f} | {', '.join(new)} |")
     now = datetime.datetime.now(datetime.timezone.utc)
+    label = " (quick run: a smoke test, no figures to compare or judge)" if args.quick else ""
     summary = (
         f"# ltxdist-bench --suite {args.suite}{' --quick' if args.quick else ''}, "
-        f"{now:%Y-%m-%d %H:%M} UTC\n\n"
+        f"{now:%Y-%m-%d %H:%M} UTC{label}\n\n"
         f"Machine: {hardware_slug()}; total {time.time() - started:.0f} s.\n\n"
         "| benchmark | status | seconds | results files |\n|---|---|---|---|\n" + "\n".join(lines) + "\n"
     )
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    out = args.out_dir / f"suite-{args.suite}_{hardware_slug()}_{now:%Y-%m-%d}.md"
+    out = args.out_dir / f"{results_stem(f'suite-{args.suite}', now, quick=args.quick)}.md"
     write_bytes_atomic(out, summary.encode())
     print(summary)
+    print(f"wrote {out}")
     if any("failed" in line for line in lines):
         sys.exit(1)
 

@@ -1,5 +1,10 @@
-"""Results files of a benchmark: `benchmarks/results/<name>_<hardware>_<date>.json` and a markdown report
-with the table, the full config, library versions and the hardware it ran on."""
+"""Results files of a benchmark: `<results dir>/<name>_<hardware>_<date>.json` and a markdown report
+with the table, the full config, library versions and the hardware it ran on.
+
+The results directory is `benchmarks/results` of the ltxdist checkout the command runs in, or
+`runs/bench` outside one (never the installed package's own folder). A quick (smoke) run, marked by
+`ltxdist-bench --quick` through the LTXDIST_BENCH_QUICK environment variable, is labelled in the file
+name (`<name>-quick_...`) and the report, and judges no target: too few repeats to mean anything."""
 
 from __future__ import annotations
 
@@ -20,7 +25,12 @@ import torch
 
 from ltxdist.io import write_bytes_atomic, write_json_atomic
 
-RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"  # this package's source tree
+QUICK_ENV = "LTXDIST_BENCH_QUICK"
+QUICK_NOTE = (
+    "**Quick (smoke) run**: a few steps and repeats to check that the benchmark runs; its numbers judge "
+    "no target. Run without --quick for figures."
+)
 _PACKAGES = (
     "torch",
     "lightning",
@@ -32,6 +42,41 @@ _PACKAGES = (
     "peft",
     "ltxdist",
 )
+
+
+def checkout_root(start: Path | None = None) -> Path | None:
+    """The ltxdist checkout containing `start` (default: the current directory), if any."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        project = folder / "pyproject.toml"
+        if not ((folder / "benchmarks").is_dir() and project.is_file()):
+            continue
+        if 'name = "ltxdist"' in project.read_text():
+            return folder
+    return None
+
+
+def default_results_dir() -> Path:
+    """benchmarks/results of the current checkout, or runs/bench (relative to here) outside one."""
+    root = checkout_root()
+    return root / "benchmarks" / "results" if root is not None else Path("runs") / "bench"
+
+
+def quick_run() -> bool:
+    return os.environ.get(QUICK_ENV, "") not in ("", "0")
+
+
+def results_stem(name: str, when: datetime.datetime, quick: bool | None = None) -> str:
+    """`<name>_<hardware>_<date>`, with `-quick` after the name for a quick run (default: this process's)."""
+    quick = quick_run() if quick is None else quick
+    return f"{name}{'-quick' if quick else ''}_{hardware_slug()}_{when:%Y-%m-%d}"
+
+
+def target_verdict(met: bool, yes: str = "MET", no: str = "NOT MET") -> str:
+    """The verdict on a target, or none for a quick run."""
+    if quick_run():
+        return "not judged: quick run"
+    return yes if met else no
 
 
 def time_repeats(fn: Callable[[], object], *, warmup: int, repeats: int) -> list[float]:
@@ -150,10 +195,12 @@ def write_results(
     `tables` adds titled tables after the main one (title -> (rows, columns)); their rows go to the JSON
     under `tables`.
     """
-    out_dir = out_dir or RESULTS_DIR
+    out_dir = out_dir or default_results_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)
-    stem = f"{name}_{hardware_slug()}_{now:%Y-%m-%d}"
+    stem = results_stem(name, now)
+    if quick_run():
+        notes = f"{QUICK_NOTE}\n\n{notes}"
     tables = tables or {}
     config = portable_config(config)
     table = markdown_table(rows, columns)
@@ -161,6 +208,7 @@ def write_results(
     print(table + extra)
     payload = {
         "benchmark": name,
+        "quick": quick_run(),
         "date_utc": now.isoformat(timespec="seconds"),
         "hardware": hardware(),
         "versions": versions(),
@@ -170,9 +218,10 @@ def write_results(
         "notes": notes,
     }
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    title = f"{name} benchmark{' (quick run)' if quick_run() else ''}"
     write_json_atomic(json_path, json.loads(json.dumps(payload, default=str)))
     md = (
-        f"# {name} benchmark, {now:%Y-%m-%d %H:%M} UTC\n\n{notes}\n\n{table}{extra}\n\n## Hardware\n\n"
+        f"# {title}, {now:%Y-%m-%d %H:%M} UTC\n\n{notes}\n\n{table}{extra}\n\n## Hardware\n\n"
         f"```json\n{json.dumps(payload['hardware'], indent=2)}\n```\n\n## Versions\n\n```json\n"
         f"{json.dumps(payload['versions'], indent=2)}\n```\n\n## Config\n\n```json\n"
         f"{json.dumps(config, indent=2, default=str)}\n```\n"

@@ -289,7 +289,10 @@ class RunConfig:
     name: str = "run"
     dir: str = "runs/${run.name}"
     seed: int = 0
-    resume: str = "auto"  # auto (newest complete checkpoint, else fresh) | never | must | <checkpoint dir>
+    # auto | never | must | force | <checkpoint dir>. auto: the newest complete checkpoint if it belongs to
+    # the same run (same settings: training/run_identity.py), else a fresh start; force: continue it even
+    # with changed settings; must: fail when there is none
+    resume: str = "auto"
 
 
 @dataclass

@@ -35,10 +35,10 @@ class Bucket:
 
 
 def parse_buckets(spec: str, flag: str = "--buckets") -> list[Bucket]:
-    """'960x544x49;768x432x49' (';' or ',' separated) -> buckets; errors name the flag and the bucket."""
+    """'960x544x49;768x448x49' (';' or ',' separated) -> buckets; errors name the flag and the bucket."""
     names = [s.strip() for s in spec.replace(",", ";").split(";") if s.strip()]
     if not names:
-        raise ValueError(f"{flag} is empty; give buckets like 960x544x49;768x432x49")
+        raise ValueError(f"{flag} is empty; give buckets like 960x544x49;768x448x49")
     buckets = []
     for name in names:
         try:

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ltxdist.data.sample import CachedSample
-from ltxdist.data.shards import ShardIndex, save_empty_caption, shard_name, write_shard
-from ltxdist.models.checkpoint_file import read_checkpoint_info
-from ltxdist.models.presets import text_context_dims
+if TYPE_CHECKING:
+    from ltxdist.data.shards import ShardIndex
 
 AUDIO_LATENTS_PER_SECOND = 25
 AUDIO_CHANNELS, AUDIO_MEL_BINS = 8, 16
@@ -60,6 +57,14 @@ def write_synthetic_dataset(
     """`reference_video_downscale`: add an IC-LoRA reference (the target latents average-pooled by that
     factor in H and W, so the reference really predicts the target); `reference_audio_frames`: add an
     ID-LoRA reference audio clip of that many latent frames from the same concept."""
+    # Imported here: bucket parsing (used by `ltxdist-prepare --help`) and this module's --help stay light.
+    import torch
+
+    from ltxdist.data.sample import CachedSample
+    from ltxdist.data.shards import ShardIndex, save_empty_caption, shard_name, write_shard
+    from ltxdist.models.checkpoint_file import read_checkpoint_info
+    from ltxdist.models.presets import text_context_dims
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     info = read_checkpoint_info(checkpoint)

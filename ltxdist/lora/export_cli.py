@@ -10,25 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
-from safetensors import safe_open
-
-from ltxdist.io import save_safetensors_atomic, write_bytes_atomic
-from ltxdist.lora.comfy_format import (
-    COMFY_PREFIX,
-    LoRAFileError,
-    check_base_version,
-    merge_lora_file_into_state_dict,
-    read_lora_file,
-)
-from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX, read_checkpoint_info
+# Each command imports what it uses: `--help` and argument errors answer without loading torch.
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
+    from ltxdist.lora.comfy_format import read_lora_file
+
     lora = read_lora_file(args.lora)
     ranks = sorted({int(lora.tensors[m + ".lora_A.weight"].shape[0]) for m in lora.modules})
     # transformer_blocks.{i}.{module}; other names (a file from elsewhere) are listed under modules only
@@ -51,7 +43,41 @@ def cmd_inspect(args: argparse.Namespace) -> None:
     )
 
 
+class OutputWouldDestroyInputError(ValueError):
+    """--out names an input file, or an existing file without --force."""
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths reach the same file: equal after resolving symlinks, or one inode (a hard link)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_output_path(out: Path, inputs: dict[str, Path], force: bool) -> None:
+    """Refuse an --out that would replace an input (whatever --force says) or, without --force, any
+    existing file: a merged 22B base is 44 GB, and its download is lost if overwritten."""
+    for flag, path in inputs.items():
+        if _same_file(out, path):
+            raise OutputWouldDestroyInputError(
+                f"--out {out} is the {flag} file itself ({path}); writing there would destroy an input: "
+                "choose another --out"
+            )
+    if (out.exists() or out.is_symlink()) and not force:
+        raise OutputWouldDestroyInputError(f"--out {out} already exists: pass --force to replace it")
+
+
 def cmd_merge(args: argparse.Namespace) -> None:
+    check_output_path(args.out, {"--base": args.base, "--lora": args.lora}, args.force)
+    from safetensors import safe_open
+
+    from ltxdist.io import save_safetensors_atomic
+    from ltxdist.lora.comfy_format import check_base_version, merge_lora_file_into_state_dict, read_lora_file
+    from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX, read_checkpoint_info
+
     info = read_checkpoint_info(args.base)
     lora = read_lora_file(args.lora)
     check_base_version(lora, info.model_version, force=args.force)
@@ -60,11 +86,18 @@ def cmd_merge(args: argparse.Namespace) -> None:
     n = merge_lora_file_into_state_dict(sd, lora, strength=args.strength, prefix=TRANSFORMER_PREFIX)
     metadata = dict(info.metadata)
     metadata["merged_loras"] = json.dumps([{"path": str(lora.path), "strength": args.strength}])
-    save_safetensors_atomic(sd, args.out, metadata=metadata)
+    save_safetensors_atomic(sd, args.out, metadata=metadata)  # a temporary file, renamed when complete
     print(f"merged {n} adapters into {args.out}")
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    check_output_path(args.out, {"--lora": args.lora}, args.force)
+    import torch
+    from safetensors import safe_open
+
+    from ltxdist.io import save_safetensors_atomic, write_bytes_atomic
+    from ltxdist.lora.comfy_format import COMFY_PREFIX, LoRAFileError, read_lora_file
+
     src = Path(args.lora)
     if src.suffix != ".safetensors" or not src.is_file():
         read_lora_file(src)  # raises the error naming the file (missing, or a pickle-based format)
@@ -103,13 +136,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lora", type=Path, required=True)
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--force", action="store_true", help="merge even if the base model version differs")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --out, and merge even if the base model version differs (--out is "
+        "never allowed to be --base or --lora)",
+    )
     p.set_defaults(fn=cmd_merge)
     p = sub.add_parser("convert")
     p.add_argument("--lora", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--force", action="store_true", help="replace an existing --out (never --lora itself)")
     p.set_defaults(fn=cmd_convert)
     args = parser.parse_args(argv)
+    from ltxdist.lora.comfy_format import LoRAFileError
+
     try:
         args.fn(args)
     except (LoRAFileError, ValueError, FileNotFoundError) as exc:

@@ -13,14 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-
-from ltxdist._ltx_core import LTXModelConfigurator
-from ltxdist.io import save_safetensors_atomic
-from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX
-from ltxdist.models.init import init_transformer_weights
 from ltxdist.models.presets import LTX23_MODEL_VERSION, transformer_config
+
+if TYPE_CHECKING:
+    import torch
 
 TINY_CHECKPOINT_NAME = "ltx-2.3-tiny.safetensors"
 
@@ -40,11 +38,21 @@ def write_random_checkpoint(
     preset: str = "tiny",
     seed: int = 0,
     model_version: str = LTX23_MODEL_VERSION,
-    dtype: torch.dtype = torch.bfloat16,
+    dtype: torch.dtype | None = None,
     extra_config: dict | None = None,
     with_encoders: bool = False,
 ) -> Path:
-    """With `with_encoders`, the file also holds tiny random VAEs, vocoder and text connectors."""
+    """With `with_encoders`, the file also holds tiny random VAEs, vocoder and text connectors. Weights in
+    `dtype`, default bfloat16 (as the official checkpoint)."""
+    # Imported here, not at the top: `ltxdist-tiny-checkpoint --help` answers without loading torch.
+    import torch
+
+    from ltxdist._ltx_core import LTXModelConfigurator
+    from ltxdist.io import save_safetensors_atomic
+    from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX
+    from ltxdist.models.init import init_transformer_weights
+
+    dtype = torch.bfloat16 if dtype is None else dtype
     config = transformer_config(preset)
     if extra_config:
         config.update(extra_config)

@@ -5,27 +5,26 @@ Modules: `schedule` (sigma schedule), `guidance` (CFG + STG through ltx-core's g
 `pipeline` (`Sampler`: text -> latents -> mp4), `sheet` + `grid` (evaluation protocol), `cli`.
 """
 
-from ltxdist.sampling.conditioning import ConditioningLatents, IdReferenceOptions, VideoSpec
-from ltxdist.sampling.guidance import Guidance, GuidanceParams, TextContext
-from ltxdist.sampling.loading import LoRAChoice, fused_transformer, inject_lora_file, lora_strength
-from ltxdist.sampling.pipeline import References, Sampler, SampleRequest, SampleResult, write_sample
-from ltxdist.sampling.schedule import sigma_schedule
+from ltxdist._lazy import lazy_exports
 
-__all__ = [
-    "ConditioningLatents",
-    "Guidance",
-    "GuidanceParams",
-    "IdReferenceOptions",
-    "LoRAChoice",
-    "References",
-    "SampleRequest",
-    "SampleResult",
-    "Sampler",
-    "TextContext",
-    "VideoSpec",
-    "fused_transformer",
-    "inject_lora_file",
-    "lora_strength",
-    "sigma_schedule",
-    "write_sample",
-]
+# Names load on first use (ltxdist/_lazy.py): `ltxdist-sample --help` imports no torch.
+_EXPORTS = {
+    "ConditioningLatents": "ltxdist.sampling.conditioning",
+    "IdReferenceOptions": "ltxdist.sampling.conditioning",
+    "VideoSpec": "ltxdist.sampling.conditioning",
+    "Guidance": "ltxdist.sampling.guidance",
+    "GuidanceParams": "ltxdist.sampling.guidance",
+    "TextContext": "ltxdist.sampling.guidance",
+    "LoRAChoice": "ltxdist.sampling.loading",
+    "fused_transformer": "ltxdist.sampling.loading",
+    "inject_lora_file": "ltxdist.sampling.loading",
+    "lora_strength": "ltxdist.sampling.loading",
+    "References": "ltxdist.sampling.pipeline",
+    "Sampler": "ltxdist.sampling.pipeline",
+    "SampleRequest": "ltxdist.sampling.pipeline",
+    "SampleResult": "ltxdist.sampling.pipeline",
+    "write_sample": "ltxdist.sampling.pipeline",
+    "sigma_schedule": "ltxdist.sampling.schedule",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = sorted(_EXPORTS)

@@ -13,27 +13,18 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+# Only light imports here: `--help` and argument errors answer without loading torch and transformers
+# (seconds); each command imports what it uses.
+from ltxdist.sampling.defaults import DEFAULT_NEGATIVE_PROMPT, DEFAULT_STRENGTHS, ID_LORA_IDENTITY_GUIDANCE
 
-from ltxdist.data.media import MediaError
-from ltxdist.encoders import AudioVAE, VideoVAE, pick_device, pick_dtype
-from ltxdist.encoders.text import load_text_encoder
-from ltxdist.io import write_json_atomic
-from ltxdist.lora import LoRAFileError
-from ltxdist.lora.comfy_format import LoRAFile
-from ltxdist.models import CheckpointError, load_transformer, read_checkpoint_info
-from ltxdist.sampling.conditioning import IdReferenceOptions, VideoSpec
-from ltxdist.sampling.grid import DEFAULT_STRENGTHS, GridRunner, GridSpec, remove_trigger
-from ltxdist.sampling.guidance import ID_LORA_IDENTITY_GUIDANCE, Guidance, GuidanceParams
-from ltxdist.sampling.loading import LoRAChoice, fused_transformer, read_checked_loras
-from ltxdist.sampling.pipeline import (
-    DEFAULT_NEGATIVE_PROMPT,
-    References,
-    Sampler,
-    SampleRequest,
-    write_sample,
-)
+if TYPE_CHECKING:
+    import torch
+
+    from ltxdist.lora.comfy_format import LoRAFile
+    from ltxdist.sampling.guidance import Guidance
+    from ltxdist.sampling.pipeline import Sampler, SampleRequest
 
 PROG = "ltxdist-sample"
 
@@ -111,6 +102,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _guidance(args: argparse.Namespace, loras: list[LoRAFile]) -> Guidance:
     """The guidance flags; an ID-LoRA run (a reference voice) defaults to ID-LoRA's published inference:
     no rescale, and identity guidance from the LoRA's metadata (else the published scale)."""
+    from ltxdist.sampling.guidance import Guidance, GuidanceParams
+
     id_run = args.reference_audio is not None
     if args.identity_guidance is not None and not id_run:
         raise ValueError("--identity-guidance compares passes with and without --reference-audio; give one")
@@ -128,6 +121,8 @@ def _guidance(args: argparse.Namespace, loras: list[LoRAFile]) -> Guidance:
 
 
 def _from_metadata(loras: list[LoRAFile], key: str) -> str | None:
+    from ltxdist.lora import LoRAFileError
+
     values = {lora.metadata[key] for lora in loras if key in lora.metadata}
     if len(values) > 1:
         raise LoRAFileError(
@@ -141,6 +136,9 @@ def _bool(value: str | None, default: bool) -> bool:
 
 
 def _request(args: argparse.Namespace, prompt: str, seed: int, loras: list[LoRAFile]) -> SampleRequest:
+    from ltxdist.sampling.conditioning import IdReferenceOptions, VideoSpec
+    from ltxdist.sampling.pipeline import References, SampleRequest
+
     factor = args.reference_downscale
     if factor is None:
         factor = int(_from_metadata(loras, "reference_downscale_factor") or 1)
@@ -176,6 +174,10 @@ def _request(args: argparse.Namespace, prompt: str, seed: int, loras: list[LoRAF
 def _sampler(
     args: argparse.Namespace, transformer: torch.nn.Module, device: torch.device, dtype: torch.dtype
 ) -> Sampler:
+    from ltxdist.encoders import AudioVAE, VideoVAE
+    from ltxdist.encoders.text import load_text_encoder
+    from ltxdist.sampling.pipeline import Sampler
+
     text = load_text_encoder(
         args.checkpoint, args.gemma, device=device, dtype=dtype, text_tokens=args.text_tokens
     )
@@ -193,6 +195,8 @@ def _sampler(
 
 def _check_early(request: SampleRequest, checkpoint: Path) -> None:
     """Sizes, STG blocks and reference files, checked before 44 GB of weights are loaded."""
+    from ltxdist.models import read_checkpoint_info
+
     request.video.check()
     blocks = int(read_checkpoint_info(checkpoint).config["transformer"]["num_layers"])
     request.guidance.video.check(blocks, "--stg-blocks")
@@ -209,6 +213,12 @@ def _check_early(request: SampleRequest, checkpoint: Path) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
+    from ltxdist.encoders import pick_device, pick_dtype
+    from ltxdist.io import write_json_atomic
+    from ltxdist.models import read_checkpoint_info
+    from ltxdist.sampling.loading import LoRAChoice, fused_transformer, read_checked_loras
+    from ltxdist.sampling.pipeline import write_sample
+
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     choices = [LoRAChoice.parse(s) for s in args.lora]
@@ -248,6 +258,11 @@ def _grid_loras(args: argparse.Namespace) -> list[Path]:
 
 
 def cmd_grid(args: argparse.Namespace) -> None:
+    from ltxdist.encoders import pick_device, pick_dtype
+    from ltxdist.models import load_transformer, read_checkpoint_info
+    from ltxdist.sampling.grid import GridRunner, GridSpec, remove_trigger
+    from ltxdist.sampling.loading import LoRAChoice, read_checked_loras
+
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     bleed = list(args.bleed_prompt) or (
@@ -311,6 +326,10 @@ def main(argv: list[str] | None = None) -> None:
     if not argv or argv[0] not in ("generate", "grid", "-h", "--help"):
         argv.insert(0, "generate")  # `ltxdist-sample --prompt ...` means generate
     args = build_parser().parse_args(argv)
+    from ltxdist.data.media import MediaError
+    from ltxdist.lora import LoRAFileError
+    from ltxdist.models import CheckpointError
+
     try:
         args.fn(args)
     except (LoRAFileError, CheckpointError, MediaError, ValueError, FileNotFoundError) as exc:

@@ -24,11 +24,10 @@ import torch
 from ltxdist.io import write_bytes_atomic, write_json_atomic
 from ltxdist.lora import read_lora_file
 from ltxdist.lora.comfy_format import LoRAFile
+from ltxdist.sampling.defaults import DEFAULT_STRENGTHS
 from ltxdist.sampling.loading import inject_lora_file, load_lora_weights, lora_strength
 from ltxdist.sampling.pipeline import Sampler, SampleRequest, SampleResult, write_sample
 from ltxdist.sampling.sheet import cell_size, mean_abs_diff, resize, tile, write_contact_sheet
-
-DEFAULT_STRENGTHS = (0.5, 0.75, 1.0)
 
 
 def remove_trigger(prompt: str, trigger: str) -> str:

@@ -39,10 +39,8 @@ from ltx_core.guidance.perturbations import Perturbation, PerturbationConfig, Pe
 from ltx_core.utils import to_denoised
 
 from ltxdist._ltx_core import BatchedPerturbationConfig, Modality
+from ltxdist.sampling.defaults import ID_LORA_IDENTITY_GUIDANCE  # noqa: F401  (re-exported)
 from ltxdist.strategies.attention_masks import set_attention_masks
-
-# ID-LoRA's published inference (its one- and two-stage scripts): identity guidance scale 3.
-ID_LORA_IDENTITY_GUIDANCE = 3.0
 
 
 @dataclass(frozen=True)

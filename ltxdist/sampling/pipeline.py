@@ -23,14 +23,11 @@ from ltxdist.sampling.conditioning import (
     final_latents,
     initial_states,
 )
+from ltxdist.sampling.defaults import DEFAULT_NEGATIVE_PROMPT
 from ltxdist.sampling.denoise import euler_sample
 from ltxdist.sampling.guidance import Guidance, TextContext, X0Predictor
 from ltxdist.sampling.schedule import sigma_schedule
 from ltxdist.strategies.attention_masks import set_attention_masks
-
-# The classic LTX-Video negative prompt; ltx-pipelines ships a much longer one (pass it with
-# --negative-prompt if wanted).
-DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
 
 
 @dataclass(frozen=True)

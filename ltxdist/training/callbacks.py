@@ -3,6 +3,7 @@ requeue), and metrics.jsonl."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -31,7 +32,9 @@ from ltxdist.training.run_dir import (
 )
 
 log = logging.getLogger("ltxdist")
-STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# Ctrl-C (SIGINT) stops like SIGTERM, with a checkpoint at the next step, then exits 0; a second Ctrl-C
+# stops at once.
+STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
 LAYOUT_KEY = "ltxdist_layout"
 
 
@@ -39,11 +42,13 @@ class CheckpointAndExport(pl.Callback):
     """Every `every_n_steps` optimizer steps (and at the end): a full training-state checkpoint under
     checkpoints/step-N/, and the ComfyUI-format LoRA under lora/. Keeps the newest `keep_last_k`.
 
-    SIGUSR1 or SIGTERM (SLURM's warning before the time limit, preemption, `kill`) on any rank: at the
-    next optimizer-step boundary every rank writes the checkpoint, then the process exits with
-    128 + signal; after SIGUSR1 inside a SLURM job rank 0 first requeues the job, which resumes from
-    that checkpoint (run.resume=auto). The handler only sets a flag: the checkpoint is written by the
-    training loop, never from inside a signal handler.
+    SIGUSR1, SIGTERM (SLURM's warning before the time limit, preemption, `kill`) or SIGINT (Ctrl-C) on
+    any rank: at the next optimizer-step boundary every rank writes the checkpoint, rank 0 prints the
+    command that resumes, then the process exits with 128 + signal (0 after Ctrl-C: the user asked to
+    stop and nothing is lost); after SIGUSR1 inside a SLURM job rank 0 first requeues the job, which
+    resumes from that checkpoint (run.resume=auto). A second Ctrl-C stops at once, without a checkpoint.
+    The handler only sets a flag: the checkpoint is written by the training loop, never from inside a
+    signal handler.
     """
 
     def __init__(
@@ -54,8 +59,10 @@ class CheckpointAndExport(pl.Callback):
         strategy_name: str,
         extra_metadata: dict[str, Any] | None = None,
         step_metrics: Any = None,
+        resume_command: str = "the same command (run.resume=auto)",
     ):
         self.run_dir = run_dir
+        self.resume_command = resume_command  # printed when a signal stops the run
         # tracking.metrics.TrainingMetrics: whether any rank received a stop signal travels in the step's
         # one host sync (`_signal_on_any_rank`); without it, this callback reduces the flag itself.
         self.step_metrics = step_metrics
@@ -69,6 +76,7 @@ class CheckpointAndExport(pl.Callback):
         self._last_saved_step = -1
         self._last_checked_step = -1
         self._signal = 0  # signal number received by this process, 0 = none
+        self._interrupts = 0  # Ctrl-C presses: the second one stops at once
         self._previous_handlers: dict[int, Any] = {}
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
@@ -121,9 +129,15 @@ class CheckpointAndExport(pl.Callback):
         if not self._previous_handlers:
             # Training is over, but Lightning's teardown re-installed this handler (it was current
             # when Lightning saved "the original"): behave as if it were not there.
-            signal.signal(signum, signal.SIG_DFL)
+            signal.signal(signum, signal.SIG_DFL if signum != signal.SIGINT else signal.default_int_handler)
             os.kill(os.getpid(), signum)
             return
+        if signum == signal.SIGINT:
+            self._interrupts += 1
+            if self._interrupts > 1:
+                _say("\nsecond Ctrl-C: stopping now, without a checkpoint of the current step\n")
+                raise KeyboardInterrupt
+            _say("\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C again stops at once)\n")
         self._signal = max(self._signal, int(signum))
 
     def _install_signal_handlers(self) -> None:
@@ -161,13 +175,20 @@ class CheckpointAndExport(pl.Callback):
             self.save(trainer, pl_module)
         name = signal.Signals(signum).name
         if trainer.is_global_zero:
-            log.warning("%s received: checkpoint for step %d written; stopping", name, step)
+            log.warning(
+                "%s received: checkpoint for step %d written (%s); stopping. Resume with: %s",
+                name,
+                step,
+                checkpoint_path(self.run_dir, step),
+                self.resume_command,
+            )
             if signum == signal.SIGUSR1:
                 _requeue_slurm_job()
         self._restore_signal_handlers()
         # Unwinds through Lightning's interrupt handling (teardown on every rank); 128 + signal is the
-        # status a process killed by that signal would have had.
-        raise SystemExit(128 + signum)
+        # status a process killed by that signal would have had. Ctrl-C is the user's own request to
+        # stop, and nothing was lost: success.
+        raise SystemExit(0 if signum == signal.SIGINT else 128 + signum)
 
     def save(self, trainer: pl.Trainer, pl_module: Any) -> None:
         """Collective: the LoRA file, then the checkpoint, then keep-last-k.
@@ -219,6 +240,12 @@ class CheckpointAndExport(pl.Callback):
 
 def _signal_slot(sig: signal.Signals) -> str:
     return f"signal/{sig.name}"
+
+
+def _say(text: str) -> None:
+    """Write to stderr from a signal handler (os.write is safe there; logging and print are not)."""
+    with contextlib.suppress(OSError):
+        os.write(2, text.encode())
 
 
 def _fail_together(trainer: pl.Trainer, failure: OSError | None, path: Path) -> None:
@@ -309,46 +336,6 @@ class MetricsJsonl(pl.Callback):
         # The same numbers go to W&B (and any other logger), so the two never disagree.
         for logger in trainer.loggers:
             logger.log_metrics(dict(metrics), step=step)
-
-
-class StepProgressBar(pl.Callback):
-    """tqdm bar over optimizer steps (not epochs: the stream is infinite) with loss and throughput."""
-
-    def __init__(self, metrics: Any) -> None:
-        self.metrics = metrics  # ltxdist.tracking.metrics.TrainingMetrics: the step's reduced values
-        self._bar: Any = None
-        self._last_step = -1
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.is_global_zero:
-            from tqdm.auto import tqdm
-
-            self._bar = tqdm(
-                total=trainer.max_steps,
-                initial=trainer.global_step,
-                desc="train",
-                unit="step",
-                dynamic_ncols=True,
-            )
-            self._last_step = trainer.global_step
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        if self._bar is None or trainer.global_step == self._last_step:
-            return
-        self._bar.update(trainer.global_step - self._last_step)
-        self._last_step = trainer.global_step
-        m = self.metrics.latest
-        postfix = {}
-        if "loss/total" in m:
-            postfix["loss"] = f"{m['loss/total']:.4f}"
-        if "throughput/tokens_per_s" in m:
-            postfix["tok/s"] = f"{m['throughput/tokens_per_s']:.0f}"
-        self._bar.set_postfix(postfix, refresh=False)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from ltxdist.io import atomic_file, write_json_atomic
 from ltxdist.training.run_dir import complete_checkpoints, lora_dir
+from ltxdist.training.run_identity import check_finished_run, new_run_flag
 from ltxdist.training.warm_start import check_warm_start_supported
 
 log = logging.getLogger("ltxdist")
@@ -40,7 +41,7 @@ def stage_config(cfg: Any, index: int, previous: Path | None) -> Any:
     merged.stages = []
     merged.trainer.max_steps = stage.max_steps
     merged.run.dir = str(stage_dir(Path(cfg.run.dir), index, stage.name))
-    merged.run.resume = "auto"
+    merged.run.resume = "force" if cfg.run.resume == "force" else "auto"  # force reaches every stage
     merged.lora.init_from = str(previous) if previous is not None else cfg.lora.init_from
     return merged
 
@@ -62,6 +63,8 @@ def run_curriculum(cfg: Any, train_one: Any) -> Path:
         sdir = stage_dir(run_dir, i, stage.name)
         done = sdir / STAGE_DONE
         if done.is_file():
+            # Finished with the same settings? (A changed stage's data or LoRA must not be skipped silently.)
+            check_finished_run(stage_config(cfg, i, previous), new_run_flag(cfg.run))
             log.info("stage %d/%d %s: already complete, skipping", i + 1, len(cfg.stages), stage.name)
         else:
             log.info("stage %d/%d %s: %d steps", i + 1, len(cfg.stages), stage.name, stage.max_steps)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,11 @@ class CachedLatentDataModule(pl.LightningDataModule):
         else:
             stream = CachedLatentStream(self.data_cfg.path, plan, skip_batches=skip)
         return torch.utils.data.DataLoader(
-            stream, batch_size=None, num_workers=self.data_cfg.num_workers, persistent_workers=False
+            stream,
+            batch_size=None,
+            num_workers=self.data_cfg.num_workers,
+            persistent_workers=False,
+            worker_init_fn=ignore_interrupts,
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -51,6 +56,13 @@ class CachedLatentDataModule(pl.LightningDataModule):
         if not isinstance(batch, dict):
             return super().transfer_batch_to_device(batch, device, dataloader_idx)
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers ignore Ctrl-C, which reaches the whole process group: the training process
+    stops after the step with a checkpoint and then ends its workers (a worker that quit on Ctrl-C
+    would fail the run before the checkpoint)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def empty_caption_dir(data_cfg: Any) -> Path:

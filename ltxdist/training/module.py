@@ -36,6 +36,7 @@ from ltxdist.training.datamodule import empty_caption_dir
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
 from ltxdist.training.nonfinite import NonFiniteGuard, poison_nonfinite_loss, total_grad_norm
 from ltxdist.training.optim import build_optimizer, build_scheduler
+from ltxdist.training.run_identity import LoRAShapeMismatchError
 from ltxdist.training.warm_start import warm_start
 from ltxdist_kernels.attention import patch_attention_modules, resolve_backend
 from ltxdist_kernels.dispatch import set_calibration
@@ -327,4 +328,15 @@ class LTXLoRAModule(pl.LightningModule):
             raise ValueError(
                 f"checkpoint adapters do not match this run's LoRA: missing {sorted(expected - found)[:5]}, "
                 f"unexpected {sorted(found - expected)[:5]} (did lora.rank / lora.targets change?)"
+            )
+        # Same names, other shapes (lora.rank changed): one line here, not Lightning's list of every
+        # size mismatch.
+        ours = {k: tuple(v.shape) for k, v in self.state_dict().items()}
+        theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
+        wrong = [k for k in ours if ours[k] != theirs[k]]
+        if wrong:
+            raise LoRAShapeMismatchError(
+                f"the checkpoint's LoRA adapters have another shape than this run's ({len(wrong)} tensors, "
+                f"e.g. {wrong[0]}: {theirs[wrong[0]]} saved, {ours[wrong[0]]} now): lora.rank differs; "
+                "start a new run (run.name=NEW) or set lora.rank back"
             )

@@ -45,10 +45,11 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
 
 def resolve_resume(run_dir: Path, resume: str) -> Path | None:
     """run.resume: auto -> newest complete checkpoint or None; never -> None; must -> newest or error;
-    anything else -> that checkpoint directory, which must be complete."""
+    force -> as auto (run_identity.decide_resume then accepts changed settings); anything else -> that
+    checkpoint directory, which must be complete."""
     if resume == "never":
         return None
-    if resume in ("auto", "must"):
+    if resume in ("auto", "must", "force"):
         found = complete_checkpoints(run_dir)
         if found:
             return found[-1][1]

@@ -20,11 +20,27 @@ from ltxdist.data.compat import check_data_fits_checkpoint
 from ltxdist.parallel import lightning_strategy
 from ltxdist.quant.base import base_precision_metadata
 from ltxdist.tracking.metrics import TrainingMetrics
-from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl, StepProgressBar
+from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl
 from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
+from ltxdist.training.console import (
+    ProgressReporter,
+    end_summary,
+    quiet_third_party,
+    resume_command,
+    startup_summary,
+)
 from ltxdist.training.datamodule import CachedLatentDataModule
 from ltxdist.training.module import SIGMA_BUCKET_EDGES, LTXLoRAModule
 from ltxdist.training.run_dir import lora_path, resolve_resume
+from ltxdist.training.run_identity import (
+    LoRAShapeMismatchError,
+    ResumeRefusedError,
+    RunIdentityRecorder,
+    compute_run_identity,
+    decide_resume,
+    new_run_flag,
+    record_forced_resume,
+)
 
 log = logging.getLogger("ltxdist")
 
@@ -33,11 +49,17 @@ def _prepare_inputs(cfg: Any) -> None:
     """Demo conveniences: a tiny checkpoint and synthetic data when asked for and missing."""
     ckpt = Path(cfg.model.checkpoint)
     # Options of model=tiny and data=synthetic only (the closed config has them nowhere else).
-    if not ckpt.is_file() and cfg.model.get("create_if_missing", False):
+    if not ckpt.is_file() and not cfg.model.get("create_if_missing", False):
+        # Never a new random checkpoint as a side effect of a mistyped path (only the demo asks for one).
+        raise ConfigError(
+            f"model.checkpoint: {ckpt} does not exist; point model.checkpoint at the LTX-2.3 .safetensors "
+            f"file (a tiny random one for trying things out: `ltxdist-tiny-checkpoint {ckpt.parent}`)"
+        )
+    if not ckpt.is_file():
         from ltxdist.models.tiny_checkpoint import write_random_checkpoint
 
         write_random_checkpoint(ckpt)
-        log.info("wrote tiny checkpoint %s", ckpt)
+        log.info("model.create_if_missing: wrote a tiny random checkpoint %s", ckpt)
     if cfg.data.path is None or not cfg.data.get("synthetic_if_missing", False):
         return
     data = Path(cfg.data.path)
@@ -83,7 +105,7 @@ def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger:
         max_epochs=-1,
         accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.trainer.gradient_clip_val,
-        enable_progress_bar=False,  # StepProgressBar counts optimizer steps instead of epochs
+        enable_progress_bar=False,  # ProgressReporter counts optimizer steps instead of epochs
         enable_checkpointing=False,  # CheckpointAndExport owns checkpoints
         enable_model_summary=False,
         deterministic=cfg.trainer.deterministic,
@@ -110,11 +132,21 @@ def train(cfg: Any) -> Path:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0:
         _prepare_inputs(cfg)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         check_data_fits_checkpoint(cfg.data, cfg.model.checkpoint)  # before any model is built
     resume_from = resolve_resume(run_dir, cfg.run.resume)
-    if resume_from is not None and rank == 0:
-        log.info("resuming from %s", resume_from)
+    identity: dict[str, Any] | None = None
+    if rank == 0:
+        # Resume only the same run (run_identity.py): decided before anything in the run folder changes.
+        # Rank 0 decides (it writes the checkpoint's state.json); a refusal stops the launch.
+        identity = compute_run_identity(cfg)
+        resume = decide_resume(resume_from, cfg.run.resume, identity, new_run_flag(cfg.run))
+        forced = record_forced_resume(identity, resume, cfg.run.resume)
+        if forced:
+            log.warning(forced)
+        if resume.unrecorded:
+            log.warning("%s records no run settings (an older ltxdist wrote it): not checked", resume_from)
+        log.info(startup_summary(cfg, identity, resume.describe()))
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
 
     module = LTXLoRAModule(cfg)
@@ -137,10 +169,11 @@ def train(cfg: Any) -> Path:
             strategy_name=cfg.strategy.name,
             extra_metadata={**lora_extra_metadata(cfg.strategy), **base_precision_metadata(cfg.model)},
             step_metrics=metrics,
+            resume_command=resume_command(),
         ),
     ]
-    if cfg.trainer.progress_bar:
-        callbacks.append(StepProgressBar(metrics))
+    progress = ProgressReporter(metrics, show=cfg.trainer.progress_bar)
+    callbacks.append(progress)
     if cfg.validation.name != "none":
         from ltxdist.training.validation import ValidationSampling
 
@@ -159,6 +192,8 @@ def train(cfg: Any) -> Path:
 
         logger = build_wandb_logger(cfg.logger, run_dir, cfg.run.name, resolved)
         callbacks.append(WandbLoRAArtifacts(run_dir, cfg.run.name))  # after CheckpointAndExport
+    if identity is not None:
+        callbacks.append(RunIdentityRecorder(identity))  # into every checkpoint's state.json
     callbacks.append(metrics.boundary)
     trainer = build_trainer(cfg, run_dir, callbacks, logger)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
@@ -166,7 +201,7 @@ def train(cfg: Any) -> Path:
         logger.experiment.finish()  # flush metrics, videos and LoRA artifacts now, not at interpreter exit
     final = lora_path(run_dir, trainer.global_step)
     if trainer.is_global_zero:
-        log.info("final LoRA: %s", final)
+        log.info(end_summary(run_dir, final, trainer.global_step, progress, cfg.trainer.max_steps))
     return final
 
 
@@ -188,9 +223,14 @@ def _hydra_main(cfg: DictConfig) -> None:
         train(cfg)
     except ConfigError as err:
         _exit_on_config_error(err)
+    except (ResumeRefusedError, LoRAShapeMismatchError) as exc:
+        # The message is the whole story (what differs, how to go on): no traceback around it.
+        log.error("%s", exc)
+        sys.exit(2)
 
 
 def main() -> None:
+    quiet_third_party()
     register_configs()
     overrides = sys.argv[1:]
     if not any(arg.startswith("-") for arg in overrides):

@@ -169,3 +169,23 @@ def test_shard_cut_at_a_member_boundary_is_detected(synthetic_shards):
     stream = CachedLatentStream(synthetic_shards, StreamPlan(batch_size=1, seed=0))
     with pytest.raises(ShardReadError, match=str(shard)):
         list(itertools.islice(stream.iter_batches(), 8))
+
+
+def test_prepare_has_no_silent_defaults(tmp_path, tiny_model, capsys):
+    """Issue 24, case 7 (preparation): without --buckets the tiny model's 64x64x17 bucket was used, which
+    --help did not show; a run that wrote 0 samples exited 0. Now --buckets is required (--help shows
+    real LTX-2.3 buckets) and an empty result is an error."""
+    from ltxdist.data.prepare.cli import build_parser
+
+    help_text = " ".join(build_parser().format_help().split())
+    assert "768x448x121" in help_text and "960x544x49" in help_text
+    base = ["--out", str(tmp_path / "out"), "--checkpoint", str(tiny_model.checkpoint)]
+    base += ["--gemma", str(tiny_model.gemma), "--no-progress", "--device", "cpu"]
+    (tmp_path / "rows.jsonl").write_text(json.dumps({"video": "missing.mp4", "caption": "gone"}))
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main([str(tmp_path / "rows.jsonl"), *base])
+    assert exit_info.value.code == 2 and "needs --buckets" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    assert prepare_main([str(tmp_path / "rows.jsonl"), *base, "--buckets", "64x64x17"]) == 1
+    err = capsys.readouterr().err
+    assert "holds no samples: every one of its 1 rows was skipped" in err and "missing.mp4" in err

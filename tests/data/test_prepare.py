@@ -114,17 +114,76 @@ def test_rerun_resumes_and_refuses_stale_caches(tmp_path, tiny_model):
         prepare_dataset(
             prepare_opts(raw, out, type(tiny_model)(newer, tiny_model.gemma), samples_per_shard=1)
         )
-    clip(raw, "c3.mp4", caption="clip 3")
-    with pytest.raises(PrepareError, match="manifest rows or preparation options changed"):
-        prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1))
+    # Other options (a trigger word now) change every shard: refused too, naming the option.
+    with pytest.raises(PrepareError, match=r"preparation options changed \(lora_trigger: None -> sks\)"):
+        prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1, lora_trigger="sks"))
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-00000[0].tar")} == {
         "shard-000000.tar": mtimes["shard-000000.tar"]
     }  # nothing lost by a refused run
     over = prepare_dataset(
         prepare_opts(raw, out, type(tiny_model)(other, tiny_model.gemma), samples_per_shard=1, overwrite=True)
     )
-    assert over.encoded == 4
+    assert over.encoded == 3 and over.replaced_units == 3
     assert load_index(out).encoder_fingerprints == encoder_fingerprints(other, tiny_model.gemma, 128)
+
+
+def test_prepare_is_incremental(tmp_path, tiny_model):
+    """Issue 24, cases 4 and 5. After --strict stopped at a bad row, fixing that row was refused until
+    --overwrite, which then re-encoded every shard; --overwrite after a kill redid finished, up-to-date
+    shards. Now shards are keyed by the rows and options they hold: a fixed or appended row re-encodes
+    only its unit, with no flag, and --overwrite replaces only shards whose inputs changed."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for i in range(3):
+        clip(raw, f"c{i}.mp4", caption=f"clip {i}", concept=i)
+    manifest = raw / "dataset.jsonl"
+    rows = [
+        {"video": "c0.mp4", "caption": "clip 0"},
+        {"video": "typo.mp4", "caption": "clip 1"},
+        {"video": "c2.mp4", "caption": "clip 2"},
+    ]
+
+    def prepare(**kw):
+        manifest.write_text("\n".join(json.dumps(r) for r in rows))
+        return prepare_dataset(
+            prepare_opts(manifest, out, tiny_model, samples_per_shard=1, strict=True, **kw)
+        )
+
+    def stamps():
+        return {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+
+    with pytest.raises(PrepareError, match="--strict: stopping; finished shards are kept"):
+        prepare()
+    kept = stamps()
+    assert list(kept) == ["shard-000000.tar"]
+    rows[1]["video"] = "c1.mp4"  # the row fixed: the finished shard stays, the rest is encoded
+    fixed = prepare()
+    assert (fixed.encoded, fixed.resumed_units, fixed.replaced_units, fixed.complete) == (2, 1, 0, True)
+    assert stamps()["shard-000000.tar"] == kept["shard-000000.tar"]
+    kept = stamps()
+    rows[2]["caption"] = "clip two"  # a caption corrected: only its unit
+    again = prepare()
+    assert (again.encoded, again.replaced_units) == (1, 1)
+    assert {k: v for k, v in stamps().items() if v == kept[k]}.keys() == {
+        "shard-000000.tar",
+        "shard-000001.tar",
+    }
+    assert read_samples(out)["row00000002"].meta["caption"] == "clip two"
+    rows.append({"video": "c0.mp4", "caption": "clip 3"})  # a row appended: only the new unit
+    appended = prepare()
+    assert (appended.encoded, appended.resumed_units, appended.replaced_units) == (1, 3, 0)
+    assert load_index(out).num_samples == 4
+    # A kill between a shard's rename and its record, then --overwrite: only that unit is redone.
+    kept = stamps()
+    (out / "shard-000003.unit.json").unlink()
+    over = prepare(overwrite=True)
+    assert (over.encoded, over.resumed_units) == (1, 3)
+    assert {k for k, v in stamps().items() if v == kept[k]} == {f"shard-00000{i}.tar" for i in range(3)}
+    # Another manifest pointed at the same --out is not taken for an edit: refused without --overwrite.
+    kept = stamps()
+    rows[:] = [{"video": f"c{i}.mp4", "caption": f"another dataset {i}"} for i in range(4)]
+    with pytest.raises(PrepareError, match="none of them made from any row of this manifest"):
+        prepare()
+    assert stamps() == kept and load_index(out).num_samples == 4
 
 
 def test_ranks_split_the_manifest_and_last_one_writes_the_index(tmp_path, tiny_model):

@@ -1,6 +1,6 @@
 """`ltxdist-prepare`: raw clips + captions -> webdataset shards of cached latents.
 
-  ltxdist-prepare INPUT --out SHARDS --checkpoint CKPT --gemma GEMMA_DIR [--buckets 960x544x49;...]
+  ltxdist-prepare INPUT --out SHARDS --checkpoint CKPT --gemma GEMMA_DIR --buckets 960x544x49;...
   ltxdist-prepare --decode SHARDS --checkpoint CKPT --out DIR      (latents back to mp4, to look at)
   ltxdist-prepare --make-demo-clips DIR                            (a few synthetic raw clips)
 
@@ -16,8 +16,8 @@ import os
 import sys
 from pathlib import Path
 
-from ltxdist.data.buckets import check_reference_factor, parse_buckets
-from ltxdist.data.prepare.samples import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES, SampleSpec
+# Only light imports here: `--help` and argument errors answer without loading torch (seconds).
+from ltxdist.data.prepare.options import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES
 
 
 def _env_rank() -> tuple[int, int]:
@@ -39,7 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="output shard directory (or, with --decode, the mp4 directory)")
     p.add_argument("--checkpoint", type=Path, help="LTX-2.3 checkpoint with VAEs and text connectors")
     p.add_argument("--gemma", type=Path, help="Gemma 3 folder (Hugging Face layout) for the text encoder")
-    p.add_argument("--buckets", default="64x64x17", help="';'-separated WxHxF buckets (W,H %%32, F=8n+1)")
+    p.add_argument(
+        "--buckets",
+        default=None,
+        help="required: ';'-separated WxHxF resolution buckets, W and H multiples of 32, F = 8n+1 frames; "
+        "each clip goes to the bucket of nearest aspect ratio. LTX-2.3 examples: "
+        "'768x448x121' (the IC-LoRA recipe), '960x544x49;768x448x89;544x960x49' (landscape + portrait), "
+        "'1920x1088x121' (1080p); the tiny demo model uses '64x64x17'",
+    )
     p.add_argument("--strategy", choices=STRATEGIES, default="standard")
     p.add_argument(
         "--reference-downscale-factor",
@@ -72,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace shards written by other encoders, model version or manifest",
+        help="replace shards made with other encoders, model version or options, or from another "
+        "manifest; only shards whose inputs changed are re-encoded (a fixed or appended manifest row "
+        "needs no flag: only its shard is re-encoded)",
     )
     p.add_argument(
         "--rank", type=int, default=None, help="this process's rank (default: RANK / SLURM_PROCID)"
@@ -152,10 +161,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {len(paths)} videos to {args.out}")
         return 0
 
-    _need(args, parser, "preparing", "out", "checkpoint", "gemma")
+    _need(args, parser, "preparing", "out", "checkpoint", "gemma", "buckets")
     env_rank, env_world = _env_rank()
     rank = env_rank if args.rank is None else args.rank
     world = env_world if args.world_size is None else args.world_size
+    from ltxdist.data.buckets import check_reference_factor, parse_buckets
+    from ltxdist.data.prepare.samples import SampleSpec
+
     try:
         buckets = parse_buckets(args.buckets)
         if args.strategy == "video_to_video":
@@ -197,9 +209,25 @@ def main(argv: list[str] | None = None) -> int:
     except (ManifestError, PrepareError, FileNotFoundError, ValueError) as exc:
         print(f"ltxdist-prepare: error: {exc}", file=sys.stderr)
         return 2
-    print(
-        f"rank {rank}/{world}: encoded {result.encoded} samples, {result.resumed_units} shards already done"
+    replaced = (
+        f", {result.replaced_units} of them re-encoded because their rows or inputs changed"
+        if result.replaced_units
+        else ""
     )
+    print(
+        f"rank {rank}/{world}: encoded {result.encoded} samples{replaced}, "
+        f"{result.resumed_units} shards already done"
+    )
+    if result.complete and result.index is not None and result.index.num_samples == 0:
+        for s in result.skipped:
+            print(f"  skipped {s['where']}: {s['reason']}", file=sys.stderr)
+        print(
+            f"ltxdist-prepare: error: {args.out} holds no samples: every one of its "
+            f"{result.index.extra.get('num_rows', 0)} rows was skipped (reasons above and in "
+            f"{args.out / 'prepare_report.json'})",
+            file=sys.stderr,
+        )
+        return 1
     if result.complete and result.index is not None:
         print(
             f"{args.out}: {result.index.num_samples} samples in {len(result.index.shards)} shards, "

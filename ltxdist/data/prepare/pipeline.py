@@ -1,16 +1,17 @@
-"""Manifest -> webdataset shards of cached latents, resumable and split across ranks.
+"""Manifest -> webdataset shards of cached latents, resumable, incremental and split across ranks.
 
 Work is cut into fixed units of `samples_per_shard` consecutive manifest rows; unit u becomes
 `shard-{u:06d}.tar` and is done by rank u % world_size. A unit is finished when its tar (written to a
-temporary name, then renamed) and then its `.unit.json` record (counts, skipped rows, fingerprints) are
-on disk, so a rerun skips finished units, works with another world size, and an interrupted unit is
-simply redone. `index.json` is written once every unit is finished, by whichever rank sees that last;
-all ranks would write identical bytes, and each write is atomic.
+temporary name, then renamed) and then its `.unit.json` record (counts, skipped rows, the inputs it was
+made from) are on disk, so a rerun skips finished units, works with another world size, and an
+interrupted unit is simply redone. Which finished units are still up to date is decided per unit from
+its inputs (plan.py): a fixed or appended row re-encodes only its unit. `index.json` is written once
+every unit is finished, by whichever rank sees that last; all ranks would write identical bytes, and
+each write is atomic.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +23,15 @@ import torch
 from tqdm import tqdm
 
 from ltxdist.data.manifest import ManifestRow, read_manifest
+from ltxdist.data.prepare.plan import (
+    PreparePlan,
+    existing_units,
+    make_plan,
+    read_record,
+    stale_reasons,
+    unit_is_current,
+    unit_record_path,
+)
 from ltxdist.data.prepare.samples import ClipError, SampleBuilder, SampleSpec
 from ltxdist.data.sample import SCHEMA_VERSION, CachedSample
 from ltxdist.data.shards import (
@@ -39,7 +49,6 @@ from ltxdist.models.checkpoint_file import read_checkpoint_info
 log = logging.getLogger(__name__)
 
 REPORT_NAME = "prepare_report.json"
-UNIT_SUFFIX = ".unit.json"
 
 
 class PrepareError(RuntimeError):
@@ -70,36 +79,22 @@ class PrepareResult:
     complete: bool
     index: ShardIndex | None
     encoded: int = 0  # samples this rank encoded in this run
-    resumed_units: int = 0  # units found finished and skipped
+    resumed_units: int = 0  # units found finished and up to date, and skipped
+    replaced_units: int = 0  # finished units whose inputs changed, encoded again
     skipped: list[dict[str, Any]] = field(default_factory=list)  # all skipped rows (when complete)
 
 
-def unit_record_path(out: Path, unit: int) -> Path:
-    return out / (Path(shard_name(unit)).stem + UNIT_SUFFIX)
-
-
-def run_fingerprint(rows: list[ManifestRow], opts: PrepareOptions, text_tokens: int) -> str:
-    """What the shards' content depends on besides the encoders; a resume must see the same."""
+def preparation_options(opts: PrepareOptions, text_tokens: int) -> dict[str, Any]:
+    """The options every shard's content depends on (besides its rows and the encoders)."""
     described = {
-        "rows": [
-            [
-                r.index,
-                str(r.video),
-                r.caption,
-                str(r.reference_video),
-                str(r.reference_image),
-                str(r.reference_audio),
-                r.problem,
-            ]
-            for r in rows
-        ],
-        "spec": {**asdict(opts.spec), "buckets": [b.name for b in opts.spec.buckets]},
+        **asdict(opts.spec),
+        "buckets": [b.name for b in opts.spec.buckets],
         "samples_per_shard": opts.samples_per_shard,
         "text_tokens": text_tokens,
     }
-    if opts.text_encoder_precision != "bf16":  # 8-bit text embeddings differ: a resume must not mix them
+    if opts.text_encoder_precision != "bf16":  # 8-bit text embeddings differ: shards must not mix them
         described["text_encoder_precision"] = opts.text_encoder_precision
-    return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()[:16]
+    return described
 
 
 def _device_for_rank(name: str, rank: int) -> torch.device:
@@ -111,61 +106,33 @@ def _device_for_rank(name: str, rank: int) -> torch.device:
     return device
 
 
-def _differences(found: dict[str, Any], want: dict[str, Any]) -> list[str]:
-    out = []
-    if found.get("model_version") != want["model_version"]:
-        out.append(f"model version {found.get('model_version')} -> {want['model_version']}")
-    old_fp, new_fp = found.get("encoder_fingerprints", {}), want["encoder_fingerprints"]
-    changed = sorted(k for k in set(old_fp) | set(new_fp) if old_fp.get(k) != new_fp.get(k))
-    if changed:
-        out.append(f"encoder fingerprints changed ({', '.join(changed)})")
-    if found.get("run") != want["run"]:
-        out.append("manifest rows or preparation options changed")
-    return out
+def _read_index(out: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((out / INDEX_NAME).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
-def _check_existing(out: Path, want: dict[str, Any], overwrite: bool) -> None:
-    """Refuse to mix with, or silently reuse, a cache written by other encoders or another manifest."""
-    found: list[tuple[Path, dict[str, Any]]] = []
-    index_path = out / INDEX_NAME
-    if index_path.is_file():
-        raw = json.loads(index_path.read_text())
-        found.append(
-            (
-                index_path,
-                {
-                    "model_version": raw.get("model_version"),
-                    "encoder_fingerprints": raw.get("encoder_fingerprints", {}),
-                    "run": raw.get("prepare_run"),
-                },
-            )
+def _check_existing(out: Path, plan: PreparePlan, overwrite: bool) -> bool:
+    """Refuse to mix with, or silently replace, a cache written by other encoders, with other options
+    or for another manifest; returns whether every shard is stale (other encoders, model or options)."""
+    reasons, other_dataset = stale_reasons(out, plan, _read_index(out))
+    if reasons and not overwrite:
+        raise PrepareError(
+            f"{out} already holds shards from another preparation ({reasons[0]}). Re-encoding is needed; "
+            "pass --overwrite to replace them (shards already up to date are kept), or choose another --out."
         )
-    for record in sorted(out.glob("shard-*" + UNIT_SUFFIX)):
-        found.append((record, json.loads(record.read_text())))
-    for path, identity in found:
-        diffs = _differences(identity, want)
-        if diffs and not overwrite:
-            raise PrepareError(
-                f"{out} already holds shards from another preparation ({path.name}: {'; '.join(diffs)}). "
-                "Re-encoding is needed; pass --overwrite to replace them, or choose another --out."
-            )
+    if other_dataset and not overwrite:
+        raise PrepareError(
+            f"{out} holds finished shards, none of them made from any row of this manifest (another "
+            "dataset, or every file replaced?). Choose another --out, or pass --overwrite to replace them."
+        )
+    return bool(reasons)
 
 
 def _remove_unit(out: Path, unit: int) -> None:
     for path in (out / shard_name(unit), unit_record_path(out, unit)):
         path.unlink(missing_ok=True)
-
-
-def _unit_done(out: Path, unit: int, want: dict[str, Any]) -> dict[str, Any] | None:
-    record_path = unit_record_path(out, unit)
-    if not record_path.is_file():
-        return None
-    record = json.loads(record_path.read_text())
-    if _differences(record, want):
-        return None
-    if record["shard"] is not None and not (out / shard_name(unit)).is_file():
-        return None  # the tar was removed by hand: redo the unit
-    return record
 
 
 def _encode_unit(
@@ -189,20 +156,22 @@ def _encode_unit(
 def _finalize(
     out: Path,
     rows: list[ManifestRow],
-    num_units: int,
-    want: dict[str, Any],
+    plan: PreparePlan,
     opts: PrepareOptions,
     text_tokens: int,
 ) -> tuple[ShardIndex | None, list[dict[str, Any]]]:
-    records = [_unit_done(out, u, want) for u in range(num_units)]
+    records = [unit_is_current(out, u, plan) for u in range(plan.num_units)]
     if any(r is None for r in records):
         return None, []
+    for unit in existing_units(out):
+        if unit >= plan.num_units:  # left by a longer manifest: no row of this one is in it
+            _remove_unit(out, unit)
     index = ShardIndex(
-        model_version=want["model_version"],
-        encoder_fingerprints=want["encoder_fingerprints"],
+        model_version=plan.model_version,
+        encoder_fingerprints=plan.encoder_fingerprints,
         shards=[r["shard"] for r in records if r and r["shard"] is not None],
         extra={
-            "prepare_run": want["run"],
+            "prepare_run": plan.content_key(),
             "complete": True,
             "text_tokens": text_tokens,
             "strategy": opts.spec.strategy,
@@ -242,20 +211,27 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
     # Identity first, from file headers only: a stale cache is refused (and a finished one recognised)
     # before minutes of loading a 12B text encoder.
     text_tokens = opts.text_tokens or default_text_tokens(Path(opts.gemma))
-    want = {
-        "model_version": read_checkpoint_info(opts.checkpoint).model_version,
-        "encoder_fingerprints": encoder_fingerprints(opts.checkpoint, opts.gemma, text_tokens),
-        "run": run_fingerprint(rows, opts, text_tokens),
-    }
-    num_units = -(-len(rows) // opts.samples_per_shard)
-    mine = [u for u in range(num_units) if u % opts.world_size == opts.rank]
-    _check_existing(out, want, opts.overwrite)
-    if opts.overwrite:
-        _remove_for_overwrite(out, mine, num_units, opts.rank)
+    plan = make_plan(
+        rows,
+        opts.samples_per_shard,
+        read_checkpoint_info(opts.checkpoint).model_version,
+        encoder_fingerprints(opts.checkpoint, opts.gemma, text_tokens),
+        preparation_options(opts, text_tokens),
+    )
+    mine = [u for u in range(plan.num_units) if u % opts.world_size == opts.rank]
+    everything_stale = _check_existing(out, plan, opts.overwrite)
+    if everything_stale and opts.rank == 0:
+        # Other encoders or options: the cached empty caption is stale too (units are replaced one by
+        # one below, each only if its inputs changed).
+        (out / EMPTY_CAPTION_NAME).unlink(missing_ok=True)
 
     result = PrepareResult(complete=False, index=None)
-    todo = [u for u in mine if _unit_done(out, u, want) is None]
+    todo = [u for u in mine if unit_is_current(out, u, plan) is None]
     result.resumed_units = len(mine) - len(todo)
+    result.replaced_units = sum(read_record(out, u) is not None for u in todo)
+    if todo:
+        # Until every unit is current again the directory is not a complete dataset.
+        (out / INDEX_NAME).unlink(missing_ok=True)
     if todo or not (out / EMPTY_CAPTION_NAME).is_file():
         device = _device_for_rank(opts.device, opts.rank)
         encoders = EncoderSet.load(
@@ -266,7 +242,7 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
             text_tokens=text_tokens,
             text_precision=opts.text_encoder_precision,
         )
-        assert encoders.fingerprints == want["encoder_fingerprints"]
+        assert encoders.fingerprints == plan.encoder_fingerprints
         if not (out / EMPTY_CAPTION_NAME).is_file():
             empty = encoders.text.encode("")
             save_empty_caption(
@@ -275,8 +251,8 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
                 empty.audio_context.to(torch.bfloat16),
                 empty.context_mask,
             )
-        result.encoded = _encode_units(out, rows, todo, SampleBuilder(opts.spec, encoders), want, opts)
-    index, skipped = _finalize(out, rows, num_units, want, opts, text_tokens)
+        result.encoded = _encode_units(out, todo, SampleBuilder(opts.spec, encoders), plan, opts)
+    index, skipped = _finalize(out, rows, plan, opts, text_tokens)
     result.complete, result.index, result.skipped = index is not None, index, skipped
     if index is None:
         log.info(
@@ -285,45 +261,34 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
     return result
 
 
-def _remove_for_overwrite(out: Path, mine: list[int], num_units: int, rank: int) -> None:
-    # Each rank removes only its own units, so ranks starting at different times never race.
-    for unit in mine:
-        _remove_unit(out, unit)
-    if rank == 0:
-        for path in (out / INDEX_NAME, out / REPORT_NAME, out / EMPTY_CAPTION_NAME):
-            path.unlink(missing_ok=True)
-        for record in out.glob("shard-*" + UNIT_SUFFIX):  # units of a longer, older manifest
-            unit = int(record.name.split("-")[1].split(".")[0])
-            if unit >= num_units:
-                _remove_unit(out, unit)
-
-
 def _encode_units(
     out: Path,
-    rows: list[ManifestRow],
     units: list[int],
     builder: SampleBuilder,
-    want: dict[str, Any],
+    plan: PreparePlan,
     opts: PrepareOptions,
 ) -> int:
-    spans = {u: rows[u * opts.samples_per_shard : (u + 1) * opts.samples_per_shard] for u in units}
     encoded = 0
     with tqdm(
-        total=sum(len(r) for r in spans.values()),
+        total=sum(len(plan.units[u]) for u in units),
         desc=f"prepare rank {opts.rank}",
         unit="clip",
         disable=not opts.progress,
     ) as bar:
-        for unit, unit_rows in spans.items():
+        for unit in units:
+            unit_rows = plan.units[unit]
             samples, skipped = _encode_unit(unit_rows, builder, opts, bar)
-            # Tar first, record second: a record on disk always means its tar is complete.
+            # An outdated record goes first: a record on disk always describes the tar beside it.
+            unit_record_path(out, unit).unlink(missing_ok=True)
+            # Tar second, record last: a record on disk always means its tar is complete.
             entry = write_shard(out / shard_name(unit), samples) if samples else None
             if entry is None:
                 (out / shard_name(unit)).unlink(missing_ok=True)
             write_json_atomic(
                 unit_record_path(out, unit),
                 {
-                    **want,
+                    **plan.inputs[unit].record(),
+                    "row_digests": plan.row_digests[unit],
                     "unit": unit,
                     "rows": [unit_rows[0].index, unit_rows[-1].index + 1],
                     "shard": entry,

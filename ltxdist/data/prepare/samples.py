@@ -17,16 +17,12 @@ import torch
 from ltxdist.data.buckets import Bucket, choose_bucket
 from ltxdist.data.manifest import REFERENCE_COLUMNS, ManifestRow
 from ltxdist.data.media import MediaError, NoAudioError, probe_video, read_audio, read_frames, read_image
+from ltxdist.data.prepare.options import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES
 from ltxdist.data.sample import CachedSample
 from ltxdist.encoders import EncoderSet, TextEncoding
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("standard", "video_to_video", "audio_ref_only_ic")
-AUDIO_MODES = ("required", "optional", "off")
-# A clip whose audio track ends before its video: "mask" keeps it, recording how much of the padded
-# track is sound so the silence is kept out of the loss; "refuse" skips it, naming the file.
-SHORT_AUDIO_MODES = ("mask", "refuse")
 CACHE_DTYPE = torch.bfloat16  # what the transformer computes in; halves the cache
 # IC-LoRA reference sheets (model card): the looped still must cover the output length, at least 121
 # frames, and captions come in two parts. Warnings, not errors: short buckets are fine for small tests.

@@ -1,0 +1,9 @@
+"""Sampling defaults that `ltxdist-sample --help` shows (no heavy imports here: the help stays fast)."""
+
+# The classic LTX-Video negative prompt; ltx-pipelines ships a much longer one (pass it with
+# --negative-prompt if wanted).
+DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, distorted"
+# LoRA strengths of the evaluation grid: under-, mid- and full-strength
+DEFAULT_STRENGTHS = (0.5, 0.75, 1.0)
+# ID-LoRA-2.3's identity guidance scale (its one-stage inference script's default)
+ID_LORA_IDENTITY_GUIDANCE = 3.0

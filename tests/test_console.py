@@ -1,0 +1,51 @@
+"""What ltxdist-train shows (issue 24, the console): a start-up summary with the resume decision, progress
+as plain log lines when output is not a terminal (learning rate and smoothed loss), an end-of-run summary.
+In this process on the tiny model; pytest's captured output is not a terminal."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from e2e_utils import train_overrides
+from hydra import compose, initialize_config_dir
+
+from ltxdist.config.store import CONF_DIR, register_configs
+
+
+def _train(overrides: list[str]) -> None:
+    from ltxdist.training.train import train
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_start_progress_and_end_of_run_are_reported(tiny_ckpt, tiny_data, tmp_path, caplog):
+    run = tmp_path / "run"
+    extra = {"trainer.max_steps": 3, "trainer.checkpoint_every_n_steps": 3, "trainer.progress_bar": "true"}
+    overrides = train_overrides(tiny_ckpt, tiny_data, run, **extra)
+    with caplog.at_level(logging.INFO, logger="ltxdist"):
+        _train(overrides)
+    text = caplog.text
+    summary = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("ltxdist-train\n"))
+    rows = {line.split()[0]: line for line in summary.splitlines()[1:]}
+    assert rows["run"].endswith(f"{run}: new run")
+    assert str(tiny_ckpt) in rows["base"] and "LTX 2.3.0" in rows["base"]
+    assert "rank 4, alpha 8" in rows["LoRA"] and "attn" in rows["LoRA"]
+    assert str(tiny_data) in rows["data"] and "24 samples" in rows["data"]
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert progress[0].startswith("step 1/3") and progress[-1].startswith("step 3/3"), progress
+    assert all("lr 3.00e-03" in p and "smoothed" in p for p in progress)
+    assert "done: steps 1-3" in text and str(run / "lora" / "lora_weights_step_000003.safetensors") in text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="ltxdist"):
+        _train(overrides)  # the same command again: resumes at the end and says so
+    assert f"{run}: resuming from {run / 'checkpoints' / 'step-000003'}" in caplog.text
+    assert "nothing to train: the run is already at step 3 (trainer.max_steps=3)" in caplog.text
