@@ -6,6 +6,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from ltxdist.config.reference import COMMAND, PAGE, main, render
+from ltxdist.config.schema import GROUP_OPTIONS
 from ltxdist.config.store import compose_train_config
 
 
@@ -27,6 +28,13 @@ def test_the_reference_lists_every_key_with_default_and_allowed_values(tmp_path)
     # Every key of the composed config (read through OmegaConf, not through the page's own walk).
     for key in _leaf_keys(OmegaConf.to_container(compose_train_config([]), resolve=False)):
         assert key in rows, f"{key} is missing from the reference"
+    # ... and of every group option (the closed config has some keys only with their option selected).
+    for group, options in GROUP_OPTIONS.items():
+        for option in options:
+            composed = compose_train_config([f"{group}={option}"])
+            for key in _leaf_keys(OmegaConf.to_container(composed[group], resolve=False), f"{group}."):
+                assert key in rows, f"{key} (of {group}={option}) is missing from the reference"
+    assert "Only with `parallel=fsdp2`" in rows["parallel.reshard_after_forward"]
     assert "`two_phase`" in rows["optim.schedule.name"] and "`1000`" in rows["trainer.max_steps"]
     assert "`force`" in rows["run.resume"] and "`deepspeed_zero3`" in rows["parallel.name"]
     assert "| `model` | `ltx23_22b` |" in text  # the config group table

@@ -247,6 +247,31 @@ def walk(
     return rows
 
 
+def option_only_keys(
+    shown: set[str],
+    docs: dict[tuple[str, str], tuple[str, str]],
+    validated: dict[str, tuple[str, ...]],
+    options: dict[str, list[Path]],
+) -> list[KeyDoc]:
+    """The keys only some options of a group have (schema.GROUP_OPTIONS: the config is closed, so they
+    exist only with that option selected), with the default of the first option that has them."""
+    found: dict[str, tuple[KeyDoc, list[str]]] = {}
+    for group, group_options_ in schema.GROUP_OPTIONS.items():
+        for option, cls in group_options_.items():
+            selected = OmegaConf.to_container(compose_train_config([f"{group}={option}"]), resolve=False)
+            for row in walk(cls, f"{group}.", selected, docs, validated, options):
+                if row.key in shown:
+                    continue
+                _, owners = found.setdefault(row.key, (row, []))
+                owners.append(option)
+    rows = []
+    for key, (row, owners) in found.items():
+        group = key.split(".")[0]
+        only = " \\| ".join(f"`{group}={o}`" for o in owners)
+        rows.append(dataclasses.replace(row, description=f"Only with {only}. {row.description}".strip()))
+    return rows
+
+
 # -- the page --------------------------------------------------------------------------------------------
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\\\\|", "\\|") if text else ""
@@ -259,6 +284,7 @@ def render(conf_dir: Path = CONF_DIR) -> str:
     options = group_options(conf_dir)
     defaults = _group_defaults(conf_dir)
     rows = walk(schema.TrainConfig, "", composed, docs, validated, options)
+    rows += option_only_keys({r.key for r in rows}, docs, validated, options)
     out = [
         "# Configuration reference",
         "",
