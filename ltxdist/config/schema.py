@@ -123,12 +123,13 @@ class TrainerConfig:
     max_consecutive_nonfinite: int = 5
 
 
-PARALLEL_NAMES = ("single", "ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3")
+PARALLEL_NAMES = ("single", "ddp", "fsdp2", "hsdp", "deepspeed_zero2", "deepspeed_zero3")
 
 
 @dataclass
 class ParallelConfig:
-    name: str = "single"  # single | ddp | fsdp2 | deepspeed_zero2 | deepspeed_zero3 (docs/distributed.md)
+    # single | ddp | fsdp2 | hsdp | deepspeed_zero2 | deepspeed_zero3 (docs/distributed.md)
+    name: str = "single"
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1  # processes per node
     num_nodes: int = 1
@@ -146,6 +147,10 @@ class ParallelConfig:
     # Ulysses sequence parallelism: groups of this many consecutive processes share each sample, every
     # process holding 1/N of its tokens (parallel/sequence_parallel.py; docs/distributed.md). 1 = off.
     sequence_parallel: int = 1
+    # fsdp2 / hsdp (parallel/dims.py): data parallelism as `replicate` replicas, each sharded over `shard`
+    # processes (-1: the rest); replicate > 1 is HSDP. parallel=hsdp sets replicate to parallel.num_nodes.
+    replicate: int = 1
+    shard: int = -1
 
 
 @dataclass
@@ -356,25 +361,18 @@ def validate_config(cfg: Any) -> None:
         "parallel.devices / parallel.num_nodes",
         "must be >= 1",
     )
-    world = cfg.parallel.devices * cfg.parallel.num_nodes
-    _require(
-        cfg.parallel.sequence_parallel >= 1 and world % cfg.parallel.sequence_parallel == 0,
-        "parallel.sequence_parallel",
-        f"must be >= 1 and divide the number of processes ({world} = parallel.devices x "
-        f"parallel.num_nodes), got {cfg.parallel.sequence_parallel}",
-    )
-    if cfg.parallel.name == "ddp":
+    from ltxdist.parallel.dims import LayoutError, ParallelDims
+
+    try:
+        dims = ParallelDims.from_config(cfg.parallel)  # sizes and engine consistent, naming the flag
+    except LayoutError as err:
+        raise ConfigError(str(err)) from None
+    if dims.engine == "ddp":
         # DDP (find_unused_parameters=False) fails at step 2 if an adapter never gets a gradient.
         from ltxdist.strategies.idle_modules import idle_lora_problem  # lazy: builds a meta block
 
         problem = idle_lora_problem(cfg.strategy, list(cfg.lora.targets))
         _require(problem is None, "lora.targets", problem or "")
-    if cfg.parallel.name == "single":
-        _require(
-            cfg.parallel.devices == 1 and cfg.parallel.num_nodes == 1,
-            "parallel",
-            "parallel=single runs one process; use parallel=ddp for devices > 1 or num_nodes > 1",
-        )
     _require(cfg.logger.name in ("none", "wandb"), "logger", f"unknown logger {cfg.logger.name!r}")
     _require(
         cfg.logger.mode in ("auto", "online", "offline", "disabled"),

@@ -14,6 +14,7 @@ import torch
 
 from ltxdist.lora.inject import lora_modules, reset_lora
 from ltxdist.models.loader import copy_base_weights
+from ltxdist.parallel.dims import ParallelDims
 from ltxdist.parallel.materialize_report import MaterializeReport
 
 _BLOCKS = "transformer_blocks."
@@ -23,6 +24,7 @@ def materialize_transformer(
     model: torch.nn.Module,
     parallel_cfg: Any,
     *,
+    dims: ParallelDims,
     checkpoint: Path,
     dtype: torch.dtype,
     lora_init_seed: int,
@@ -30,7 +32,7 @@ def materialize_transformer(
 ) -> None:
     # LTXDIST_MATERIALIZE_REPORT=DIR: each rank records what it held (materialize_report.py).
     report = MaterializeReport(model, parallel_cfg.name)
-    if parallel_cfg.name == "deepspeed_zero3":
+    if dims.partitions_while_materializing:
         _materialize_zero3(
             model,
             parallel_cfg,
@@ -44,7 +46,7 @@ def materialize_transformer(
         model.to_empty(device=device)
         report.sample()
         copy_base_weights(model, checkpoint, dtype, on_read=report.on_read)
-        if parallel_cfg.name == "fsdp2":
+        if dims.shards_with_fsdp:
             from torch.distributed.tensor.experimental import implicit_replication
 
             # Every rank draws the same full adapter init from one seeded generator and keeps its rows:
