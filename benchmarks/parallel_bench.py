@@ -92,7 +92,8 @@ def worker(args: argparse.Namespace) -> None:
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     train(cfg)
-    rank = int(os.environ.get("RANK", "0"))
+    # The process group outlives trainer.fit: its rank, not an environment variable, names the file.
+    rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
     import resource
 
     stats = {"rank": rank, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}

@@ -12,15 +12,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save as safetensors_save
 
 TMP_MARKER = ".tmp-"
 
@@ -99,45 +100,142 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+class SafetensorsWriter:
+    """Writes one safetensors file into an open binary stream, tensor by tensor.
+
+    The header (every name, dtype and shape, known in advance) goes first; each tensor's bytes are then
+    written straight from its memory as it arrives. So the file never exists a second time in memory
+    (safetensors' own `save` builds it as one bytes object) and the tensors need not all exist at once
+    (a LoRA export gathers one adapter at a time). Write errors are plain OSErrors, with their errno.
+    Tensors are laid out by element size, largest first, so every one starts aligned to its dtype."""
+
+    def __init__(
+        self,
+        stream: Any,
+        layout: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ):
+        self.stream = stream
+        # Stable sort: same-size dtypes keep the caller's order.
+        self.order = sorted(layout, key=lambda k: -layout[k][0].itemsize)
+        self._layout = layout
+        header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+        offset = 0
+        for name in self.order:
+            dtype, shape = layout[name]
+            if dtype not in _SAFETENSORS_DTYPES:
+                raise TypeError(f"{name}: dtype {dtype} cannot be stored in safetensors")
+            size = dtype.itemsize * math.prod(shape)
+            header[name] = {
+                "dtype": _SAFETENSORS_DTYPES[dtype],
+                "shape": list(shape),
+                "data_offsets": [offset, offset + size],
+            }
+            offset += size
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+        stream.write(struct.pack("<Q", len(raw)))
+        stream.write(raw)
+        self._next = 0
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        """The next tensor in `order`; must match the layout it was announced with."""
+        expected = self.order[self._next] if self._next < len(self.order) else None
+        dtype, shape = self._layout.get(name, (None, None))
+        if name != expected or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape or ()):
+            raise ValueError(
+                f"safetensors stream: got {name} {tuple(tensor.shape)} {tensor.dtype}, expected {expected} "
+                f"{shape} {dtype}"
+            )
+        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        self.stream.write(memoryview(data.numpy()))  # no copy: the tensor's own memory
+        self._next += 1
+
+    def finish(self) -> None:
+        if self._next != len(self.order):
+            raise ValueError(f"safetensors stream: {len(self.order) - self._next} tensor(s) never written")
+
+
 def save_safetensors_atomic(
     tensors: dict[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
 ) -> None:
-    # safetensors refuses non-contiguous or shared-storage tensors; copy into fresh contiguous buffers.
-    clean = {
-        k: v.detach().contiguous().clone() if not v.is_contiguous() else v.detach()
-        for k, v in tensors.items()
-    }
-    write_bytes_atomic(path, safetensors_save(clean, metadata=metadata))
+    """`tensors` as one safetensors file, atomically, without building the file in memory."""
+    layout = {k: (v.dtype, tuple(v.shape)) for k, v in tensors.items()}
+    with atomic_file(path) as tmp, open(tmp, "wb") as stream:
+        writer = SafetensorsWriter(stream, layout, metadata)
+        for name in writer.order:
+            writer.write(name, tensors[name])
+        writer.finish()
+
+
+class AtomicDirectory:
+    """A temporary directory that replaces `path` as a whole on `commit()`, or is removed by `abort()`.
+
+    For writes shared by several processes: one process creates it and hands `tmp` to the others; it
+    commits once every process has written its files (ltxdist/checkpoint). `atomic_directory` is the
+    one-process form."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.target = Path(path)
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=self.target.name + TMP_MARKER, dir=self.target.parent))
+            os.chmod(self.tmp, 0o777 & ~_umask())
+        except OSError as exc:
+            raise _write_error(self.target, exc, "directory ") from exc
+
+    def commit(self) -> None:
+        target, tmp = self.target, self.tmp
+        try:
+            _fsync_dir(tmp)
+            if target.exists():
+                # Move the old one aside first so the target is never missing AND half-written.
+                old = target.with_name(target.name + TMP_MARKER + "old")
+                os.replace(target, old)
+                try:
+                    os.replace(tmp, target)
+                except OSError:
+                    os.replace(old, target)  # put the previous version back
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            self.abort()
+            raise _write_error(target, exc, "directory ") from exc
+
+    def abort(self) -> None:
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yields a temporary directory; on success it replaces `path` as a whole."""
-    target = Path(path)
+    directory = AtomicDirectory(path)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=target.name + TMP_MARKER, dir=target.parent))
+        yield directory.tmp
     except OSError as exc:
-        raise _write_error(target, exc, "directory ") from exc
-    try:
-        os.chmod(tmp, 0o777 & ~_umask())
-        yield tmp
-        _fsync_dir(tmp)
-        if target.exists():
-            # Move the old one aside first so the target is never missing AND half-written.
-            old = target.with_name(target.name + TMP_MARKER + "old")
-            os.replace(target, old)
-            try:
-                os.replace(tmp, target)
-            except OSError:
-                os.replace(old, target)  # put the previous version back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except OSError as exc:
-        raise _write_error(target, exc, "directory ") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        directory.abort()
+        raise _write_error(directory.target, exc, "directory ") from exc
+    except BaseException:
+        directory.abort()
+        raise
+    directory.commit()

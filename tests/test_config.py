@@ -177,6 +177,7 @@ def test_trainer_and_datamodule_build_for_every_parallel_and_logger_option(
             "single": SingleDeviceStrategy,
             "ddp": DDPStrategy,
             "fsdp2": ModelParallelStrategy,
+            "hsdp": ModelParallelStrategy,
             "deepspeed_zero2": DeepSpeedStrategy,
             "deepspeed_zero3": DeepSpeedStrategy,
         }[cfg.parallel.name]

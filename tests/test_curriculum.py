@@ -15,7 +15,7 @@ import pytest
 import torch
 from e2e_utils import BIN, REPO
 
-from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
+from ltxdist.checkpoint import read_checkpoint
 from ltxdist.training.run_dir import complete_checkpoints
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -40,7 +40,7 @@ def _args(tmp: Path, run: str) -> list[str]:
 
 def _final_adapters(run: Path) -> dict[str, torch.Tensor]:
     last = sorted((run / "stages").iterdir())[-1]
-    return SafetensorsCheckpointIO().load_checkpoint(complete_checkpoints(last)[-1][1])["state_dict"]
+    return read_checkpoint(complete_checkpoints(last)[-1][1]).adapters
 
 
 @pytest.mark.slow
@@ -88,8 +88,9 @@ def test_curriculum_under_deepspeed_is_refused_before_any_stage_trains(tmp_path)
     from hydra import compose, initialize_config_dir
 
     from ltxdist.config.store import CONF_DIR, register_configs
+    from ltxdist.training.checkpointing import WarmStartError
     from ltxdist.training.curriculum import run_curriculum
-    from ltxdist.training.warm_start import WarmStartError, warm_start
+    from ltxdist.training.train import fit
 
     register_configs()
     overrides = ["experiment=staged_curriculum_tiny", f"run.dir={tmp_path}", "parallel=deepspeed_zero2"]
@@ -101,10 +102,9 @@ def test_curriculum_under_deepspeed_is_refused_before_any_stage_trains(tmp_path)
 
     with pytest.raises(WarmStartError, match=r"parallel=deepspeed_zero2"):
         run_curriculum(cfg, train_one)
-    # lora.init_from on its own reaches warm_start, which recognises ZeRO's parameters (ZeRO-1/2 link
-    # each to its flat partition through `_hp_mapping`) before reading anything.
-    module = torch.nn.Linear(2, 2)
-    module.weight._hp_mapping = None
-    opt = torch.optim.AdamW(module.parameters())
-    with pytest.raises(WarmStartError, match=r"lora\.init_from=.*parallel=deepspeed"):
-        warm_start(module, opt, tmp_path / "missing")
+    # lora.init_from on its own is refused too, before any model is built or anything is read.
+    cfg.stages = []
+    cfg.lora.init_from = str(tmp_path / "missing")
+    cfg.run.dir = str(tmp_path / "run")
+    with pytest.raises(WarmStartError, match=r"lora\.init_from=.*parallel=deepspeed_zero2"):
+        fit(cfg)

@@ -184,9 +184,10 @@ def test_full_scale_commands_compose_and_parse(page: Path):
     from ltxdist.config.schema import validate_config
     from ltxdist.config.store import CONF_DIR, register_configs
     from ltxdist.data.prepare.cli import build_parser as prepare_parser
+    from ltxdist.parallel.dims import ParallelDims
     from ltxdist.sampling.cli import build_parser as sample_parser
+    from ltxdist.training.checkpointing import check_warm_start_supported
     from ltxdist.training.curriculum import stage_config
-    from ltxdist.training.warm_start import check_warm_start_supported
 
     register_configs()
     trained = 0
@@ -210,7 +211,7 @@ def test_full_scale_commands_compose_and_parse(page: Path):
                 f"{page.name}: torchrun starts {nproc} processes, parallel.devices is {cfg.parallel.devices}"
             )
         if cfg.stages:
-            check_warm_start_supported(cfg.parallel.name, "stages")
+            check_warm_start_supported(ParallelDims.from_config(cfg.parallel), "stages")
             for i in range(len(cfg.stages)):
                 validate_config(stage_config(cfg, i, previous=None))
         trained += 1

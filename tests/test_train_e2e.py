@@ -17,9 +17,9 @@ from e2e_utils import BIN, REPO, train_overrides
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
+from ltxdist.checkpoint import read_checkpoint
 from ltxdist.data.shards import load_index
 from ltxdist.lora import read_lora_file
-from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
 from ltxdist.training.run_dir import complete_checkpoints
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -36,7 +36,7 @@ def _metrics(run_dir: Path) -> list[dict]:
 
 
 def _adapters(checkpoint_dir: Path) -> dict[str, torch.Tensor]:
-    return SafetensorsCheckpointIO().load_checkpoint(checkpoint_dir)["state_dict"]
+    return read_checkpoint(checkpoint_dir).adapters
 
 
 @pytest.mark.slow
@@ -111,8 +111,10 @@ def test_killed_run_resumes_from_last_complete_checkpoint(tiny_ckpt, tiny_data, 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one_process(tiny_ckpt, tmp_path):
-    # Same global batch (2): one process x batch 2 vs two processes x batch 1. One bucket and no shuffle
-    # buffer so both layouts read the same samples; per-sample noise streams make the draws identical.
+    """Same global batch (2): one process x batch 2 vs two processes x batch 1 under torchrun, with one
+    progress bar between them. Without torchrun, `parallel.devices=2` is refused with the command."""
+    # One bucket and no shuffle buffer so both layouts read the same samples; per-sample noise streams
+    # make the draws identical.
     from ltxdist.data.synthetic import write_synthetic_dataset
 
     tiny_data = tmp_path / "data"
@@ -139,8 +141,16 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_ckpt, tmp_path):
             "parallel.devices": 2,
             "parallel.accelerator": "cpu",
             "parallel.process_group_backend": "gloo",
+            "trainer.progress_bar": "true",
         },
     )
+    # Not started by torchrun: nothing runs, and the error says how to start it (one process would
+    # otherwise run as a second rank 0, or Lightning re-launch this script behind Hydra's back).
+    alone = _train(args)
+    assert alone.returncode != 0
+    assert "NPROC=2 launch/train.sh " in alone.stderr and "--nproc_per_node 2" in alone.stderr, alone.stderr
+    assert "parallel=ddp" in alone.stderr.split("NPROC=2 launch/train.sh", 1)[1]  # the user's overrides
+    assert "Traceback" not in alone.stderr and not (tmp_path / "ddp" / "config.yaml").exists()
     ddp = subprocess.run(
         [
             sys.executable,
@@ -173,6 +183,8 @@ def test_ddp_two_cpu_processes_match_one_process(tiny_ckpt, tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
     la, lb = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
     assert len(la) == len(lb) == 6
+    # One progress bar (rank 0's), ending at the last step; rank 1 draws none.
+    assert ddp.stderr.count("train:   0%") == 1 and "6/6" in ddp.stderr, ddp.stderr[-2000:]
 
 
 STRATEGY_RUNS = {

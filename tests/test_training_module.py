@@ -94,8 +94,7 @@ def test_per_modality_loss_weights(tiny_ckpt, tiny_data, wv, wa):
 
 
 def test_warm_start_carries_adapters_and_moments_but_not_the_schedule(tiny_ckpt, tiny_data, tmp_path):
-    from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
-    from ltxdist.training.warm_start import warm_start
+    from ltxdist.checkpoint import TorchTrainable, TrainState, load_checkpoint, save_checkpoint
 
     batch = _batch(tiny_data)
     src = _module(tiny_ckpt, tiny_data, "optim.lr=0.01")
@@ -103,13 +102,11 @@ def test_warm_start_carries_adapters_and_moments_but_not_the_schedule(tiny_ckpt,
     loss, _ = src.compute_loss(batch)
     loss.backward()
     opt_src.step()
-    SafetensorsCheckpointIO().save_checkpoint(
-        {"state_dict": src.state_dict(), "optimizer_states": [opt_src.state_dict()]}, tmp_path / "ck"
-    )
+    save_checkpoint(tmp_path / "ck", TorchTrainable(src, opt_src), TrainState(step=1))
 
     dst = _module(tiny_ckpt, tiny_data, "lora.init_seed=7")
     opt_dst = torch.optim.AdamW(dst.lora_parameters(), lr=0.001)
-    warm_start(dst, opt_dst, tmp_path / "ck")
+    load_checkpoint(tmp_path / "ck", TorchTrainable(dst, opt_dst), with_train_state=False)  # a warm start
     for a, b in zip(src.lora_parameters(), dst.lora_parameters(), strict=True):
         torch.testing.assert_close(a, b)
     moments_src = opt_src.state_dict()["state"]

@@ -1,6 +1,7 @@
 """`ltxdist-bench`: run a benchmark suite and collect its results files.
 
-  ltxdist-bench --suite cpu            step time + start-up vs the baseline, data streaming (any machine)
+  ltxdist-bench --suite cpu            step time + start-up vs the baseline, data streaming, checkpoint
+                                       save/load (any machine)
   ltxdist-bench --suite gpu            full-size 22B step vs PEFT, kernels, parallel layouts (needs CUDA)
   ltxdist-bench --only step            one benchmark of a suite
   ltxdist-bench --suite cpu --quick    fewer repeats and samples: a smoke run, labelled "-quick" in its
@@ -38,6 +39,11 @@ SUITES: dict[str, dict[str, tuple[str, list[str], list[str]]]] = {
             "data_bench.py",
             ["--num-samples", "10000", "--small-samples", "1000"],
             ["--num-samples", "400", "--small-samples", "100", "--chunks", "3", "--first-batch-repeats", "1"],
+        ),
+        "checkpoint": (
+            "checkpoint_bench.py",
+            ["--sizes-mb", "16", "64", "256", "--ranks", "1", "2", "4", "--repeats", "3"],
+            ["--sizes-mb", "8", "--ranks", "1", "2", "--repeats", "1"],
         ),
     },
     "gpu": {

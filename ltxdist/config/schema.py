@@ -201,12 +201,12 @@ class TrainerConfig:
     max_consecutive_nonfinite: int = 5
 
 
-PARALLEL_NAMES = ("single", "ddp", "fsdp2", "deepspeed_zero2", "deepspeed_zero3")
+PARALLEL_NAMES = ("single", "ddp", "fsdp2", "hsdp", "deepspeed_zero2", "deepspeed_zero3")
 
 
 @dataclass
 class ParallelConfig:
-    name: str = MISSING  # the choice: single | ddp | fsdp2 | deepspeed_zero2 | deepspeed_zero3
+    name: str = MISSING  # the choice: single | ddp | fsdp2 | hsdp | deepspeed_zero2 | deepspeed_zero3
     accelerator: str = "auto"  # auto | cpu | gpu
     devices: int = 1  # processes per node
     num_nodes: int = 1
@@ -252,6 +252,17 @@ class FSDP2ParallelConfig(DistributedParallelConfig):
     # free the gathered block weights after forward (re-gather in backward): less memory, more comm
     reshard_after_forward: bool = True
     reduce_dtype: str = "float32"  # dtype of the gradient reduce-scatter (LoRA grads)
+    # data parallelism as `replicate` replicas, each sharded over `shard` processes (-1: the rest);
+    # replicate > 1 is HSDP (parallel/dims.py). parallel=hsdp sets replicate to parallel.num_nodes.
+    replicate: int = 1
+    shard: int = -1
+
+
+@dataclass
+class HSDPParallelConfig(FSDP2ParallelConfig):
+    """parallel=hsdp: FSDP2 on a 2-D mesh, sharded inside a node and replicated across nodes."""
+
+    name: str = "hsdp"
 
 
 @dataclass
@@ -398,6 +409,7 @@ GROUP_OPTIONS: dict[str, dict[str, type]] = {
         "single": SingleParallelConfig,
         "ddp": DDPParallelConfig,
         "fsdp2": FSDP2ParallelConfig,
+        "hsdp": HSDPParallelConfig,
         "deepspeed_zero2": DeepSpeedZero2ParallelConfig,
         "deepspeed_zero3": DeepSpeedZero3ParallelConfig,
     },
@@ -550,7 +562,7 @@ def validate_config(cfg: Any) -> None:
         "parallel.activation_checkpointing_every",
         f"must be >= 1, got {cfg.parallel.activation_checkpointing_every}",
     )
-    if cfg.parallel.name == "fsdp2":
+    if "reduce_dtype" in cfg.parallel:  # the FSDP2 options (fsdp2, hsdp)
         _require(
             cfg.parallel.reduce_dtype in ("float32", "bfloat16"),
             "parallel.reduce_dtype",
@@ -561,31 +573,25 @@ def validate_config(cfg: Any) -> None:
         "parallel.devices / parallel.num_nodes",
         "must be >= 1",
     )
-    world = cfg.parallel.devices * cfg.parallel.num_nodes
+    from ltxdist.parallel.dims import LayoutError, ParallelDims
+
+    try:
+        dims = ParallelDims.from_config(cfg.parallel)  # sizes and engine consistent, naming the flag
+    except LayoutError as err:
+        raise ConfigError(str(err)) from None
     _require(
-        cfg.parallel.sequence_parallel >= 1 and world % cfg.parallel.sequence_parallel == 0,
-        "parallel.sequence_parallel",
-        f"must be >= 1 and divide the number of processes ({world} = parallel.devices x "
-        f"parallel.num_nodes), got {cfg.parallel.sequence_parallel}",
-    )
-    _require(
-        not (cfg.optim.name == "adamw8bit" and cfg.parallel.name == "fsdp2"),
+        not (cfg.optim.name == "adamw8bit" and dims.shards_with_fsdp),
         "optim",
-        "bitsandbytes' AdamW8bit cannot update FSDP2's sharded (DTensor) parameters (it fails at the first "
-        "step); use optim=adamw with parallel=fsdp2, or parallel=ddp / single with optim=adamw8bit",
+        f"bitsandbytes' AdamW8bit cannot update FSDP2's sharded (DTensor) parameters (it fails at the first "
+        f"step); use optim=adamw with parallel={cfg.parallel.name}, or parallel=ddp / single with "
+        "optim=adamw8bit",
     )
-    if cfg.parallel.name == "ddp":
+    if dims.engine == "ddp":
         # DDP (find_unused_parameters=False) fails at step 2 if an adapter never gets a gradient.
         from ltxdist.strategies.idle_modules import idle_lora_problem  # lazy: builds a meta block
 
         problem = idle_lora_problem(cfg.strategy, list(cfg.lora.targets))
         _require(problem is None, "lora.targets", problem or "")
-    if cfg.parallel.name == "single":
-        _require(
-            cfg.parallel.devices == 1 and cfg.parallel.num_nodes == 1,
-            "parallel",
-            "parallel=single runs one process; use parallel=ddp for devices > 1 or num_nodes > 1",
-        )
     _require(cfg.logger.name in ("none", "wandb"), "logger", f"unknown logger {cfg.logger.name!r}")
     if cfg.logger.name == "wandb":
         _require(
@@ -619,7 +625,9 @@ def validate_base_precision(m: Any, parallel: Any) -> None:
             "model.offload_blocks",
             "is not supported with parallel.compile=true (block swap replaces weights between calls)",
         )
-    sharded = parallel.name in ("fsdp2", "deepspeed_zero2", "deepspeed_zero3")
+    from ltxdist.parallel.dims import ENGINES
+
+    sharded = ENGINES.get(parallel.name) in ("fsdp", "deepspeed")
     _require(
         not (sharded and m.base_precision != "bf16"),
         "model.base_precision",

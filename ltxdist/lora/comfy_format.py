@@ -7,7 +7,9 @@ is baked into B on export and divided out again on import.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ import torch
 from safetensors import safe_open
 
 import ltxdist
-from ltxdist.io import save_safetensors_atomic
+from ltxdist.io import SafetensorsWriter, atomic_file
 from ltxdist.lora.inject import lora_modules
 from ltxdist.models.checkpoint_file import major_minor
 
@@ -50,16 +52,20 @@ def export_lora(
     target_modules: list[str],
     extra_metadata: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.bfloat16,
+    full_tensor: Callable[[torch.Tensor], torch.Tensor | None] | None = None,
 ) -> Path:
+    """Write the adapters of `model` as a ComfyUI-format LoRA file, one adapter matrix at a time.
+
+    `full_tensor(param)` returns the whole parameter on the process that writes and None elsewhere
+    (`ltxdist.parallel.gather.gather_to_rank0` for sharded models: a collective, so every rank calls
+    export_lora and only rank 0 writes). By default the parameter itself. The file is streamed: no
+    process holds all adapters a second time, and the file is never built in memory."""
     modules = lora_modules(model)
     if not modules:
         raise LoRAFileError("the model carries no LoRA adapters to export")
+    fetch = full_tensor or (lambda p: p.detach())
     ranks = {m.rank for m in modules.values()}
     alphas = {m.alpha for m in modules.values()}
-    tensors: dict[str, torch.Tensor] = {}
-    for name, m in modules.items():
-        tensors[COMFY_PREFIX + name + _A_SUFFIX] = m.lora_A.detach().float().to(dtype).cpu()
-        tensors[COMFY_PREFIX + name + _B_SUFFIX] = (m.lora_B.detach().float() * m.scaling).to(dtype).cpu()
     metadata = {
         "ltxdist_version": ltxdist.__version__,
         "base_model_version": base_model_version,
@@ -72,8 +78,37 @@ def export_lora(
     }
     for key, value in (extra_metadata or {}).items():
         metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    # What each file key holds: (module, A or B) with its full shape, known without gathering.
+    sources: dict[str, tuple[Any, str]] = {}
+    layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+    for name, m in modules.items():
+        sources[COMFY_PREFIX + name + _A_SUFFIX] = (m, "A")
+        layout[COMFY_PREFIX + name + _A_SUFFIX] = (dtype, (m.rank, m.in_features))
+        sources[COMFY_PREFIX + name + _B_SUFFIX] = (m, "B")
+        layout[COMFY_PREFIX + name + _B_SUFFIX] = (dtype, (m.out_features, m.rank))
     path = Path(path)
-    save_safetensors_atomic(tensors, path, metadata=metadata)
+    with contextlib.ExitStack() as stack:
+        writer: SafetensorsWriter | None = None
+        failed: OSError | None = None
+        # One dtype, so the file order is this order; every rank gathers in it.
+        for key in layout:
+            m, which = sources[key]
+            value = fetch(m.lora_A if which == "A" else m.lora_B)
+            if value is None or failed is not None:
+                continue  # another process writes; or this write failed, but the gathers must go on
+            try:
+                if writer is None:
+                    tmp = stack.enter_context(atomic_file(path))
+                    writer = SafetensorsWriter(stack.enter_context(open(tmp, "wb")), layout, metadata)
+                scaled = value.float() * m.scaling if which == "B" else value.float()
+                writer.write(key, scaled.to(dtype))  # alpha / rank baked into B (ltx-core ignores alpha)
+            except OSError as exc:
+                failed = exc
+            del value
+        if failed is not None:
+            raise failed  # through atomic_file: the temporary goes, the error names the file
+        if writer is not None:
+            writer.finish()
     return path
 
 

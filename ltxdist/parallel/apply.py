@@ -8,6 +8,7 @@ import torch
 
 from ltxdist.parallel.activation_checkpointing import apply_activation_checkpointing, checkpointing_policy
 from ltxdist.parallel.compile import apply_compile
+from ltxdist.parallel.dims import ParallelDims
 from ltxdist.parallel.timeouts import collective_timeout
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ def parallelize_transformer(
     parallel_cfg: Any,
     *,
     gradient_checkpointing: bool,
-    device_mesh: DeviceMesh | None = None,
+    fsdp_mesh: DeviceMesh | None = None,
     compute_dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
     """Apply, in this order, to a meta-device model with LoRA injected:
@@ -32,22 +33,21 @@ def parallelize_transformer(
        recomputation re-runs the compiled, sharded block;
     2. torch.compile per block (`parallel.compile`): after checkpointing so the recompute is compiled
        too, and before sharding so FSDP2's all-gather hooks stay outside the compiled graph;
-    3. FSDP2 `fully_shard` per block, then the root (`parallel=fsdp2`). DeepSpeed needs nothing here:
-       ZeRO-3 partitions while materialising (`materialize_transformer`), ZeRO-2 in its engine.
+    3. FSDP2 `fully_shard` per block, then the root, when the layout shards with FSDP (`fsdp_mesh`:
+       1-D for FSDP2, 2-D for HSDP; ParallelMesh.fsdp_mesh). DeepSpeed needs nothing here: ZeRO-3
+       partitions while materialising (`materialize_transformer`), ZeRO-2 in its engine.
     """
     policy = checkpointing_policy(parallel_cfg, gradient_checkpointing=gradient_checkpointing)
     if policy.mode != "off":
         apply_activation_checkpointing(model, policy)
     if parallel_cfg.compile:
         apply_compile(model)
-    if parallel_cfg.name == "fsdp2":
+    if fsdp_mesh is not None:
         from ltxdist.parallel.fsdp2 import apply_fsdp2
 
-        if device_mesh is None:
-            raise ValueError("parallel=fsdp2 needs the device mesh of Lightning's ModelParallelStrategy")
         apply_fsdp2(
             model,
-            device_mesh,
+            fsdp_mesh,
             param_dtype=compute_dtype or next(model.parameters()).dtype,
             reduce_dtype=_DTYPES[parallel_cfg.reduce_dtype],
             reshard_after_forward=parallel_cfg.reshard_after_forward,
@@ -56,27 +56,25 @@ def parallelize_transformer(
 
 
 def lightning_strategy(parallel_cfg: Any) -> Any:
-    """The Lightning strategy for `parallel.name` (imports DeepSpeed only when asked for). Every
-    distributed one waits `parallel.collective_timeout_s` in a collective, then fails naming that flag
-    (parallel/timeouts.py)."""
-    name = parallel_cfg.name
-    if name == "ddp":
+    """The Lightning strategy for the layout's engine (imports DeepSpeed only when asked for). Every
+    distributed one builds the layout mesh and waits `parallel.collective_timeout_s` in a collective,
+    then fails naming that flag (parallel/timeouts.py)."""
+    dims = ParallelDims.from_config(parallel_cfg)
+    backend = parallel_cfg.process_group_backend
+    if dims.engine == "ddp":
         from ltxdist.parallel.ddp_strategy import LtxDDPStrategy
 
         return LtxDDPStrategy(
-            process_group_backend=parallel_cfg.process_group_backend,
-            timeout=collective_timeout(parallel_cfg),
+            dims=dims, process_group_backend=backend, timeout=collective_timeout(parallel_cfg)
         )
-    if name == "fsdp2":
+    if dims.engine == "fsdp":
         from ltxdist.parallel.fsdp2_strategy import FSDP2Strategy
 
         return FSDP2Strategy(
-            world_size=parallel_cfg.devices * parallel_cfg.num_nodes,
-            process_group_backend=parallel_cfg.process_group_backend,
-            timeout=collective_timeout(parallel_cfg),
+            dims=dims, process_group_backend=backend, timeout=collective_timeout(parallel_cfg)
         )
-    if name.startswith("deepspeed"):
+    if dims.engine == "deepspeed":
         from ltxdist.parallel.deepspeed_strategy import build_deepspeed_strategy
 
-        return build_deepspeed_strategy(parallel_cfg)
+        return build_deepspeed_strategy(parallel_cfg, dims)
     return "auto"

@@ -1,4 +1,4 @@
-"""FSDP2: `fully_shard` each transformer block, then the root."""
+"""FSDP2 / HSDP: `fully_shard` each transformer block, then the root."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ def apply_fsdp2(
     reduce_dtype: torch.dtype,
     reshard_after_forward: bool = True,
 ) -> None:
-    """Shard every parameter (frozen base and LoRA) along dim 0 over `mesh`.
+    """Shard every parameter (frozen base and LoRA) along dim 0 over `mesh`: a 1-D mesh shards over all
+    of it (FSDP2); a 2-D (replicate, shard) mesh shards over the second dim and replicates over the first
+    (HSDP: gradients are reduce-scattered inside a replica, then all-reduced across replicas).
 
     One FSDP unit per block: a block's weights are all-gathered just before it runs and freed after,
     so peak memory is the shards plus about two gathered blocks. The root unit holds what is left

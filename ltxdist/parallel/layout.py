@@ -8,24 +8,18 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-_SHARDING = {
-    "single": "one process",
-    "ddp": "every process holds the whole frozen base; LoRA gradients all-reduced",
-    "fsdp2": "base + adapters sharded 1/{world} per process (FSDP2, per block); sharded checkpoints",
-    "deepspeed_zero2": "whole base per process; adapter grads + optimizer state partitioned 1/{world}",
-    "deepspeed_zero3": "base + adapters + optimizer state partitioned 1/{world} (ZeRO-3, per block)",
-}
+from ltxdist.parallel.dims import ParallelDims
 
 
 def describe_layout(cfg: Any) -> str:
     p = cfg.parallel
-    world = p.devices * p.num_nodes
-    sp = p.sequence_parallel
-    data_parallel = world // sp
+    dims = ParallelDims.from_config(p)
+    world, sp, data_parallel = dims.world_size, dims.sequence, dims.data_parallel_size
     accumulate = cfg.trainer.accumulate_grad_batches
     per_step = data_parallel * cfg.data.batch_size * accumulate
     lines = [
-        f"parallel         {p.name}: {_SHARDING.get(p.name, '?').format(world=world)}",
+        f"parallel         {dims.describe()}",
+        f"mesh             replicate {dims.replicate} x shard {dims.shard} x sequence {dims.sequence}",
         f"world            {p.num_nodes} node(s) x {p.devices} process(es) = {world}",
         f"accelerator      {p.accelerator} "
         f"(backend {p.get('process_group_backend') or 'nccl on GPU, gloo on CPU'})",
@@ -37,7 +31,7 @@ def describe_layout(cfg: Any) -> str:
     ]
     if sp > 1:
         lines.insert(
-            2,
+            3,
             f"sequence par.    {data_parallel} group(s) of {sp} consecutive processes; each group shares its "
             f"samples, each process holds 1/{sp} of the tokens (Ulysses all-to-all over heads)",
         )

@@ -14,6 +14,7 @@ import torch
 
 from ltxdist.lora.inject import lora_modules, reset_lora
 from ltxdist.models.loader import copy_base_weights
+from ltxdist.parallel.dims import ParallelDims
 from ltxdist.parallel.materialize_report import MaterializeReport
 from ltxdist.parallel.offload import (
     BlockOffloader,
@@ -29,6 +30,7 @@ def materialize_transformer(
     model: torch.nn.Module,
     parallel_cfg: Any,
     *,
+    dims: ParallelDims,
     checkpoint: Path,
     dtype: torch.dtype,
     lora_init_seed: int,
@@ -39,9 +41,9 @@ def materialize_transformer(
     handed to a block-swap `BlockOffloader` (parallel/offload.py), which is returned."""
     # LTXDIST_MATERIALIZE_REPORT=DIR: each rank records what it held (materialize_report.py).
     report = MaterializeReport(model, parallel_cfg.name)
-    if offload_blocks and parallel_cfg.name not in ("single", "ddp"):
+    if offload_blocks and dims.engine not in ("single", "ddp"):
         raise ValueError(f"model.offload_blocks works with parallel=single or ddp, not {parallel_cfg.name}")
-    if parallel_cfg.name == "deepspeed_zero3":
+    if dims.partitions_while_materializing:
         _materialize_zero3(
             model,
             parallel_cfg,
@@ -58,7 +60,7 @@ def materialize_transformer(
             model.to_empty(device=device)
         report.sample()
         copy_base_weights(model, checkpoint, dtype, on_read=report.on_read, work_device=device)
-        if parallel_cfg.name == "fsdp2":
+        if dims.shards_with_fsdp:
             from torch.distributed.tensor.experimental import implicit_replication
 
             # Every rank draws the same full adapter init from one seeded generator and keeps its rows:

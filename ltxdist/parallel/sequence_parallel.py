@@ -49,6 +49,7 @@ from ltxdist.strategies.attention_masks import install_maskable_attention, set_a
 
 if TYPE_CHECKING:
     from ltxdist._ltx_core import Modality
+    from ltxdist.parallel.dims import ParallelMesh
     from ltxdist.strategies.base import StrategyOutput
 
 # Attention modules whose queries AND keys are token streams split across the group:
@@ -61,29 +62,6 @@ ULYSSES_MODULES: dict[str, tuple[str, str]] = {
 }
 # Text cross-attention: local queries, replicated text keys. {module name: query stream}
 LOCAL_QUERY_MODULES: dict[str, str] = {"attn2": "video", "audio_attn2": "audio"}
-
-
-# -- layout ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class DataParallelLayout:
-    """Where a global rank sits when groups of `sequence_parallel` consecutive ranks share samples."""
-
-    rank: int  # data-parallel rank: which share of the data this rank's group reads
-    size: int  # number of data-parallel groups
-    sequence_rank: int  # position inside its sequence-parallel group
-
-
-def data_parallel_layout(global_rank: int, world_size: int, sequence_parallel: int) -> DataParallelLayout:
-    if sequence_parallel < 1 or world_size % sequence_parallel:
-        raise ValueError(
-            f"parallel.sequence_parallel={sequence_parallel} must be >= 1 and divide the number of "
-            f"processes ({world_size} = parallel.devices x parallel.num_nodes)"
-        )
-    return DataParallelLayout(
-        rank=global_rank // sequence_parallel,
-        size=world_size // sequence_parallel,
-        sequence_rank=global_rank % sequence_parallel,
-    )
 
 
 def check_heads_divisible(model: torch.nn.Module, sequence_parallel: int) -> None:
@@ -127,23 +105,16 @@ class SequenceParallelGroup:
             self.active = before
 
 
-def new_sequence_parallel_group(sequence_parallel: int) -> SequenceParallelGroup:
-    """Groups of consecutive ranks (inside one node when P divides the GPUs per node: the all-to-alls
-    stay on NVLink). Collective: every rank must call it, in the same order."""
-    if not dist.is_available() or not dist.is_initialized():
+def sequence_parallel_group(mesh: ParallelMesh) -> SequenceParallelGroup:
+    """This rank's group: the layout mesh's `sp` dim, consecutive ranks (inside one node when P divides
+    the GPUs per node: the all-to-alls stay on NVLink)."""
+    size = mesh.dims.sequence
+    if mesh.sequence is None:
         raise RuntimeError(
-            f"parallel.sequence_parallel={sequence_parallel} needs a distributed launch (torchrun / "
-            "launch/train.sh with parallel=ddp|fsdp2|deepspeed_*)"
+            f"parallel.sequence_parallel={size} needs a distributed launch (torchrun / launch/train.sh with "
+            "parallel=ddp|fsdp2|hsdp|deepspeed_*)"
         )
-    world, rank = dist.get_world_size(), dist.get_rank()
-    layout = data_parallel_layout(rank, world, sequence_parallel)
-    mine = None
-    for start in range(0, world, sequence_parallel):
-        ranks = list(range(start, start + sequence_parallel))
-        group = dist.new_group(ranks)  # every rank creates every group (a torch.distributed rule)
-        if rank in ranks:
-            mine = group
-    return SequenceParallelGroup(group=mine, size=sequence_parallel, rank=layout.sequence_rank)
+    return SequenceParallelGroup(group=mesh.sequence_group(), size=size, rank=mesh.sequence_rank)
 
 
 # -- collectives with autograd ----------------------------------------------------------------------

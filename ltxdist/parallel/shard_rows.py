@@ -1,10 +1,10 @@
-"""Which slice of a full tensor this process holds: the one rule shared by weight loading and sharded
-checkpoints.
+"""Which slice of a full tensor this process holds: the rule weight loading uses to read only a rank's
+rows of the base checkpoint.
 
-FSDP2 shards every parameter along dim 0 like `torch.chunk(full, world_size)`: rank r holds rows
-[r * c, (r + 1) * c) clipped to the tensor, with c = ceil(rows / world_size) (so trailing ranks may hold
-fewer rows, or none). Reading and writing by this rule means a file never has to hold, and a process
-never has to materialise, more than its own rows.
+FSDP2 shards every parameter along dim 0 like `torch.chunk(full, n)` over the n ranks of its shard mesh
+dim (all ranks for FSDP2, the ranks of one replica for HSDP): shard rank r holds rows [r * c, (r + 1) * c)
+clipped to the tensor, with c = ceil(rows / n) (so trailing ranks may hold fewer rows, or none). Reading
+by this rule means a process never has to materialise more than its own rows.
 """
 
 from __future__ import annotations
@@ -39,13 +39,15 @@ def local_slice(tensor: torch.Tensor) -> LocalSlice | None:
     placements = tensor.placements
     if all(isinstance(p, Replicate) for p in placements):
         return None
-    if tensor.device_mesh.ndim != 1 or not isinstance(placements[0], Shard):
-        # Tensor parallelism (2-D meshes, strided shards) is not used by ltxdist; fail loudly rather
-        # than write a checkpoint that cannot be read back.
-        raise NotImplementedError(f"only 1-D Shard(dim) DTensors are supported, got {placements}")
-    dim = placements[0].dim
+    shards = [i for i, p in enumerate(placements) if type(p) is Shard]
+    if len(shards) != 1 or any(not isinstance(p, (Replicate, Shard)) for p in placements):
+        # FSDP2 shards over one mesh dim (HSDP replicates over the other); tensor parallelism and
+        # strided shards are not used by ltxdist: fail loudly rather than read the wrong rows.
+        raise NotImplementedError(f"only (Replicate..., Shard(dim)) DTensors are supported, got {placements}")
+    (mesh_dim,) = shards
+    dim = placements[mesh_dim].dim
     mesh = tensor.device_mesh
-    start, stop = chunk_bounds(tensor.shape[dim], mesh.size(), mesh.get_local_rank())
+    start, stop = chunk_bounds(tensor.shape[dim], mesh.size(mesh_dim), mesh.get_local_rank(mesh_dim))
     local = tensor.to_local()
     if local.shape[dim] != stop - start:
         raise RuntimeError(

@@ -1,5 +1,5 @@
-"""Training callbacks: checkpoints + LoRA export with keep-last-k (also on SIGUSR1 / SIGTERM, with SLURM
-requeue), and metrics.jsonl."""
+"""Training callbacks: resume, checkpoints + LoRA export with keep-last-k (also on SIGUSR1 / SIGTERM,
+with SLURM requeue), metrics.jsonl and the progress bar."""
 
 from __future__ import annotations
 
@@ -19,28 +19,28 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ltxdist.io import TMP_MARKER, AtomicWriteError, write_bytes_atomic
+from ltxdist.checkpoint import TrainState, save_checkpoint
+from ltxdist.io import AtomicWriteError, write_bytes_atomic
 from ltxdist.lora import export_lora
 from ltxdist.lora.targets import expand_targets
-from ltxdist.parallel.gather import gathered_lora_model, needs_gather
-from ltxdist.training.run_dir import (
-    checkpoint_path,
-    checkpoints_dir,
-    complete_checkpoints,
-    lora_dir,
-    lora_path,
-)
+from ltxdist.parallel.gather import gather_to_rank0
+from ltxdist.training.checkpointing import capture_train_state, resume, trainable_state, warm_start
+from ltxdist.training.run_dir import checkpoint_path, complete_checkpoints, lora_path
 
 log = logging.getLogger("ltxdist")
 # Ctrl-C (SIGINT) stops like SIGTERM, with a checkpoint at the next step, then exits 0; a second Ctrl-C
 # stops at once.
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
-LAYOUT_KEY = "ltxdist_layout"
 
 
 class CheckpointAndExport(pl.Callback):
-    """Every `every_n_steps` optimizer steps (and at the end): a full training-state checkpoint under
-    checkpoints/step-N/, and the ComfyUI-format LoRA under lora/. Keeps the newest `keep_last_k`.
+    """Resumes (or warm-starts) a run at fit start, then every `every_n_steps` optimizer steps (and at
+    the end) writes the ComfyUI-format LoRA under lora/ and a full training-state checkpoint under
+    checkpoints/step-N/ (ltxdist.checkpoint), keeping the newest `keep_last_k`.
+
+    `resume` is run.resume (training/checkpointing.py); `init_from` is lora.init_from (a warm start of a
+    fresh run); `extra` is stored in every checkpoint's train state (callers' own fields, e.g. a run
+    identity) and the train state a run resumed from is kept in `resumed_state`.
 
     SIGUSR1, SIGTERM (SLURM's warning before the time limit, preemption, `kill`) or SIGINT (Ctrl-C) on
     any rank: at the next optimizer-step boundary every rank writes the checkpoint, rank 0 prints the
@@ -60,6 +60,10 @@ class CheckpointAndExport(pl.Callback):
         extra_metadata: dict[str, Any] | None = None,
         step_metrics: Any = None,
         resume_command: str = "the same command (run.resume=auto)",
+        *,
+        resume: str = "never",
+        init_from: str | None = None,
+        extra: dict[str, Any] | None = None,
     ):
         self.run_dir = run_dir
         self.resume_command = resume_command  # printed when a signal stops the run
@@ -73,11 +77,23 @@ class CheckpointAndExport(pl.Callback):
         self.keep_last_k = keep_last_k
         self.strategy_name = strategy_name
         self.extra_metadata = extra_metadata or {}
+        self.resume_mode = resume
+        self.init_from = init_from
+        self.extra = extra if extra is not None else {}  # may be filled in before the first save
+        self.resumed_from: Path | None = None
+        self.resumed_state: TrainState | None = None
         self._last_saved_step = -1
         self._last_checked_step = -1
         self._signal = 0  # signal number received by this process, 0 = none
         self._interrupts = 0  # Ctrl-C presses: the second one stops at once
         self._previous_handlers: dict[int, Any] = {}
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        resumed = resume(trainer, pl_module, self.run_dir, self.resume_mode)
+        if resumed is not None:
+            self.resumed_from, self.resumed_state = resumed
+        elif self.init_from:
+            warm_start(trainer, pl_module, self.init_from)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
         step = trainer.global_step
@@ -108,21 +124,8 @@ class CheckpointAndExport(pl.Callback):
         # A resumed run must not rewrite the checkpoint it started from.
         self._last_saved_step = trainer.global_step
         self._last_checked_step = trainer.global_step
-        if trainer.is_global_zero:
-            _remove_partial_files(self.run_dir)
         # Again: Lightning installed its own SIGTERM handler in between.
         self._install_signal_handlers()
-
-    def on_save_checkpoint(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        # The layout the data position (micro-batches per rank) refers to, so a run resumed on another
-        # number of processes can convert it (LTXLoRAModule.on_load_checkpoint).
-        checkpoint[LAYOUT_KEY] = {
-            # data-parallel processes (a sequence-parallel group reads one share of the data)
-            "world_size": trainer.world_size // int(pl_module.cfg.parallel.sequence_parallel),
-            "micro_batch_size": int(pl_module.cfg.data.batch_size),
-        }
 
     # -- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -195,45 +198,35 @@ class CheckpointAndExport(pl.Callback):
 
         The LoRA file comes first, so a complete checkpoint always has its LoRA file (a resumed run does
         not write that step again), while a LoRA file whose checkpoint never completed is rewritten
-        identically when the resumed run reaches its step. A failed write (full disk) fails on every
-        rank together with an error naming the path, rather than leaving the other ranks waiting in the
-        next collective; the previous complete checkpoint is untouched. (FSDP2 writes one shard file per
-        rank inside its own collective save: a rank whose write fails stops there, and the others fail
-        after parallel.collective_timeout_s.)"""
+        identically when the resumed run reaches its step. A failed write (full disk) on any rank fails
+        on every rank together with an error naming the path, rather than leaving the other ranks
+        waiting in the next collective; the previous complete checkpoint is untouched."""
         step = trainer.global_step
-        # Sharded adapters (FSDP2, ZeRO) are gathered by every rank together; rank 0 writes the file.
-        export_model = (
-            gathered_lora_model(pl_module.transformer) if needs_gather(pl_module.transformer) else None
-        )
+        path = lora_path(self.run_dir, step)
         failure: OSError | None = None
-        if trainer.is_global_zero:
-            try:
-                export_lora(
-                    export_model if export_model is not None else pl_module.transformer,
-                    lora_path(self.run_dir, step),
-                    base_model_version=pl_module.model_version,
-                    training_strategy=self.strategy_name,
-                    step=step,
-                    target_modules=expand_targets(list(pl_module.cfg.lora.targets)),
-                    extra_metadata=self.extra_metadata,
-                )
-            except OSError as exc:
-                failure = exc
-        _fail_together(trainer, failure, lora_path(self.run_dir, step))
-        path = checkpoint_path(self.run_dir, step)
         try:
-            trainer.save_checkpoint(path, weights_only=False)  # all ranks call
+            # Every rank takes part in gathering sharded adapters; only rank 0 holds them whole and writes.
+            export_lora(
+                pl_module.transformer,
+                path,
+                base_model_version=pl_module.model_version,
+                training_strategy=self.strategy_name,
+                step=step,
+                target_modules=expand_targets(list(pl_module.cfg.lora.targets)),
+                extra_metadata=self.extra_metadata,
+                full_tensor=gather_to_rank0,
+            )
         except OSError as exc:
-            if pl_module.cfg.parallel.name == "fsdp2" or trainer.world_size == 1:
-                raise
-            # Rank 0 alone writes (single, DDP, DeepSpeed) and failed before the barrier that ends
-            # Trainer.save_checkpoint, where the other ranks wait: meet them there.
             failure = exc
-            trainer.strategy.barrier("Trainer.save_checkpoint")
         _fail_together(trainer, failure, path)
+        save_checkpoint(
+            checkpoint_path(self.run_dir, step),
+            trainable_state(trainer, pl_module),
+            capture_train_state(trainer, pl_module, self.extra),
+        )
         if trainer.is_global_zero:
             for _, old in complete_checkpoints(self.run_dir)[: -self.keep_last_k]:
-                trainer.strategy.checkpoint_io.remove_checkpoint(old)
+                shutil.rmtree(old, ignore_errors=True)
         trainer.strategy.barrier("ltxdist-checkpoint")
         self._last_saved_step = step
 
@@ -257,32 +250,6 @@ def _fail_together(trainer: pl.Trainer, failure: OSError | None, path: Path) -> 
         raise failure
     if int(failed.item()):
         raise AtomicWriteError(errno.EIO, path, "another rank failed to write it (see its error)")
-
-
-def _remove_partial_files(run_dir: Path) -> None:
-    """What a process killed while writing left behind: temporary checkpoint directories (never
-    complete) and temporary LoRA / metrics files."""
-    _remove_partial_checkpoints(run_dir)
-    for folder in (lora_dir(run_dir), run_dir):
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if TMP_MARKER in path.name and path.is_file():
-                    path.unlink(missing_ok=True)
-
-
-def _remove_partial_checkpoints(run_dir: Path) -> None:
-    """Temporary checkpoint directories (never complete). A checkpoint moved aside for an overwrite
-    (`step-N.tmp-old`) whose replacement never arrived is put back."""
-    root = checkpoints_dir(run_dir)
-    if root.is_dir():
-        for path in root.iterdir():
-            if path.name.endswith(TMP_MARKER + "old") and path.is_dir():
-                target = path.with_name(path.name[: -len(TMP_MARKER + "old")])
-                if not target.exists():
-                    os.replace(path, target)
-                    continue
-            if TMP_MARKER in path.name and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def _requeue_slurm_job() -> None:

@@ -10,7 +10,6 @@ interrupted one from its newest complete checkpoint (run.resume=auto inside the 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,9 +17,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from ltxdist.io import atomic_file, write_json_atomic
+from ltxdist.parallel.dims import ParallelDims
+from ltxdist.training.checkpointing import check_warm_start_supported
 from ltxdist.training.run_dir import complete_checkpoints, lora_dir
 from ltxdist.training.run_identity import check_finished_run, new_run_flag
-from ltxdist.training.warm_start import check_warm_start_supported
 
 log = logging.getLogger("ltxdist")
 STAGE_DONE = "stage_complete.json"
@@ -47,15 +47,19 @@ def stage_config(cfg: Any, index: int, previous: Path | None) -> Any:
 
 
 def run_curriculum(cfg: Any, train_one: Any) -> Path:
-    """Run every stage (skipping finished ones); returns the final LoRA file."""
+    """Run every stage (skipping finished ones); returns the final LoRA file. `train_one(stage_cfg)`
+    trains one stage and returns its FitResult (training/train.py), which says whether this process is
+    rank 0: only rank 0 writes the curriculum's own files."""
     run_dir = Path(cfg.run.dir)
-    rank = int(os.environ.get("RANK", "0"))
+    is_global_zero = _launched_as_rank_zero()
     names = [s.name for s in cfg.stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stages: names must be unique, got {names}")
     if len(names) > 1 or cfg.lora.init_from:
         # Before the first stage trains: stage 2 would otherwise fail only after stage 1 finished.
-        check_warm_start_supported(cfg.parallel.name, "stages (each stage warm-starts from the previous)")
+        check_warm_start_supported(
+            ParallelDims.from_config(cfg.parallel), "stages (each stage warm-starts from the previous)"
+        )
     previous: Path | None = None
     final_lora: Path | None = None
     summary = []
@@ -68,8 +72,8 @@ def run_curriculum(cfg: Any, train_one: Any) -> Path:
             log.info("stage %d/%d %s: already complete, skipping", i + 1, len(cfg.stages), stage.name)
         else:
             log.info("stage %d/%d %s: %d steps", i + 1, len(cfg.stages), stage.name, stage.max_steps)
-            train_one(stage_config(cfg, i, previous))
-            if rank == 0:
+            is_global_zero = train_one(stage_config(cfg, i, previous)).is_global_zero
+            if is_global_zero:
                 write_json_atomic(done, {"stage": stage.name, "max_steps": stage.max_steps})
         found = complete_checkpoints(sdir)
         if not found or found[-1][0] != stage.max_steps:
@@ -89,8 +93,22 @@ def run_curriculum(cfg: Any, train_one: Any) -> Path:
         )
     assert final_lora is not None
     out = lora_dir(run_dir) / f"lora_weights_{cfg.stages[-1].name}_final.safetensors"
-    if rank == 0:
+    if is_global_zero:
         with atomic_file(out) as tmp:
             shutil.copyfile(final_lora, tmp)
         write_json_atomic(run_dir / "curriculum.json", {"stages": summary, "final_lora": str(out)})
     return out
+
+
+def _launched_as_rank_zero() -> bool:
+    """Before a stage has trained there is no process group yet: ask the cluster environment Lightning
+    would use (torchrun, SLURM) which rank this process was started as; a plain process is rank 0."""
+    import torch.distributed as dist
+    from lightning.fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    for env in (TorchElasticEnvironment, SLURMEnvironment):  # Lightning's order of precedence
+        if env.detect():
+            return env().global_rank() == 0
+    return True

@@ -11,28 +11,28 @@ import torch
 
 from ltxdist.data.mixing import MixedLatentStream, MixSource
 from ltxdist.data.streaming import CachedLatentStream, StreamPlan
-from ltxdist.parallel.sequence_parallel import data_parallel_layout
 
 
 class CachedLatentDataModule(pl.LightningDataModule):
-    def __init__(self, data_cfg: Any, seed: int, sequence_parallel: int = 1):
+    def __init__(self, data_cfg: Any, seed: int):
         super().__init__()
         self.data_cfg = data_cfg
         self.seed = seed
-        self.sequence_parallel = sequence_parallel
 
     def train_dataloader(self) -> torch.utils.data.DataLoader:
         trainer = self.trainer
         assert trainer is not None
-        # Restored from the checkpoint before dataloaders are built (Lightning restores modules first).
-        skip = int(getattr(trainer.lightning_module, "batches_seen", 0))
-        # The ranks of one sequence-parallel group read the same samples: split by group, not by rank.
-        data_parallel = data_parallel_layout(trainer.global_rank, trainer.world_size, self.sequence_parallel)
+        module = trainer.lightning_module
+        # Restored from the checkpoint at fit start, before dataloaders are built.
+        skip = int(getattr(module, "batches_seen", 0))
+        # Data ranks from the layout's `dp` mesh: the ranks of one sequence-parallel group read the same
+        # samples, so the data is split by group, not by process. (No module: not training, one reader.)
+        mesh = module.parallel_mesh if module is not None else None
         plan = StreamPlan(
             batch_size=self.data_cfg.batch_size,
             seed=self.seed,
-            rank=data_parallel.rank,
-            world_size=data_parallel.size,
+            rank=mesh.data_rank if mesh is not None else 0,
+            world_size=mesh.data_size if mesh is not None else 1,
             shuffle_buffer=self.data_cfg.shuffle_buffer,
             split=self.data_cfg.split,
         )

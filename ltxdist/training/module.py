@@ -20,12 +20,13 @@ from ltxdist.lora.inject import lora_state_dict
 from ltxdist.models import build_meta_transformer, read_checkpoint_info
 from ltxdist.models.loader import check_transformer_keys
 from ltxdist.parallel import materialize_transformer, parallelize_transformer
+from ltxdist.parallel.dims import ParallelDims, ParallelMesh, mesh_device_type
 from ltxdist.parallel.offload import BlockOffloader, ddp_ignored_names
 from ltxdist.parallel.sequence_parallel import (
     SequenceParallelGroup,
     install_sequence_parallel,
-    new_sequence_parallel_group,
     sequence_parallel_forward,
+    sequence_parallel_group,
 )
 from ltxdist.quant.base import check_fp8_matmul_device, prepare_quantized_base
 from ltxdist.strategies import StrategyOutput, build_strategy
@@ -36,14 +37,11 @@ from ltxdist.training.datamodule import empty_caption_dir
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
 from ltxdist.training.nonfinite import NonFiniteGuard, poison_nonfinite_loss, total_grad_norm
 from ltxdist.training.optim import build_optimizer, build_scheduler
-from ltxdist.training.run_identity import LoRAShapeMismatchError
-from ltxdist.training.warm_start import warm_start
 from ltxdist_kernels.attention import patch_attention_modules, resolve_backend
 from ltxdist_kernels.dispatch import set_calibration
 
 SIGMA_BUCKET_EDGES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
-_STATE_KEY = "ltxdist"
 
 
 class LTXLoRAModule(pl.LightningModule):
@@ -51,12 +49,14 @@ class LTXLoRAModule(pl.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.strategy_impl = build_strategy(cfg.strategy)
+        # The parallel layout (validated sizes and engine): asked what the run does, never by name.
+        self.dims = ParallelDims.from_config(cfg.parallel)
+        self._parallel_mesh: ParallelMesh | None = None
         self.dtype_compute = _DTYPES[cfg.model.dtype]
         self.transformer: torch.nn.Module | None = None
         self.model_version = "unknown"
         self.target_modules: list[str] = []
         self.batches_seen = 0  # micro-batches consumed by this rank: the data position
-        self.strict_loading = False  # checkpoints hold adapter weights only
         self._empty_caption: dict[str, torch.Tensor] | None = None
         self._last_parts: dict[str, Any] = {}  # this rank's last micro-batch (device values), for metrics
         self._metrics: TrainingMetrics | None = None  # the step's one host read (tracking/metrics.py)
@@ -69,6 +69,20 @@ class LTXLoRAModule(pl.LightningModule):
         # The adapters, listed once training has started (every strategy has set up its parameters by
         # then): the step reads them several times and walking the module tree each time costs ~1 ms.
         self._lora_params: list[torch.nn.Parameter] | None = None
+
+    # -- layout -----------------------------------------------------------------------------------
+    @property
+    def parallel_mesh(self) -> ParallelMesh:
+        """The layout's meshes: built by the ltxdist strategy once its process group exists; without a
+        trainer (tools, tests) built here from the process group, if any."""
+        if self._parallel_mesh is None:
+            strategy = self._trainer.strategy if self._trainer is not None else None
+            mesh = getattr(strategy, "parallel_mesh", None)
+            if mesh is None:
+                device = strategy.root_device if strategy is not None else self.device
+                mesh = self.dims.build_mesh(mesh_device_type(device))
+            self._parallel_mesh = mesh
+        return self._parallel_mesh
 
     # -- model ------------------------------------------------------------------------------------
     def configure_model(self) -> None:
@@ -102,15 +116,15 @@ class LTXLoRAModule(pl.LightningModule):
             # before parallelize: sharding and compile must wrap the kernel-dispatching modules
             patch_attention_modules(model, backend=backend)
             set_calibration(self.cfg.model.kernels_calibrate)
-        if self.cfg.parallel.sequence_parallel > 1:
+        if self.dims.sequence > 1:
             # After the kernel patch: its forward still calls attention_function, the seam wrapped here.
-            self.sequence_parallel = new_sequence_parallel_group(self.cfg.parallel.sequence_parallel)
+            self.sequence_parallel = sequence_parallel_group(self.parallel_mesh)
             install_sequence_parallel(model, self.sequence_parallel)
         model = parallelize_transformer(
             model,
             self.cfg.parallel,
             gradient_checkpointing=self.cfg.model.gradient_checkpointing,
-            device_mesh=self.device_mesh["data_parallel"] if self.cfg.parallel.name == "fsdp2" else None,
+            fsdp_mesh=self.parallel_mesh.fsdp_mesh if self.dims.shards_with_fsdp else None,
             compute_dtype=self.dtype_compute,
         )
         # Materialise straight on this rank's device, only what this rank keeps (its FSDP2 shards /
@@ -118,6 +132,7 @@ class LTXLoRAModule(pl.LightningModule):
         self.block_offloader = materialize_transformer(
             model,
             self.cfg.parallel,
+            dims=self.dims,
             checkpoint=info.path,
             dtype=self.dtype_compute,
             lora_init_seed=self.cfg.lora.init_seed,
@@ -226,9 +241,6 @@ class LTXLoRAModule(pl.LightningModule):
     def on_train_start(self) -> None:
         self._lora_params = lora_parameters(self.transformer)
         self._metrics = next((c for c in self.trainer.callbacks if isinstance(c, TrainingMetrics)), None)
-        # A resumed run restores its own checkpoint; warm start only a fresh one.
-        if self.cfg.lora.init_from and self.trainer.ckpt_path is None:
-            warm_start(self, self.trainer.optimizers[0], self.cfg.lora.init_from)
 
     def on_train_end(self) -> None:
         self._lora_params = None
@@ -259,7 +271,7 @@ class LTXLoRAModule(pl.LightningModule):
 
     def _skip_nonfinite_step(self, grad_norm: float | None) -> None:
         step = self.trainer.global_step + 1
-        if self.cfg.parallel.name.startswith("deepspeed"):
+        if self.dims.skips_nonfinite_steps_itself:
             # DeepSpeed skips the step itself; counted after it in optimizer_step.
             self._deepspeed_skipped_before = self.trainer.strategy.deepspeed_engine.skipped_steps
             return
@@ -291,52 +303,36 @@ class LTXLoRAModule(pl.LightningModule):
         assert self.transformer is not None
         return {"transformer." + k: v.detach() for k, v in lora_state_dict(self.transformer).items()}
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[_STATE_KEY] = {
-            "batches_seen": self.batches_seen,
-            "model_version": self.model_version,
-            "target_modules": self.target_modules,
-            "nonfinite": self.nonfinite.state_dict(),
-        }
+    # -- train state (ltxdist.checkpoint; training/checkpointing.py) ---------------------------------
+    def data_position(self) -> dict[str, Any]:
+        """Where this rank's data stream stands, as JSON: saved with every checkpoint."""
+        return {"batches_seen": self.batches_seen}
 
-    def _resumed_data_position(self, batches_seen: int, checkpoint: dict[str, Any]) -> int:
-        """Micro-batches per rank to skip. Saved under another layout (number of processes, batch size;
-        written by CheckpointAndExport), the position is converted through the number of samples
-        consumed, which must fill whole global batches of the new layout."""
-        layout = checkpoint.get("ltxdist_layout")
-        if not layout or self._trainer is None:
+    def counters(self) -> dict[str, Any]:
+        return {"nonfinite": self.nonfinite.state_dict()}
+
+    def model_record(self) -> dict[str, Any]:
+        return {"model_version": self.model_version, "target_modules": self.target_modules}
+
+    def load_train_state(self, state: Any) -> None:
+        """The data position and counters of a checkpoint's train state (ltxdist.checkpoint.TrainState)."""
+        self.batches_seen = self._resumed_data_position(int(state.data.get("batches_seen", 0)), state.layout)
+        self.nonfinite.load_state_dict(state.counters.get("nonfinite", {}))
+
+    def _resumed_data_position(self, batches_seen: int, layout: dict[str, Any]) -> int:
+        """Micro-batches per rank to skip. Saved under another layout (data-parallel size, batch size),
+        the position is converted through the number of samples consumed, which must fill whole global
+        batches of the new layout."""
+        if not layout or "data_parallel_size" not in layout:
             return batches_seen
-        samples = batches_seen * int(layout["world_size"]) * int(layout["micro_batch_size"])
-        data_parallel = self.trainer.world_size // int(self.cfg.parallel.sequence_parallel)
-        per_batch = data_parallel * int(self.cfg.data.batch_size)
+        saved_dp, saved_batch = int(layout["data_parallel_size"]), int(layout["micro_batch_size"])
+        samples = batches_seen * saved_dp * saved_batch
+        per_batch = self.dims.data_parallel_size * int(self.cfg.data.batch_size)
         if samples % per_batch:
             raise ValueError(
-                f"the checkpoint consumed {samples} samples ({layout['world_size']} processes x "
-                f"data.batch_size {layout['micro_batch_size']} x {batches_seen} micro-batches), not a whole "
-                f"number of this run's global batches of {per_batch}: set data.batch_size / parallel.devices "
-                "so that processes x data.batch_size divides it (usually: keep the global batch)"
+                f"the checkpoint consumed {samples} samples ({saved_dp} data-parallel processes x "
+                f"data.batch_size {saved_batch} x {batches_seen} micro-batches), not a whole number of this "
+                f"run's global batches of {per_batch}: set data.batch_size / parallel.devices so that "
+                "processes x data.batch_size divides it (usually: keep the global batch)"
             )
         return samples // per_batch
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        state = checkpoint.get(_STATE_KEY, {})
-        self.batches_seen = self._resumed_data_position(int(state.get("batches_seen", 0)), checkpoint)
-        self.nonfinite.load_state_dict(state.get("nonfinite", {}))
-        expected = set(self.state_dict())
-        found = set(checkpoint.get("state_dict", {}))
-        if expected != found:
-            raise ValueError(
-                f"checkpoint adapters do not match this run's LoRA: missing {sorted(expected - found)[:5]}, "
-                f"unexpected {sorted(found - expected)[:5]} (did lora.rank / lora.targets change?)"
-            )
-        # Same names, other shapes (lora.rank changed): one line here, not Lightning's list of every
-        # size mismatch.
-        ours = {k: tuple(v.shape) for k, v in self.state_dict().items()}
-        theirs = {k: tuple(v.shape) for k, v in checkpoint["state_dict"].items()}
-        wrong = [k for k in ours if ours[k] != theirs[k]]
-        if wrong:
-            raise LoRAShapeMismatchError(
-                f"the checkpoint's LoRA adapters have another shape than this run's ({len(wrong)} tensors, "
-                f"e.g. {wrong[0]}: {theirs[wrong[0]]} saved, {ours[wrong[0]]} now): lora.rank differs; "
-                "start a new run (run.name=NEW) or set lora.rank back"
-            )

@@ -1,11 +1,14 @@
-"""The run directory layout and finding the checkpoint to resume from."""
+"""The run directory layout: where checkpoints, LoRA files and metrics live; what a kill left behind."""
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 from pathlib import Path
 
-from ltxdist.training.checkpoint_io import is_complete_checkpoint
+from ltxdist.checkpoint import is_complete_checkpoint
+from ltxdist.io import TMP_MARKER
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
 
@@ -43,20 +46,27 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_resume(run_dir: Path, resume: str) -> Path | None:
-    """run.resume: auto -> newest complete checkpoint or None; never -> None; must -> newest or error;
-    force -> as auto (run_identity.decide_resume then accepts changed settings); anything else -> that
-    checkpoint directory, which must be complete."""
-    if resume == "never":
-        return None
-    if resume in ("auto", "must", "force"):
-        found = complete_checkpoints(run_dir)
-        if found:
-            return found[-1][1]
-        if resume == "must":
-            raise ResumeError(f"run.resume=must but {checkpoints_dir(run_dir)} holds no complete checkpoint")
-        return None
-    path = Path(resume)
-    if not is_complete_checkpoint(path):
-        raise ResumeError(f"run.resume={resume}: not a complete checkpoint directory (needs meta.json)")
-    return path
+def remove_partial_checkpoints(run_dir: Path) -> None:
+    """Temporary checkpoint directories a killed writer left (never complete). A checkpoint moved aside
+    for an overwrite (`step-N.tmp-old`) whose replacement never arrived is put back."""
+    root = checkpoints_dir(run_dir)
+    if root.is_dir():
+        for path in root.iterdir():
+            if path.name.endswith(TMP_MARKER + "old") and path.is_dir():
+                target = path.with_name(path.name[: -len(TMP_MARKER + "old")])
+                if not target.exists():
+                    os.replace(path, target)
+                    continue
+            if TMP_MARKER in path.name and path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_partial_files(run_dir: Path) -> None:
+    """What a process killed while writing left behind: temporary checkpoint directories and temporary
+    LoRA / metrics files."""
+    remove_partial_checkpoints(run_dir)
+    for folder in (lora_dir(run_dir), run_dir):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if TMP_MARKER in path.name and path.is_file():
+                    path.unlink(missing_ok=True)

@@ -15,9 +15,10 @@ LoRA. The identity lists the settings that define a run:
 Not part of it: step counts (train longer), checkpoint cadence, batch size and number of processes
 (the data position converts), parallel layout, logging, validation.
 
-How it is stored: `RunIdentityRecorder.on_save_checkpoint` puts one JSON string under
-`checkpoint[IDENTITY_KEY]`, so it lands in the checkpoint's state.json, written atomically with the rest
-of the checkpoint; `recorded_identity` reads it back from state.json without loading any tensor.
+How it is stored: under `IDENTITY_KEY` in the `extra` fields of every checkpoint's train state
+(ltxdist.checkpoint: train_state.json, written atomically with the rest of the checkpoint; the training
+entry point hands it to CheckpointAndExport); `recorded_identity` reads it back without loading any
+tensor.
 """
 
 from __future__ import annotations
@@ -29,16 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning.pytorch as pl
 from omegaconf import OmegaConf
 
 from ltxdist.training.run_dir import complete_checkpoints
 
-IDENTITY_KEY = "ltxdist_run_identity"
+IDENTITY_KEY = "run_identity"
 IDENTITY_FORMAT = 1
 # Settings whose change makes the saved adapters a different shape: the checkpoint cannot load at all.
 LORA_SHAPE_KEYS = ("lora.rank", "lora.targets", "lora.blocks")
-_STATE_FILE = "state.json"  # the checkpoint's JSON tree (training/checkpoint_io.py)
 
 
 class ResumeRefusedError(ValueError):
@@ -135,22 +134,13 @@ def compute_run_identity(cfg: Any) -> dict[str, Any]:
     return {"format": IDENTITY_FORMAT, "fields": _json(fields), "shown": shown, "forced": []}
 
 
-# -- record and read back ----------------------------------------------------------------------------
-class RunIdentityRecorder(pl.Callback):
-    """Puts the run identity into every checkpoint Lightning writes (state.json, atomic with it)."""
-
-    def __init__(self, identity: dict[str, Any]):
-        self.identity = identity
-
-    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
-        checkpoint[IDENTITY_KEY] = json.dumps(self.identity, sort_keys=True)
-
-
+# -- read back ---------------------------------------------------------------------------------------
 def recorded_identity(checkpoint_dir: Path) -> dict[str, Any] | None:
-    """The identity saved with a checkpoint; None for a checkpoint written before ltxdist recorded one."""
-    tree = json.loads((Path(checkpoint_dir) / _STATE_FILE).read_text())
-    raw = tree.get("__dict__", {}).get(IDENTITY_KEY) if isinstance(tree, dict) else None
-    return json.loads(raw) if isinstance(raw, str) else None
+    """The identity saved with a checkpoint; None for a checkpoint written without one."""
+    from ltxdist.checkpoint import read_train_state
+
+    identity = read_train_state(checkpoint_dir).extra.get(IDENTITY_KEY)
+    return identity if isinstance(identity, dict) else None
 
 
 # -- compare -----------------------------------------------------------------------------------------
@@ -242,7 +232,7 @@ def refusal_message(checkpoint: Path, differences: list[Difference], new_run: st
 def decide_resume(
     checkpoint: Path | None, mode: str, identity: dict[str, Any], new_run: str = "run.name=NEW"
 ) -> ResumeDecision:
-    """Whether to continue `checkpoint` (found by run_dir.resolve_resume for run.resume=`mode`).
+    """Whether to continue `checkpoint` (the newest of checkpointing.resume_candidates, run.resume=`mode`).
 
     auto / must: continue only when the recorded identity matches, otherwise ResumeRefusedError listing
     each difference. force, or an explicit checkpoint directory: continue anyway, with the differences

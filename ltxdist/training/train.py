@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
-import os
+import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ltxdist.checkpoint.files import CheckpointMismatchError
 from ltxdist.config.hydra_errors import explain_read_error
 from ltxdist.config.schema import ConfigError, validate_config
 from ltxdist.config.store import CONF_DIR, compose_train_config, register_configs
@@ -21,7 +24,7 @@ from ltxdist.parallel import lightning_strategy
 from ltxdist.quant.base import base_precision_metadata
 from ltxdist.tracking.metrics import TrainingMetrics
 from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl
-from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
+from ltxdist.training.checkpointing import check_warm_start_supported, resume_candidates
 from ltxdist.training.console import (
     ProgressReporter,
     end_summary,
@@ -31,11 +34,11 @@ from ltxdist.training.console import (
 )
 from ltxdist.training.datamodule import CachedLatentDataModule
 from ltxdist.training.module import SIGMA_BUCKET_EDGES, LTXLoRAModule
-from ltxdist.training.run_dir import lora_path, resolve_resume
+from ltxdist.training.run_dir import lora_path, remove_partial_files
 from ltxdist.training.run_identity import (
+    IDENTITY_KEY,
     LoRAShapeMismatchError,
     ResumeRefusedError,
-    RunIdentityRecorder,
     compute_run_identity,
     decide_resume,
     new_run_flag,
@@ -93,6 +96,20 @@ def lora_extra_metadata(strategy_cfg: Any) -> dict[str, Any]:
     return {}
 
 
+class _NoLightningCheckpoints(CheckpointIO):
+    """Lightning never writes or reads a checkpoint in an ltxdist run (ltxdist.checkpoint does, without
+    pickle); should a Lightning code path try, it fails instead of writing a torch.save file."""
+
+    def save_checkpoint(self, checkpoint: Any, path: Any, storage_options: Any = None) -> None:
+        raise RuntimeError(f"Lightning tried to write a checkpoint to {path}; ltxdist writes its own")
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: Any = None) -> Any:
+        raise RuntimeError(f"Lightning tried to read checkpoint {path}; ltxdist reads its own")
+
+    def remove_checkpoint(self, path: Any) -> None:
+        raise RuntimeError(f"Lightning tried to remove checkpoint {path}")
+
+
 def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger: Any) -> pl.Trainer:
     p = cfg.parallel
     return pl.Trainer(
@@ -112,11 +129,106 @@ def build_trainer(cfg: Any, run_dir: Path, callbacks: list[pl.Callback], logger:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         default_root_dir=str(run_dir),
-        plugins=[SafetensorsCheckpointIO()],
+        plugins=[_NoLightningCheckpoints()],
         callbacks=callbacks,
         logger=logger if logger is not None else False,
         use_distributed_sampler=False,  # the stream splits data by rank itself
     )
+
+
+class LaunchError(ValueError):
+    """Several processes were asked for but nothing started them; the message has the command."""
+
+
+def check_launched(trainer: pl.Trainer, cfg: Any) -> None:
+    """parallel.devices x parallel.num_nodes > 1 needs its processes started by torchrun (launch/train.sh)
+    or SLURM. Lightning would otherwise re-run this script for the other ranks itself, which does not
+    combine with Hydra's run directory, curricula or ltxdist's signal handling: refuse, with the command."""
+    world = cfg.parallel.devices * cfg.parallel.num_nodes
+    env = getattr(trainer.strategy, "cluster_environment", None)
+    if world == 1 or (env is not None and env.creates_processes_externally):
+        return
+    args = " ".join(
+        shlex.quote(a)
+        for a in _command_overrides()
+        if not a.startswith(("parallel.devices=", "parallel.num_nodes="))
+    )
+    if cfg.parallel.num_nodes > 1:
+        how = f"sbatch --nodes={cfg.parallel.num_nodes} slurm/train_multinode.sbatch {args}"
+    else:
+        how = (
+            f"NPROC={cfg.parallel.devices} launch/train.sh {args}\n  (or: torchrun --standalone "
+            f"--nproc_per_node {cfg.parallel.devices} -m ltxdist.training.train {args} "
+            f"parallel.devices={cfg.parallel.devices})"
+        )
+    raise LaunchError(
+        f"parallel.devices={cfg.parallel.devices} x parallel.num_nodes={cfg.parallel.num_nodes} asks for "
+        f"{world} processes, but this is one process that nothing else started. Start them with "
+        f"torchrun:\n  {how}"
+    )
+
+
+def _command_overrides() -> list[str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # not started through Hydra's main (a test calling train(cfg))
+        return ["<your overrides>"]
+
+
+class RunPreparation(pl.Callback):
+    """Rank 0's duties before any model is built: demo inputs, the data/model check, the resume decision
+    and config.yaml. At `setup`, where the process group exists and `trainer.is_global_zero` comes from it
+    (no environment variable read); the other ranks wait there, and fail with rank 0 if it fails.
+
+    The resume decision (training/run_identity.py): `run.resume=auto` continues the newest checkpoint
+    only if it records the same run; it is decided before anything in the run folder changes
+    (config.yaml is written after it), and the identity goes into `checkpoint_extra`, which
+    CheckpointAndExport stores in every checkpoint's train state."""
+
+    def __init__(self, cfg: Any, run_dir: Path, resolved: Any, checkpoint_extra: dict[str, Any]):
+        self.cfg, self.run_dir, self.resolved = cfg, run_dir, resolved
+        self.checkpoint_extra = checkpoint_extra
+
+    def _decide_resume(self) -> None:
+        cfg = self.cfg
+        remove_partial_files(self.run_dir)  # what a killed writer left is not a checkpoint
+        candidates = resume_candidates(self.run_dir, cfg.run.resume)
+        newest = candidates[-1] if candidates else None
+        identity = compute_run_identity(cfg)
+        decision = decide_resume(newest, cfg.run.resume, identity, new_run_flag(cfg.run))
+        forced = record_forced_resume(identity, decision, cfg.run.resume)
+        if forced:
+            log.warning(forced)
+        if decision.unrecorded:
+            log.warning("%s records no run settings: not checked", newest)
+        log.info(startup_summary(cfg, identity, decision.describe()))
+        self.checkpoint_extra[IDENTITY_KEY] = identity
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        failure: Exception | None = None
+        if trainer.is_global_zero:
+            try:
+                _prepare_inputs(self.cfg)
+                check_data_fits_checkpoint(self.cfg.data, self.cfg.model.checkpoint)  # before any model
+                self._decide_resume()
+                (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.resolved))
+            except Exception as exc:  # raised below, once the other ranks know
+                failure = exc
+        message = trainer.strategy.broadcast(
+            None if failure is None else f"{type(failure).__name__}: {failure}"
+        )
+        if failure is not None:
+            raise failure
+        if message is not None:
+            raise RuntimeError(f"rank 0 could not prepare the run: {message}")
+
+
+@dataclass(frozen=True)
+class FitResult:
+    lora: Path  # the final LoRA file
+    is_global_zero: bool  # this process is rank 0 (as its process group says)
 
 
 def train(cfg: Any) -> Path:
@@ -125,41 +237,35 @@ def train(cfg: Any) -> Path:
     if cfg.stages:
         from ltxdist.training.curriculum import run_curriculum
 
-        return run_curriculum(cfg, train)
+        return run_curriculum(cfg, _validated_fit)
+    return fit(cfg).lora
+
+
+def _validated_fit(stage_cfg: Any) -> FitResult:
+    validate_config(stage_cfg)  # a stage's overrides are checked like a command line's
+    return fit(stage_cfg)
+
+
+def fit(cfg: Any) -> FitResult:
+    """One training run (a curriculum runs one per stage)."""
     run_dir = Path(cfg.run.dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = OmegaConf.to_container(cfg, resolve=True)
-    rank = int(os.environ.get("RANK", "0"))
-    if rank == 0:
-        _prepare_inputs(cfg)
-        check_data_fits_checkpoint(cfg.data, cfg.model.checkpoint)  # before any model is built
-    resume_from = resolve_resume(run_dir, cfg.run.resume)
-    identity: dict[str, Any] | None = None
-    if rank == 0:
-        # Resume only the same run (run_identity.py): decided before anything in the run folder changes.
-        # Rank 0 decides (it writes the checkpoint's state.json); a refusal stops the launch.
-        identity = compute_run_identity(cfg)
-        resume = decide_resume(resume_from, cfg.run.resume, identity, new_run_flag(cfg.run))
-        forced = record_forced_resume(identity, resume, cfg.run.resume)
-        if forced:
-            log.warning(forced)
-        if resume.unrecorded:
-            log.warning("%s records no run settings (an older ltxdist wrote it): not checked", resume_from)
-        log.info(startup_summary(cfg, identity, resume.describe()))
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
 
     module = LTXLoRAModule(cfg)
-    datamodule = CachedLatentDataModule(
-        cfg.data, seed=cfg.run.seed, sequence_parallel=cfg.parallel.sequence_parallel
-    )
+    if cfg.lora.init_from:
+        check_warm_start_supported(module.dims, f"lora.init_from={cfg.lora.init_from}")  # before any work
+    datamodule = CachedLatentDataModule(cfg.data, seed=cfg.run.seed)
     # Metrics before checkpoints: a step's metrics line exists before its checkpoint does, so a run
     # killed right after checkpoint N and resumed from it has no gap in metrics.jsonl.
     # TrainingMetrics first (it closes each step's timer) and its boundary marker last (see metrics.py).
     metrics = TrainingMetrics(
         bucket_edges=SIGMA_BUCKET_EDGES, activation_checkpointing=cfg.model.gradient_checkpointing
     )
+    checkpoint_extra: dict[str, Any] = {}  # the run identity, filled in by RunPreparation (rank 0)
     callbacks: list[pl.Callback] = [
+        RunPreparation(cfg, run_dir, resolved, checkpoint_extra),
         metrics,
         MetricsJsonl(run_dir / "metrics.jsonl", metrics=metrics),
         CheckpointAndExport(
@@ -170,6 +276,9 @@ def train(cfg: Any) -> Path:
             extra_metadata={**lora_extra_metadata(cfg.strategy), **base_precision_metadata(cfg.model)},
             step_metrics=metrics,
             resume_command=resume_command(),
+            resume=cfg.run.resume,
+            init_from=cfg.lora.init_from,
+            extra=checkpoint_extra,
         ),
     ]
     progress = ProgressReporter(metrics, show=cfg.trainer.progress_bar)
@@ -183,7 +292,7 @@ def train(cfg: Any) -> Path:
                 run_dir=run_dir,
                 model_checkpoint=cfg.model.checkpoint,
                 strategy_cfg=cfg.strategy,
-                parallel_name=cfg.parallel.name,
+                lockstep=module.dims.lockstep_forward,
             )
         )
     logger = None
@@ -192,17 +301,16 @@ def train(cfg: Any) -> Path:
 
         logger = build_wandb_logger(cfg.logger, run_dir, cfg.run.name, resolved)
         callbacks.append(WandbLoRAArtifacts(run_dir, cfg.run.name))  # after CheckpointAndExport
-    if identity is not None:
-        callbacks.append(RunIdentityRecorder(identity))  # into every checkpoint's state.json
     callbacks.append(metrics.boundary)
     trainer = build_trainer(cfg, run_dir, callbacks, logger)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume_from) if resume_from else None)
+    check_launched(trainer, cfg)
+    trainer.fit(module, datamodule=datamodule)
     if logger is not None and trainer.is_global_zero:
         logger.experiment.finish()  # flush metrics, videos and LoRA artifacts now, not at interpreter exit
     final = lora_path(run_dir, trainer.global_step)
     if trainer.is_global_zero:
         log.info(end_summary(run_dir, final, trainer.global_step, progress, cfg.trainer.max_steps))
-    return final
+    return FitResult(lora=final, is_global_zero=trainer.is_global_zero)
 
 
 def _exit_on_config_error(err: ConfigError | OmegaConfBaseException) -> NoReturn:
@@ -223,7 +331,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         train(cfg)
     except ConfigError as err:
         _exit_on_config_error(err)
-    except (ResumeRefusedError, LoRAShapeMismatchError) as exc:
+    except LaunchError as err:
+        sys.exit(f"error: {err}")  # the command to use, without a traceback
+    except (ResumeRefusedError, LoRAShapeMismatchError, CheckpointMismatchError) as exc:
         # The message is the whole story (what differs, how to go on): no traceback around it.
         log.error("%s", exc)
         sys.exit(2)

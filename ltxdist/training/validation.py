@@ -35,9 +35,6 @@ from ltxdist.sampling.pipeline import References, Sampler, SampleRequest
 
 log = logging.getLogger("ltxdist")
 
-# Under these, every rank must run the same number of forwards (each forward gathers sharded weights).
-LOCKSTEP_PARALLEL = ("fsdp2", "deepspeed_zero3")
-
 
 def samples_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "samples" / f"step-{step:06d}"
@@ -127,13 +124,14 @@ def rank_jobs(
 
 class ValidationSampling(pl.Callback):
     def __init__(
-        self, val_cfg: Any, *, run_dir: Path, model_checkpoint: str, strategy_cfg: Any, parallel_name: str
+        self, val_cfg: Any, *, run_dir: Path, model_checkpoint: str, strategy_cfg: Any, lockstep: bool
     ):
         self.cfg = val_cfg
         self.run_dir = run_dir
         self.checkpoint = val_cfg.checkpoint or model_checkpoint
         self.jobs = build_jobs(val_cfg, strategy_cfg)
-        self.lockstep = parallel_name in LOCKSTEP_PARALLEL
+        # Under FSDP2 / HSDP / ZeRO-3 every forward all-gathers: all ranks must run as many (ParallelDims).
+        self.lockstep = lockstep
         self._mine: list[tuple[ValidationJob, bool]] = []
         self._cond: dict[int, ConditioningLatents] = {}
         self._sampler: Sampler | None = None

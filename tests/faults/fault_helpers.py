@@ -22,10 +22,10 @@ from unittest import mock
 import torch
 from e2e_utils import train_overrides
 
+from ltxdist.checkpoint import read_checkpoint
 from ltxdist.data.sample import decode_sample
 from ltxdist.data.shards import load_index, read_shard_records, write_shard
 from ltxdist.data.streaming import CachedLatentStream, StreamPlan
-from ltxdist.training.checkpoint_io import read_checkpoint
 
 FAULTS = Path(__file__).resolve().parent
 INSTRUMENTED_TRAIN = FAULTS / "instrumented_train.py"
@@ -105,11 +105,11 @@ def metrics(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def adapters(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return read_checkpoint(run_dir / "checkpoints" / f"step-{step:06d}")["state_dict"]
+    return read_checkpoint(run_dir / "checkpoints" / f"step-{step:06d}").adapters
 
 
-def moments(run_dir: Path, step: int) -> dict[int, dict[str, torch.Tensor]]:
-    return read_checkpoint(run_dir / "checkpoints" / f"step-{step:06d}")["optimizer_states"][0]["state"]
+def moments(run_dir: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
+    return read_checkpoint(run_dir / "checkpoints" / f"step-{step:06d}").optimizer
 
 
 def assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor], atol: float = 0) -> None:

@@ -19,7 +19,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 def _install() -> None:
     from ledger import IdLedger
 
-    from ltxdist.training import checkpoint_io
+    from ltxdist.checkpoint import checkpointer
     from ltxdist.training import train as train_module
 
     build = train_module.build_trainer
@@ -30,14 +30,14 @@ def _install() -> None:
     train_module.build_trainer = build_with_ledger
     delay = float(os.environ.get("FAULT_SLOW_CHECKPOINT_S", "0"))
     if delay > 0:
-        write_json = checkpoint_io.write_json_atomic
+        write_json = checkpointer.write_json_atomic
 
         def slow_write_json(path, obj):  # type: ignore[no-untyped-def]
-            if Path(path).name == checkpoint_io.COMPLETE_FILE:
+            if Path(path).name == checkpointer.COMPLETE_FILE:
                 time.sleep(delay)
             write_json(path, obj)
 
-        checkpoint_io.write_json_atomic = slow_write_json
+        checkpointer.write_json_atomic = slow_write_json
 
 
 if __name__ == "__main__":

@@ -13,21 +13,22 @@ import pytest
 import torch
 from fault_helpers import fill, partial_files, small_disk
 
+from ltxdist.checkpoint import TorchTrainable, TrainState, read_checkpoint, save_checkpoint
 from ltxdist.data.sample import CachedSample
 from ltxdist.data.shards import read_shard_records, write_shard
 from ltxdist.io import AtomicWriteError
 from ltxdist.lora import LoRASpec, export_lora, inject_lora, read_lora_file
 from ltxdist.models import load_transformer
 from ltxdist.training.callbacks import _append_line
-from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO, read_checkpoint
-from ltxdist.training.run_dir import complete_checkpoints, resolve_resume
+from ltxdist.training.run_dir import complete_checkpoints
 
 FULL = (errno.ENOSPC, errno.EFBIG)
 
 
-def _state(step: int) -> dict:
-    gen = torch.Generator().manual_seed(step)
-    return {"state_dict": {"transformer.a": torch.randn(64, 64, generator=gen)}, "global_step": step}
+def _adapter(rows: int, seed: int) -> TorchTrainable:
+    module = torch.nn.Module()
+    module.a = torch.nn.Parameter(torch.randn(rows, 64, generator=torch.Generator().manual_seed(seed)))
+    return TorchTrainable(module, None)
 
 
 def _is_write_error(exc: BaseException, path) -> bool:
@@ -35,24 +36,21 @@ def _is_write_error(exc: BaseException, path) -> bool:
 
 
 def test_checkpoint_on_a_full_disk_fails_naming_it_and_the_previous_one_stays_usable(tmp_path):
-    io = SafetensorsCheckpointIO()
     with small_disk(tmp_path / "disk", 256) as (disk, kind):
         run = disk / "run"
-        io.save_checkpoint(_state(2), run / "checkpoints" / "step-000002")
+        save_checkpoint(run / "checkpoints" / "step-000002", _adapter(64, 2), TrainState(step=2))
         if kind == "tmpfs":
             fill(disk, leave_bytes=4096)  # room for a directory entry, not for 16 KiB of tensors
-        big = {"state_dict": {"transformer.a": torch.randn(512, 512)}, "global_step": 4}  # 1 MiB
         target = run / "checkpoints" / "step-000004"
         with pytest.raises(AtomicWriteError) as info:
-            io.save_checkpoint(big, target)
+            save_checkpoint(target, _adapter(4096, 4), TrainState(step=4))  # 1 MiB
         assert _is_write_error(info.value, target), str(info.value)
         assert "full" in str(info.value)
         assert partial_files(disk) == [] and not target.exists()
         assert [s for s, _ in complete_checkpoints(run)] == [2]
-        assert resolve_resume(run, "auto").name == "step-000002"
         torch.testing.assert_close(
-            read_checkpoint(run / "checkpoints" / "step-000002")["state_dict"]["transformer.a"],
-            _state(2)["state_dict"]["transformer.a"],
+            read_checkpoint(run / "checkpoints" / "step-000002").adapters["a"],
+            _adapter(64, 2).params["a"].detach(),
             rtol=0,
             atol=0,
         )

@@ -24,11 +24,18 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+from ltxdist.checkpoint import (
+    CheckpointContents,
+    CheckpointFormatError,
+    TorchTrainable,
+    TrainState,
+    read_checkpoint,
+    save_checkpoint,
+)
 from ltxdist.data.manifest import KNOWN_COLUMNS, ManifestError, read_manifest
 from ltxdist.data.media import MediaError, probe_video, read_audio, read_frames
 from ltxdist.lora import LoRAFileError, LoRASpec, import_lora, inject_lora, lora_modules, read_lora_file
 from ltxdist.lora.export_cli import main as export_main
-from ltxdist.training.checkpoint_io import CheckpointFormatError, SafetensorsCheckpointIO, read_checkpoint
 
 MARKER = Path("/tmp") / f"ltxdist-fuzz-pickle-ran-{os.getpid()}"
 
@@ -366,32 +373,40 @@ def test_pickles_are_refused_and_never_unpickled(tmp_path, lora_model):
         path.write_bytes(pickle.dumps(_Evil()))
         with pytest.raises(LoRAFileError, match=str(path)):
             read_lora_file(path)
+    # A checkpoint whose tensor file is a pickle (meta.json even lists its size), and an old-format one.
     checkpoint = tmp_path / "checkpoints" / "step-000004"
     checkpoint.mkdir(parents=True)
-    (checkpoint / "meta.json").write_text('{"complete": true}')
-    (checkpoint / "state.json").write_text("{}")
-    (checkpoint / "tensors.safetensors").write_bytes(pickle.dumps(_Evil()))
+    evil = pickle.dumps(_Evil())
+    (checkpoint / "shard-00001-model-00001-of-00001.safetensors").write_bytes(evil)
+    (checkpoint / "train_state.json").write_text('{"step": 4}')
+    files = {"shard-00001-model-00001-of-00001.safetensors": len(evil), "train_state.json": 11}
+    (checkpoint / "meta.json").write_text(json.dumps({"format": 3, "step": 4, "files": files}))
     with pytest.raises(CheckpointFormatError, match=str(checkpoint)):
         read_checkpoint(checkpoint)
+    old = tmp_path / "checkpoints" / "step-000008"
+    old.mkdir(parents=True)
+    (old / "meta.json").write_text('{"complete": true}')
+    (old / "state.json").write_text("{}")
+    (old / "tensors.safetensors").write_bytes(evil)
+    with pytest.raises(CheckpointFormatError, match=str(old)):
+        read_checkpoint(old)
     assert not MARKER.exists()
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def checkpoint_files(tmp_path_factory) -> dict[str, bytes]:
-    p = torch.nn.Parameter(torch.randn(3, 2))
-    opt = torch.optim.AdamW([p], lr=0.1)
-    p.grad = torch.randn(3, 2)
+    module = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(module.parameters(), lr=0.1)
+    module(torch.randn(4, 3)).sum().backward()
     opt.step()
     out = tmp_path_factory.mktemp("ckpt") / "step-000005"
-    SafetensorsCheckpointIO().save_checkpoint(
-        {"state_dict": {"w": p.detach()}, "optimizer_states": [opt.state_dict()], "global_step": 5}, out
-    )
+    save_checkpoint(out, TorchTrainable(module, opt), TrainState(step=5, data={"batches_seen": 5}))
     return {f.name: f.read_bytes() for f in out.iterdir()}
 
 
 @given(
-    victim=st.sampled_from(["tensors.safetensors", "state.json", "meta.json"]),
+    victim=st.sampled_from(["shard-00001-model-00001-of-00001.safetensors", "train_state.json", "meta.json"]),
     action=st.sampled_from(["truncate", "junk", "flip", "delete", "pickle"]),
     where=st.floats(0, 1),
     junk=st.binary(max_size=40),
@@ -424,5 +439,5 @@ def test_damaged_checkpoints_are_refused_naming_the_directory(
         assert str(directory) in str(exc), str(exc)
     else:
         # A flipped byte in tensor data or a harmless JSON change can still read; it must be a checkpoint.
-        assert isinstance(state, dict)
+        assert isinstance(state, CheckpointContents)
     assert not MARKER.exists()

@@ -46,9 +46,9 @@ from fault_helpers import (
 )
 from safetensors.torch import load_file
 
+from ltxdist.checkpoint import read_checkpoint
 from ltxdist.data.sample import decode_sample
 from ltxdist.data.shards import load_index, read_shard_records
-from ltxdist.training.checkpoint_io import read_checkpoint
 from ltxdist.training.run_dir import complete_checkpoints
 
 pytestmark = pytest.mark.soak
@@ -167,7 +167,7 @@ def check_after_fault(run_dir: Path, before: dict[Path, bytes]) -> int | None:
     if not done:
         return None
     state = read_checkpoint(done[-1][1])
-    assert state["global_step"] == done[-1][0]
+    assert state.train_state.step == done[-1][0]
     return done[-1][0]
 
 

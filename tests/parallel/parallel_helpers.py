@@ -1,4 +1,4 @@
-"""Running tiny training jobs for the parallel tests: 1 process through `ltxdist-train`, 2 processes
+"""Running tiny training jobs for the parallel tests: 1 process through `ltxdist-train`, 2 or 4 processes
 through `launch/train.sh` (torchrun, gloo, CPU), plus readers for what a run leaves behind."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from pathlib import Path
 import torch
 from e2e_utils import BIN, REPO, train_overrides
 
+from ltxdist.checkpoint import read_checkpoint
 from ltxdist.parallel.materialize_report import REPORT_ENV
-from ltxdist.training.checkpoint_io import read_checkpoint
 
 __all__ = ["BIN", "LAUNCH", "REPO", "REPORT_ENV", "train_overrides"]
 LAUNCH = REPO / "launch" / "train.sh"
 
 
-# Every run below: same global batch (2) and a schedule that changes every step, so the comparison
+# Every run below: same global batch (4) and a schedule that changes every step, so the comparison
 # also checks that the learning rate advances once per optimizer step whatever the process count.
 COMMON = {
     "trainer.max_steps": 8,
@@ -31,12 +31,8 @@ COMMON = {
     "optim.schedule.name": "cosine",
     "optim.schedule.warmup_steps": 2,
 }
-ONE_PROCESS = {"data.batch_size": 2}
-TWO_PROCESSES = {
-    "data.batch_size": 1,
-    "parallel.accelerator": "cpu",
-    "parallel.process_group_backend": "gloo",
-}
+GLOBAL_BATCH = 4
+CPU_GLOO = {"parallel.accelerator": "cpu", "parallel.process_group_backend": "gloo"}
 
 
 def env(extensions_dir: Path | None = None, **extra: str) -> dict[str, str]:
@@ -50,9 +46,10 @@ def env(extensions_dir: Path | None = None, **extra: str) -> dict[str, str]:
 def command(
     ckpt: Path, data: Path, run_dir: Path, nproc: int, *, via_launch: bool = False, **overrides: object
 ) -> list[str]:
-    """2 processes always go through launch/train.sh (torchrun); 1 process through `ltxdist-train`, or
-    with `via_launch` through launch/train.sh too (NPROC=1)."""
-    layout = ONE_PROCESS if nproc == 1 else TWO_PROCESSES
+    """Several processes always go through launch/train.sh (torchrun), each with batch GLOBAL_BATCH / nproc
+    (override data.batch_size where processes share samples); 1 process through `ltxdist-train`, or with
+    `via_launch` through launch/train.sh too (NPROC=1)."""
+    layout = {"data.batch_size": GLOBAL_BATCH // nproc, **(CPU_GLOO if nproc > 1 else {})}
     args = train_overrides(ckpt, data, run_dir, **{**COMMON, **layout, **overrides})
     if nproc == 1 and not via_launch:
         return [str(BIN / "ltxdist-train"), *args]
@@ -84,11 +81,11 @@ def metrics(run_dir: Path) -> list[dict]:
 
 
 def adapters(run_dir: Path, step: int) -> dict[str, torch.Tensor]:
-    return read_checkpoint(run_dir / "checkpoints" / f"step-{step:06d}")["state_dict"]
+    return read_checkpoint(run_dir / "checkpoints" / f"step-{step:06d}").adapters
 
 
-def moments(run_dir: Path, step: int) -> dict[int, dict[str, torch.Tensor]]:
-    return read_checkpoint(run_dir / "checkpoints" / f"step-{step:06d}")["optimizer_states"][0]["state"]
+def moments(run_dir: Path, step: int) -> dict[str, dict[str, torch.Tensor]]:
+    return read_checkpoint(run_dir / "checkpoints" / f"step-{step:06d}").optimizer
 
 
 def assert_same_adapters(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:

@@ -1,10 +1,12 @@
-"""FSDP2 and DeepSpeed ZeRO-2/3 on 2 CPU processes (gloo, fp32) against a 1-process run on the same
-global batch; kill / signal / resume across process counts and strategies; what each rank materialised;
-validation sampling spread over FSDP2 ranks.
+"""HSDP (2 x 2) on 4 CPU processes and DeepSpeed ZeRO-2/3 on 2 (gloo, fp32) against a 1-process run on
+the same global batch; resume across layouts (HSDP -> DDP, HSDP -> FSDP2 on 1 process past a damaged
+checkpoint, ZeRO-2 -> FSDP2, FSDP2 1 -> 2); kill / signal; what each rank materialised; validation
+sampling spread over sharded ranks.
 
 Every run trains the tiny model for 8 steps on a single-bucket dataset read in order (per-sample noise
-streams make the draws independent of the layout). The reference is one process with batch 2; the
-parallel runs are two processes with batch 1, started by launch/train.sh (torchrun).
+streams make the draws independent of the layout). The reference is one process with batch 4; the
+parallel runs split the global batch of 4 over their data-parallel processes, started by
+launch/train.sh (torchrun).
 """
 
 from __future__ import annotations
@@ -33,13 +35,13 @@ from parallel_helpers import (
 )
 from safetensors.torch import load_file
 
-from ltxdist.training.checkpoint_io import is_complete_checkpoint
+from ltxdist.checkpoint import is_complete_checkpoint, read_checkpoint
 from ltxdist.training.run_dir import complete_checkpoints
 
 pytestmark = pytest.mark.slow
 STEPS = 8
-# An odd number of validation prompts over 2 FSDP2 ranks: one rank has a job less and must still run
-# as many forwards (each all-gathers sharded weights), or the run hangs (training/validation.py).
+# 3 validation prompts over 4 HSDP ranks: one rank has no job and must still run as many forwards (each
+# all-gathers sharded weights), or the run hangs (training/validation.py).
 VAL_PROMPTS = ["a red ball", "a blue cube", "a green dot"]
 
 
@@ -94,12 +96,22 @@ def ref(tiny_ckpt, data, run_env, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fsdp2(tiny_ckpt, data, run_env, encoders, tmp_path_factory) -> Path:
-    """Also samples the validation prompts at the last step (3 prompts over 2 ranks)."""
-    out = tmp_path_factory.mktemp("fsdp2") / "run"
+def hsdp(tiny_ckpt, data, run_env, encoders, tmp_path_factory) -> Path:
+    """parallel=hsdp 2 x 2 on 4 processes (sharded over 2, replicated twice); also samples the validation
+    prompts at the last step (3 prompts over 4 ranks)."""
+    out = tmp_path_factory.mktemp("hsdp") / "run"
     enc_ckpt, gemma = encoders
     validation = {**tiny_validation_overrides(VAL_PROMPTS, gemma, STEPS), "validation.checkpoint": enc_ckpt}
-    run(tiny_ckpt, data, out, 2, _recording(run_env, out), parallel="fsdp2", **validation)
+    run(
+        tiny_ckpt,
+        data,
+        out,
+        4,
+        _recording(run_env, out),
+        parallel="hsdp",
+        **{"parallel.replicate": 2},
+        **validation,
+    )
     return out
 
 
@@ -117,34 +129,39 @@ def zero3(tiny_ckpt, data, run_env, tmp_path_factory) -> Path:
     return out
 
 
-def _check_rank_held_a_share(report: dict, *, world: int, row_reads: bool) -> None:
-    """One rank's materialisation record: it holds about 1/world of the frozen base, it never held the
+def _check_rank_held_a_share(report: dict, *, shards: int, row_reads: bool) -> None:
+    """One rank's materialisation record: it holds about 1/shards of the frozen base, it never held the
     whole base at once, and the loader read one tensor at a time (with `row_reads`: only its rows)."""
     full, full_bytes = report["base_elements_full"], report["base_bytes_full"]
-    # 1/world up to uneven splits (FSDP2 rounds rows up on low ranks; ZeRO-3 pads partitions).
-    assert report["base_elements_held"] <= 1.05 * full / world, report
+    # 1/shards up to uneven splits (FSDP2 rounds rows up on low ranks; ZeRO-3 pads partitions).
+    assert 0.9 * full / shards <= report["base_elements_held"] <= 1.05 * full / shards, report
     assert report["peak_base_bytes"] < full_bytes, report
     largest = report["largest_base_tensor_elements"]
     if row_reads:
-        assert report["largest_read_elements"] <= -(-largest // world), report
+        assert report["largest_read_elements"] <= -(-largest // shards), report
     else:
         assert 0 < report["largest_read_elements"] <= largest, report
 
 
-def _check_no_rank_held_the_full_base(run_dir: Path, ref: Path, *, row_reads: bool) -> None:
+def _check_no_rank_held_the_full_base(
+    run_dir: Path, ref: Path, *, row_reads: bool, world: int = 2, shards: int = 2
+) -> None:
     reports = materialize_reports(_materialized(run_dir))
-    assert [r["rank"] for r in reports] == [0, 1] and {r["world_size"] for r in reports} == {2}
+    assert [r["rank"] for r in reports] == list(range(world)) and {r["world_size"] for r in reports} == {
+        world
+    }
     full = reports[0]["base_elements_full"]
     assert all(r["base_elements_full"] == full for r in reports)
-    # Between them the ranks hold every weight (the shares are not just small, they cover the model).
-    assert sum(r["base_elements_held"] for r in reports) >= full
+    # Between them the ranks hold every weight, once per replica (the shares cover the model).
+    held = sum(r["base_elements_held"] for r in reports)
+    assert world // shards * full <= held <= 1.05 * world // shards * full
     for report in reports:
-        _check_rank_held_a_share(report, world=2, row_reads=row_reads)
+        _check_rank_held_a_share(report, shards=shards, row_reads=row_reads)
     # The same check fails on the 1-process reference, which does hold the whole base.
     (whole,) = materialize_reports(_materialized(ref))
     assert whole["base_elements_full"] == full == whole["base_elements_held"]
     with pytest.raises(AssertionError):
-        _check_rank_held_a_share(whole, world=2, row_reads=row_reads)
+        _check_rank_held_a_share(whole, shards=shards, row_reads=row_reads)
 
 
 def _check_matches_reference(run_dir: Path, ref: Path) -> None:
@@ -172,15 +189,19 @@ def _check_matches_reference(run_dir: Path, ref: Path) -> None:
         torch.testing.assert_close(lora[key].float(), lora_ref[key].float(), rtol=1e-2, atol=1e-4)
 
 
-def test_fsdp2_two_processes_match_one_process(fsdp2, ref):
-    _check_matches_reference(fsdp2, ref)
-    shards = fsdp2 / "checkpoints" / f"step-{STEPS:06d}" / "shards"
-    assert sorted(p.name for p in shards.iterdir()) == ["rank-00000.safetensors", "rank-00001.safetensors"]
-    # FSDP2 materialises shards straight away and loads only each rank's rows of every tensor.
-    _check_no_rank_held_the_full_base(fsdp2, ref, row_reads=True)
-    # Validation with 3 prompts on 2 ranks finished (no rank waited forever in an all-gather) and every
-    # video was written: 2 by rank 0, 1 by rank 1.
-    out = fsdp2 / "samples" / f"step-{STEPS:06d}"
+def test_hsdp_2x2_on_four_processes_matches_one_process(hsdp, ref):
+    _check_matches_reference(hsdp, ref)
+    # Each rank materialised half of the base (sharded over 2, not 4: replicated across the 2 replicas),
+    # reading only its rows.
+    _check_no_rank_held_the_full_base(hsdp, ref, row_reads=True, world=4, shards=2)
+    # The checkpoint was written by several ranks (one safetensors file each, each piece once).
+    final = hsdp / "checkpoints" / f"step-{STEPS:06d}"
+    assert len(list(final.glob("shard-*.safetensors"))) >= 2
+    layout = read_checkpoint(final).train_state.layout
+    assert (layout["replicate"], layout["shard"], layout["data_parallel_size"]) == (2, 2, 4)
+    # Validation with 3 prompts on 4 ranks finished (no rank waited forever in an all-gather) and every
+    # video was written: one each by ranks 0-2, none by rank 3.
+    out = hsdp / "samples" / f"step-{STEPS:06d}"
     index = json.loads((out / "index.json").read_text())
     assert [v["prompt"] for v in index["videos"]] == VAL_PROMPTS
     assert sorted(p.name for p in out.glob("*.mp4")) == sorted(v["file"] for v in index["videos"])
@@ -204,13 +225,13 @@ def test_fsdp2_with_sequence_parallel_matches_one_process_and_resumes_on_one(
     """parallel=sequence_parallel (FSDP2 + Ulysses) on 2 processes forming ONE group: each holds half of
     every sample's tokens, both read the same batches of 2, so the global batch equals the reference's."""
     sp_run = tmp_path / "sp"
-    overrides = {"parallel.sequence_parallel": 2, "parallel.devices": 2, "data.batch_size": 2}
+    overrides = {"parallel.sequence_parallel": 2, "parallel.devices": 2, "data.batch_size": 4}
     run(tiny_ckpt, data, sp_run, 2, run_env, parallel="sequence_parallel", **overrides)
     _check_matches_reference(sp_run, ref)
     # throughput counts each sample once, not once per rank of the group
     last = metrics(sp_run)[-1]
-    assert last["throughput/samples_per_s"] == pytest.approx(2 / last["perf/step_time_s"], rel=1e-6)
-    # Its checkpoint resumes without sequence parallelism on 1 process (data position: 1 group x 2).
+    assert last["throughput/samples_per_s"] == pytest.approx(4 / last["perf/step_time_s"], rel=1e-6)
+    # Its checkpoint resumes without sequence parallelism on 1 process (data position: 1 group x 4).
     target = tmp_path / "resumed"
     _resume_from(sp_run, 4, target)
     run(tiny_ckpt, data, target, 1, run_env, parallel="fsdp2", **{"parallel.devices": 1})
@@ -218,19 +239,44 @@ def test_fsdp2_with_sequence_parallel_matches_one_process_and_resumes_on_one(
     assert metrics(target)[0]["batches_seen"] == 5
 
 
-def _resume_from(source: Path, step: int, target: Path) -> None:
-    (target / "checkpoints").mkdir(parents=True)
+def _resume_from(source: Path, step: int, target: Path, *, make_dirs: bool = True) -> None:
+    (target / "checkpoints").mkdir(parents=True, exist_ok=not make_dirs)
     shutil.copytree(source / "checkpoints" / f"step-{step:06d}", target / "checkpoints" / f"step-{step:06d}")
 
 
-def test_fsdp2_one_process_resumes_a_two_process_checkpoint(tiny_ckpt, data, run_env, fsdp2, ref, tmp_path):
+def test_hsdp_checkpoint_resumes_under_fsdp2_on_one_process_past_a_damaged_newer_one(
+    tiny_ckpt, data, run_env, hsdp, ref, tmp_path
+):
+    """HSDP (4 processes) -> FSDP2 (1 process). The newer checkpoint (step 8) has a damaged rank file:
+    the resume names it and continues from step 4 instead, ending with the uninterrupted run's
+    adapters."""
     target = tmp_path / "run"
-    _resume_from(fsdp2, 4, target)
-    run(tiny_ckpt, data, target, 1, run_env, parallel="fsdp2", **{"parallel.devices": 1})
+    _resume_from(hsdp, 4, target)
+    _resume_from(hsdp, STEPS, target, make_dirs=False)
+    damaged = sorted((target / "checkpoints" / f"step-{STEPS:06d}").glob("shard-*.safetensors"))[-1]
+    damaged.write_bytes(damaged.read_bytes()[:-64])
+    proc = run(tiny_ckpt, data, target, 1, run_env, parallel="fsdp2", **{"parallel.devices": 1})
+    log = proc.stdout + proc.stderr
+    assert f"{damaged}: damaged" in log and "trying the previous complete one" in log, log[-3000:]
     assert_same_adapters(adapters(target, STEPS), adapters(ref, STEPS))
     rows = metrics(target)
-    # Data position converted (2 x batch 1 -> 1 x batch 2): the next samples, none repeated or skipped.
+    # Data position converted (4 x batch 1 -> 1 x batch 4): the next samples, none repeated or skipped.
     assert [r["step"] for r in rows] == [5, 6, 7, 8] and rows[0]["batches_seen"] == 5
+
+
+def test_hsdp_checkpoint_resumes_under_ddp(tiny_ckpt, data, run_env, hsdp, ref, tmp_path):
+    """HSDP (2 x 2, DTensor pieces) -> DDP on 2 processes (whole tensors on every rank)."""
+    target = tmp_path / "run"
+    _resume_from(hsdp, 4, target)
+    run(tiny_ckpt, data, target, 2, run_env, parallel="ddp")
+    assert_same_adapters(adapters(target, STEPS), adapters(ref, STEPS))
+    rows = metrics(target)
+    assert [r["step"] for r in rows] == [5, 6, 7, 8] and rows[0]["batches_seen"] == 5  # 4 x 1 -> 2 x 2
+    # The exported LoRA file (rank 0 writes it) holds the same adapters.
+    name = f"lora/lora_weights_step_{STEPS:06d}.safetensors"
+    lora, lora_ref = load_file(str(target / name)), load_file(str(ref / name))
+    for key in lora_ref:
+        torch.testing.assert_close(lora[key].float(), lora_ref[key].float(), rtol=1e-2, atol=1e-4)
 
 
 def _wait_for_step(run_dir: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -280,12 +326,12 @@ def test_sigterm_checkpoints_and_two_processes_resume_a_one_process_fsdp2_run(
     # SIGTERM to launch/train.sh (NPROC=1): it reaches the worker through torchrun.
     one = command(tiny_ckpt, data, run_dir, 1, via_launch=True, parallel="fsdp2")
     stopped = _signal_mid_run(one, run_env, run_dir, signal.SIGTERM, 1)
-    assert (run_dir / "checkpoints" / f"step-{stopped:06d}" / "shards" / "rank-00000.safetensors").is_file()
+    assert len(list((run_dir / "checkpoints" / f"step-{stopped:06d}").glob("shard-*.safetensors"))) == 1
     # Resume the 1-process checkpoint on 2 processes (resume=auto finds it).
     run(tiny_ckpt, data, run_dir, 2, run_env, parallel="fsdp2")
     rows = metrics(run_dir)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1)), "no step missing or repeated"
-    assert rows[stopped]["batches_seen"] == stopped + 1  # per-rank position converted from 1 x batch 2
+    assert rows[stopped]["batches_seen"] == stopped + 1  # per-rank position converted from 1 x batch 4
     assert_same_adapters(adapters(run_dir, STEPS), adapters(ref, STEPS))
 
 
@@ -396,5 +442,5 @@ def test_zero2_resume_then_hard_kill_then_fsdp2_resume_follow_the_uninterrupted_
     # distinct losses: a shifted curve shows
     assert len({round(r["loss/total"], 6) for r in rows}) == len(rows)
     final = run_dir / "checkpoints" / f"step-{STEPS:06d}"
-    assert (final / "shards" / "rank-00000.safetensors").is_file()  # written by FSDP2, sharded
+    assert read_checkpoint(final).train_state.layout["engine"] == "fsdp"  # written by FSDP2
     assert_same_adapters(adapters(run_dir, STEPS), adapters(ref, STEPS))

@@ -1,12 +1,16 @@
-"""Fast checks of ltxdist.parallel: shard layout, sharded checkpoints (N -> M processes, kill while
-writing, also of one of 2 ranks), warm start of FSDP2-sharded adapters, DeepSpeed config, the order of
-parallelize_transformer and FSDP2's mixed-precision policy, data position across layouts, and the
-launch / SLURM scripts (bash -n and dry runs)."""
+"""Fast checks of ltxdist.parallel and its checkpoints: shard layout, the layout object's sizes and
+errors, checkpoints written by 2 ranks (kill while writing, a full disk on one rank, warm start of
+FSDP2-sharded adapters), DeepSpeed config, the order of parallelize_transformer and FSDP2's
+mixed-precision policy, data position across layouts, and the launch / SLURM scripts (bash -n and dry
+runs)."""
 
 from __future__ import annotations
 
+import errno
 import itertools
+import json
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -18,13 +22,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from parallel_helpers import LAUNCH, REPO, env
 
+from ltxdist.checkpoint import read_checkpoint
 from ltxdist.config import ConfigError, validate_config
 from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.data.streaming import CachedLatentStream, StreamPlan
 from ltxdist.parallel.deepspeed_config import deepspeed_config
-from ltxdist.parallel.shard_rows import LocalSlice, chunk_bounds
-from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO, read_checkpoint
-from ltxdist.training.run_dir import complete_checkpoints, resolve_resume
+from ltxdist.parallel.shard_rows import chunk_bounds
+from ltxdist.training.run_dir import complete_checkpoints
 
 SLURM = REPO / "slurm"
 
@@ -45,115 +49,71 @@ def test_chunk_bounds_follow_torch_chunk():
             assert list(range(start, stop)) == want, (size, world, rank)
 
 
-def _write_sharded(rank: int, world: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
-
-    from ltxdist.training.checkpoint_io import save_sharded_checkpoint
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    mesh = init_device_mesh("cpu", (world,))
-    full = _reference_tensors()
-    state = {
-        "state_dict": {"a": distribute_tensor(full["a"], mesh, [Shard(0)])},  # 5 rows: 3 + 2
-        "optimizer_states": [{"state": {0: {"step": torch.tensor(3.0), "exp_avg": full["m"]}}}],
-        "replicated": distribute_tensor(full["r"], mesh, [Replicate()]),
-        "global_step": 3,
-    }
-    state["optimizer_states"][0]["state"][0]["exp_avg"] = distribute_tensor(full["m"], mesh, [Shard(0)])
-
-    def broadcast(obj):
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
-    save_sharded_checkpoint(
-        state, out, rank=rank, world_size=world, broadcast=broadcast, barrier=dist.barrier
-    )
-    dist.destroy_process_group()
-
-
-def _reference_tensors() -> dict[str, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    return {
-        "a": torch.randn(5, 3, generator=g),
-        "m": torch.randn(7, generator=g),
-        "r": torch.randn(2, generator=g),
-    }
-
-
-def test_sharded_checkpoint_written_by_2_processes_reads_whole_and_in_any_split(tmp_path):
-    out = tmp_path / "step-000003"
-    torch.multiprocessing.spawn(_write_sharded, args=(2, str(tmp_path / "init"), str(out)), nprocs=2)
-    assert sorted(p.name for p in (out / "shards").iterdir()) == [
-        "rank-00000.safetensors",
-        "rank-00001.safetensors",
-    ]
-    full = _reference_tensors()
-    back = read_checkpoint(out)  # assembled in full: what a 1-process run (or DDP / DeepSpeed) loads
-    assert torch.equal(back["state_dict"]["a"], full["a"])
-    assert torch.equal(back["optimizer_states"][0]["state"][0]["exp_avg"], full["m"])
-    assert torch.equal(back["replicated"], full["r"]) and back["global_step"] == 3
-    # A 3-process run reads only its own rows of each sharded tensor (torch.chunk split of 3).
-    lazy = read_checkpoint(out, lazy_shards=True)["state_dict"]["a"]
-    for rank in range(3):
-        start, stop = chunk_bounds(5, 3, rank)
-        assert torch.equal(lazy.read(LocalSlice(0, start, stop)), full["a"][start:stop])
-    # The plain reader (what single / DDP runs use through Lightning) sees the same.
-    assert torch.equal(SafetensorsCheckpointIO().load_checkpoint(out)["state_dict"]["a"], full["a"])
-
-
 _KILL_WHILE_WRITING = textwrap.dedent(
     """
     import os, signal, sys, torch
-    import ltxdist.training.checkpoint_io as cio
-    run, mode = sys.argv[1], sys.argv[2]
-    state = lambda step: {"state_dict": {"w": torch.full((3,), float(step))}, "global_step": step}
-    one = dict(rank=0, world_size=1, broadcast=lambda x: x, barrier=lambda: None)
-    write = (lambda s, p: cio.save_sharded_checkpoint(s, p, **one)) if mode == "sharded" else (
-        lambda s, p: cio.SafetensorsCheckpointIO().save_checkpoint(s, p))
-    write(state(4), run + "/checkpoints/step-000004")
-    real = cio.save_safetensors_atomic
-    def die_after_first_file(*args, **kwargs):  # the kill lands between two files of checkpoint 8
-        real(*args, **kwargs)
-        os.kill(os.getpid(), signal.SIGKILL)
-    cio.save_safetensors_atomic = die_after_first_file
-    write(state(8), run + "/checkpoints/step-000008")
+    import ltxdist.checkpoint.checkpointer as cp
+    from ltxdist.checkpoint import TorchTrainable, TrainState
+    run = sys.argv[1]
+    def write(step):
+        module = torch.nn.Module()
+        module.w = torch.nn.Parameter(torch.full((3,), float(step)))
+        path = f"{run}/checkpoints/step-{step:06d}"
+        cp.save_checkpoint(path, TorchTrainable(module, None), TrainState(step=step))
+    write(4)
+    cp.write_json_atomic = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # after the tensor file
+    write(8)
     """
 )
 
 
-@pytest.mark.parametrize("mode", ["sharded", "plain"])
-def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path, mode):
-    proc = subprocess.run([sys.executable, "-c", _KILL_WHILE_WRITING, str(tmp_path), mode], env=env())
+def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _KILL_WHILE_WRITING, str(tmp_path)], env=env())
     assert proc.returncode == -signal.SIGKILL
     leftovers = [p.name for p in (tmp_path / "checkpoints").iterdir()]
     assert any(".tmp-" in name for name in leftovers), leftovers  # the kill really was mid-write
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [4]
-    resume = resolve_resume(tmp_path, "auto")
-    assert resume is not None and resume.name == "step-000004"
-    assert torch.equal(read_checkpoint(resume)["state_dict"]["w"], torch.full((3,), 4.0))
-    # The next run's first checkpoint callback clears the partial directory.
-    from ltxdist.training.callbacks import _remove_partial_checkpoints
-
-    _remove_partial_checkpoints(tmp_path)
+    assert torch.equal(
+        read_checkpoint(tmp_path / "checkpoints" / "step-000004").adapters["w"], torch.full((3,), 4.0)
+    )
+    # The next run clears the partial directory before it looks for a checkpoint.
+    assert [p.name for p in resume_candidates_after_cleanup(tmp_path)] == ["step-000004"]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000004"]
+
+
+def resume_candidates_after_cleanup(run: Path) -> list[Path]:
+    from ltxdist.training.checkpointing import resume_candidates
+    from ltxdist.training.run_dir import remove_partial_files
+
+    remove_partial_files(run)
+    return resume_candidates(run, "auto")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One 2-rank launch of two_rank_checks.py (warm start under FSDP2; rank 0 killed mid-write)."""
-    from two_rank_checks import previous_stage
+    """One 2-rank launch of two_rank_checks.py (warm start under FSDP2; a full disk on rank 1; rank 0
+    killed mid-write)."""
+    from two_rank_checks import stage_module
+
+    from ltxdist.checkpoint import TorchTrainable, TrainState, save_checkpoint
 
     folder = tmp_path_factory.mktemp("two-ranks")
-    SafetensorsCheckpointIO().save_checkpoint(previous_stage(), folder / "plain")
+    save_checkpoint(folder / "plain", TorchTrainable(*stage_module()), TrainState(step=3))
     script = Path(__file__).with_name("two_rank_checks.py")
-    ranks = [subprocess.Popen([sys.executable, str(script), str(folder), str(r)], env=env()) for r in (0, 1)]
+    rank_env = env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    ranks = [
+        subprocess.Popen([sys.executable, str(script), str(folder), str(r)], env=rank_env) for r in (0, 1)
+    ]
     try:
         assert ranks[0].wait(timeout=300) == -signal.SIGKILL
     finally:
-        # Rank 1 now waits in a barrier for a rank that is gone (or failed on the broken connection);
+        # Rank 1 now waits in a collective for a rank that is gone (or failed on the broken connection);
         # torchrun / SLURM would kill it: so does the test.
         for proc in ranks:
             if proc.poll() is None:
@@ -165,21 +125,28 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_kill_of_rank_0_while_2_ranks_write_a_sharded_checkpoint_keeps_the_previous_one(two_ranks):
     run = two_ranks / "run"
     partial = [p for p in (run / "checkpoints").iterdir() if ".tmp-" in p.name]
-    assert len(partial) == 1, partial  # the kill really landed late in the write: everything but the tree
-    assert sorted(p.name for p in (partial[0] / "shards").iterdir()) == [
-        "rank-00000.safetensors",
-        "rank-00001.safetensors",
+    assert len(partial) == 1, partial  # the kill really landed late in the write: every tensor file
+    assert sorted(p.name for p in partial[0].iterdir()) == [
+        "shard-00001-model-00001-of-00001.safetensors",
+        "shard-00002-model-00001-of-00001.safetensors",
     ]
-    assert (partial[0] / "tensors.safetensors").is_file() and not (partial[0] / "meta.json").exists()
     assert [s for s, _ in complete_checkpoints(run)] == [4]
-    resume = resolve_resume(run, "auto")
-    assert resume is not None and resume.name == "step-000004"
-    want = torch.arange(10.0).reshape(5, 2) + 4
-    assert torch.equal(read_checkpoint(resume)["state_dict"]["w"], want)
-    lazy = read_checkpoint(resume, lazy_shards=True)["state_dict"]["w"]
-    for rank in range(2):  # what each of 2 resuming ranks reads
-        start, stop = chunk_bounds(5, 2, rank)
-        assert torch.equal(lazy.read(LocalSlice(0, start, stop)), want[start:stop])
+    # Written as 3 + 2 rows by 2 ranks, read whole by one process (any layout reads any checkpoint).
+    got = read_checkpoint(run / "checkpoints" / "step-000004")
+    assert torch.equal(got.adapters["w"], torch.arange(10.0).reshape(5, 2) + 4) and got.train_state.step == 4
+
+
+def test_a_full_disk_on_one_fsdp2_rank_stops_both_ranks_promptly_naming_the_path(two_ranks):
+    """Rank 1 cannot write its piece; rank 0 could. Both fail at once (not after the 120 s collective
+    timeout) with an error naming the checkpoint, and nothing of it is left."""
+    run = two_ranks / "run"
+    target = run / "checkpoints" / "step-000006"
+    outcomes = [json.loads((run / f"full-disk-rank-{r}.json").read_text()) for r in (0, 1)]
+    for rank, outcome in enumerate(outcomes):
+        assert outcome["type"] == "AtomicWriteError", (rank, outcome)
+        assert outcome["errno"] in (errno.EFBIG, errno.ENOSPC) and str(target) in outcome["error"], outcome
+        assert "rank 1" in outcome["error"] and outcome["seconds"] < 30, outcome
+    assert not target.exists() and not [p for p in (run / "checkpoints").iterdir() if "step-000006" in p.name]
 
 
 def test_warm_start_of_fsdp2_sharded_adapters_matches_one_process(two_ranks):
@@ -200,7 +167,7 @@ def test_warm_start_of_fsdp2_sharded_adapters_matches_one_process(two_ranks):
     # A wrong reference fails: the same step from the adapters without the carried AdamW moments.
     cold = Adapters()
     with torch.no_grad():
-        for p, v in zip(cold.parameters(), previous_stage()["state_dict"].values(), strict=True):
+        for p, v in zip(cold.parameters(), previous_stage()[0].values(), strict=True):
             p.copy_(v)
     opt = torch.optim.AdamW(cold.parameters(), lr=0.1, weight_decay=0.0)
     for p, g in zip(cold.parameters(), stage_grads(), strict=True):
@@ -244,6 +211,43 @@ def test_parallel_config_errors_name_the_flag(overrides, flag, tiny_ckpt, tmp_pa
         validate_config(compose_train_config([*overrides, *base]))
 
 
+@pytest.mark.parametrize(
+    ("overrides", "dims"),
+    [
+        (["parallel=hsdp", "parallel.devices=4", "parallel.replicate=2"], (2, 2, 1)),
+        (["parallel=hsdp", "parallel.devices=8", "parallel.num_nodes=4"], (4, 8, 1)),  # replicate = nodes
+        (["parallel=sequence_parallel", "parallel.devices=8", "parallel.sequence_parallel=2"], (1, 4, 2)),
+        (["parallel=ddp", "parallel.devices=4", "parallel.sequence_parallel=2"], (2, 1, 2)),
+        (["parallel=deepspeed_zero3", "parallel.devices=4"], (1, 4, 1)),
+    ],
+)
+def test_layout_sizes(overrides, dims, tmp_path):
+    from ltxdist.parallel.dims import ParallelDims
+
+    got = ParallelDims.from_config(_compose([*overrides, f"data.path={tmp_path}"]).parallel)
+    assert (got.replicate, got.shard, got.sequence) == dims
+    assert got.replicate * got.shard * got.sequence == got.world_size
+    assert got.hsdp == (got.engine == "fsdp" and dims[0] > 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "flag"),
+    [
+        (["parallel=hsdp", "parallel.devices=4", "parallel.replicate=3"], "parallel.replicate"),
+        (
+            ["parallel=hsdp", "parallel.devices=4", "parallel.replicate=2", "parallel.shard=4"],
+            "parallel.shard",
+        ),
+        (["parallel=ddp", "parallel.devices=4", "parallel.replicate=2"], "parallel.replicate"),
+        (["parallel.devices=2"], "parallel"),  # parallel=single
+    ],
+)
+def test_layout_errors_name_the_flag(overrides, flag, tiny_ckpt, tmp_path):
+    cfg = _compose([*overrides, f"model.checkpoint={tiny_ckpt}", f"data.path={tmp_path}"])
+    with pytest.raises(ConfigError, match=rf"^{flag}"):
+        validate_config(cfg)
+
+
 def test_parallelize_applies_checkpointing_then_compile(tiny_ckpt):
     from ltxdist.lora import LoRASpec, inject_lora
     from ltxdist.models import build_meta_transformer, read_checkpoint_info
@@ -264,7 +268,6 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_lora_grads_fp32(tiny_c
     what a LoRA layer sees in forward, and what the optimizer gets. With compile on, every FSDP2 unit
     is a compiled block (built on meta only: compiling on this CPU takes minutes)."""
     import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule
     from torch.distributed.tensor import DTensor
 
@@ -280,7 +283,6 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_lora_grads_fp32(tiny_c
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'init'}", rank=0, world_size=1)
     try:
-        mesh = init_device_mesh("cpu", (1,), mesh_dim_names=("data_parallel",))
         cfg = _compose(
             [
                 f"model.checkpoint={tiny_ckpt}",
@@ -294,7 +296,8 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_lora_grads_fp32(tiny_c
             ]
         )
         module = LTXLoRAModule(cfg)
-        module._device_mesh = mesh  # what Lightning's ModelParallelStrategy sets
+        mesh = module.parallel_mesh.fsdp_mesh  # built from the process group (no trainer here)
+        assert mesh.ndim == 1 and mesh.size() == 1
         module.configure_model()
         model = module.transformer
         units = [*model.transformer_blocks, model]
@@ -317,7 +320,7 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_lora_grads_fp32(tiny_c
         inject_lora(meta, LoRASpec(rank=2))
         other = SimpleNamespace(**{**dict(cfg.parallel), "reduce_dtype": "bfloat16", "compile": True})
         parallelize_transformer(
-            meta, other, gradient_checkpointing=True, device_mesh=mesh, compute_dtype=torch.bfloat16
+            meta, other, gradient_checkpointing=True, fsdp_mesh=mesh, compute_dtype=torch.bfloat16
         )
         assert policy(meta) == (torch.bfloat16, torch.bfloat16)  # parallel.reduce_dtype reaches FSDP2
         for block in meta.transformer_blocks:
@@ -352,14 +355,11 @@ def test_data_position_converts_between_process_counts_without_repeat_or_skip(ti
 
     def converted(batches_seen: int, saved_world: int, saved_batch: int, world: int, batch: int) -> int:
         module = SimpleNamespace(
-            _trainer=object(),
-            trainer=SimpleNamespace(world_size=world),
-            cfg=SimpleNamespace(
-                data=SimpleNamespace(batch_size=batch), parallel=SimpleNamespace(sequence_parallel=1)
-            ),
+            dims=SimpleNamespace(data_parallel_size=world),
+            cfg=SimpleNamespace(data=SimpleNamespace(batch_size=batch)),
         )
-        ckpt = {"ltxdist_layout": {"world_size": saved_world, "micro_batch_size": saved_batch}}
-        return LTXLoRAModule._resumed_data_position(module, batches_seen, ckpt)
+        layout = {"data_parallel_size": saved_world, "micro_batch_size": saved_batch}
+        return LTXLoRAModule._resumed_data_position(module, batches_seen, layout)
 
     uninterrupted = ids(1, 2, 0, 10)  # global batches of 2
     assert converted(3, 1, 2, 2, 1) == 3  # 1 process x batch 2 -> 2 processes x batch 1
@@ -421,7 +421,7 @@ def test_slurm_multinode_dry_run_renders_torchrun_for_2_nodes(tmp_path):
         [
             "bash",
             str(SLURM / "train_multinode.sbatch"),
-            "parallel=fsdp2",
+            "parallel=hsdp",
             "model=ltx23_22b",
             f"data.path={tmp_path}",
         ],
@@ -434,9 +434,11 @@ def test_slurm_multinode_dry_run_renders_torchrun_for_2_nodes(tmp_path):
     out = proc.stdout
     assert "srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node=1" in out
     assert "2 node(s) x 8 process(es) = 16" in out
+    # parallel=hsdp: one replica per node, the base sharded over the node's 8 GPUs
+    assert "replicate 2 x shard 8 x sequence 1" in out and "HSDP" in out
     assert (
         "--nnodes 2 --rdzv_backend c10d --rdzv_endpoint gpu07:24242 --rdzv_id 4242 --nproc_per_node 8 "
-        "-m ltxdist.training.train parallel=fsdp2 model=ltx23_22b"
+        "-m ltxdist.training.train parallel=hsdp model=ltx23_22b"
     ) in out
     assert out.rstrip().endswith("parallel.devices=8 parallel.num_nodes=2")
     one = subprocess.run(

@@ -1,0 +1,137 @@
+"""A Lightning run's checkpoints through ltxdist.checkpoint: what the train state holds (step, data
+position, counters, LR scheduler, loop progress, layout) and putting it back, around the trainable
+tensors (adapters + optimizer state) the checkpoint package reads and writes.
+
+Lightning's own checkpointing (`trainer.save_checkpoint`, `ckpt_path=`) is not used: it would pickle,
+and the trainable state must be read under the current layout, after the optimizer exists. The restore
+runs at `on_fit_start` (CheckpointAndExport): after the strategy has set up the model and optimizer,
+before the DataLoader is built (it starts at the restored data position), at the point where Lightning
+itself restores loops and schedulers.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+
+from ltxdist.checkpoint import (
+    TorchTrainable,
+    Trainable,
+    TrainState,
+    collectives,
+    load_checkpoint,
+    load_newest,
+)
+from ltxdist.parallel.dims import ParallelDims
+from ltxdist.training.run_dir import ResumeError, complete_checkpoints, remove_partial_files
+
+log = logging.getLogger("ltxdist")
+
+
+class WarmStartError(ValueError):
+    pass
+
+
+def check_warm_start_supported(dims: ParallelDims, what: str) -> None:
+    """Fail before any model is built when `what` (a curriculum, or lora.init_from) would warm start
+    under a layout that cannot."""
+    if not dims.supports_warm_start:
+        raise WarmStartError(
+            f"{what} carries the LoRA and AdamW moments into a new run, which parallel={dims.name} does not "
+            "support (DeepSpeed keeps them in its own partitions); use parallel=fsdp2, hsdp, ddp or single"
+        )
+
+
+def trainable_state(trainer: pl.Trainer, module: Any) -> Trainable:
+    optimizer = trainer.optimizers[0] if trainer.optimizers else None
+    if module.dims.uses_deepspeed:
+        from ltxdist.checkpoint.deepspeed_state import DeepSpeedTrainable
+
+        return DeepSpeedTrainable(module, optimizer)
+    return TorchTrainable(module, optimizer)
+
+
+def capture_train_state(trainer: pl.Trainer, module: Any, extra: dict[str, Any]) -> TrainState:
+    schedulers = trainer.lr_scheduler_configs
+    return TrainState(
+        step=trainer.global_step,
+        data=module.data_position(),
+        counters=module.counters(),
+        scheduler=schedulers[0].scheduler.state_dict() if schedulers else None,
+        layout={**module.dims.as_record(), "micro_batch_size": int(module.cfg.data.batch_size)},
+        loops=trainer.fit_loop.state_dict(),
+        model=module.model_record(),
+        extra=dict(extra),
+    )
+
+
+def restore_train_state(trainer: pl.Trainer, module: Any, state: TrainState) -> None:
+    module.load_train_state(state)  # data position (converted to this layout), counters
+    schedulers = trainer.lr_scheduler_configs
+    if schedulers and state.scheduler is not None:
+        schedulers[0].scheduler.load_state_dict(state.scheduler)
+    if state.loops is not None:
+        # Lightning's step counters (global_step, batch progress); Lightning's own restore does the same
+        # at this point of fit.
+        trainer.fit_loop.load_state_dict(state.loops)
+
+
+def resume_candidates(run_dir: Path, resume: str) -> list[Path]:
+    """run.resume: auto / must / force -> every complete checkpoint, oldest first (the newest that loads
+    wins; force continues it with changed settings, training/run_identity.py); never -> none; a path ->
+    that checkpoint alone (no fallback: it was asked for by name). Call after
+    `remove_partial_files`, so a checkpoint moved aside mid-overwrite is back."""
+    if resume == "never":
+        return []
+    if resume in ("auto", "must", "force"):
+        found = [path for _, path in complete_checkpoints(run_dir)]
+        if not found and resume == "must":
+            raise ResumeError(f"run.resume=must but {run_dir / 'checkpoints'} holds no complete checkpoint")
+        return found
+    from ltxdist.checkpoint import is_complete_checkpoint
+
+    path = Path(resume)
+    if not is_complete_checkpoint(path):
+        raise ResumeError(f"run.resume={resume}: not a complete checkpoint directory (needs meta.json)")
+    return [path]
+
+
+def resume(trainer: pl.Trainer, module: Any, run_dir: Path, mode: str) -> tuple[Path, TrainState] | None:
+    """Collective: resume from the newest complete checkpoint that loads (a damaged one is named and
+    the previous one tried), or None for a fresh run. Rank 0 decides which checkpoints exist."""
+    found: list[Path] | str
+    if trainer.is_global_zero:
+        remove_partial_files(run_dir)  # before looking: what a killed writer left is not a checkpoint
+        try:
+            found = resume_candidates(run_dir, mode)
+        except ResumeError as err:
+            found = str(err)
+    else:
+        found = []
+    found = collectives.broadcast(found)
+    if isinstance(found, str):
+        raise ResumeError(found)
+    if not found:
+        return None
+    trainable = trainable_state(trainer, module)
+
+    def load(path: Path) -> TrainState:
+        if trainer.is_global_zero:
+            log.info("resuming from %s", path)
+        return load_checkpoint(path, trainable, with_train_state=True)
+
+    path, state = load_newest(found, load, fall_back=mode in ("auto", "must", "force"))
+    restore_train_state(trainer, module, state)
+    return path, state
+
+
+def warm_start(trainer: pl.Trainer, module: Any, path: str | Path) -> None:
+    """Collective: adapters and optimizer moments from `path`, this run's own step, schedule and
+    settings kept (a resume without the train state)."""
+    check_warm_start_supported(module.dims, f"lora.init_from={path}")
+    if trainer.is_global_zero:
+        log.info("warm start from %s", path)
+    load_checkpoint(Path(path), trainable_state(trainer, module), with_train_state=False)
