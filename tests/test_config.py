@@ -238,7 +238,8 @@ def test_keys_outside_the_schema_are_refused_with_a_plus_too(overrides, expected
     [
         (
             ["parallel=ddp", "parallel.reshard_after_forward=false"],
-            "parallel.reshard_after_forward: an option of parallel=fsdp2, not of the selected parallel=ddp",
+            "parallel.reshard_after_forward: an option of parallel=fsdp2 | hsdp, not of the selected "
+            "parallel=ddp",
         ),
         (
             ["strategy=standard", "+strategy.reference_downscale_factor=2"],

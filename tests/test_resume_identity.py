@@ -16,6 +16,7 @@ import torch
 from e2e_utils import train_overrides
 from hydra import compose, initialize_config_dir
 
+from ltxdist.checkpoint.files import CheckpointMismatchError
 from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.data.synthetic import write_synthetic_dataset
 from ltxdist.training.run_dir import complete_checkpoints
@@ -99,12 +100,15 @@ def test_auto_resumes_only_the_same_run(tiny_ckpt, tiny_data, tmp_path, monkeypa
     with pytest.raises(LoRAShapeMismatchError) as shape:
         _train(rank8)
     assert "\n" not in str(shape.value) and "lora.rank 4 -> 8" in str(shape.value)
-    # A checkpoint from before identities were recorded: the adapters' shapes are checked on load.
-    state = json.loads((newest / "state.json").read_text())
-    del state["__dict__"]["ltxdist_run_identity"]
-    (newest / "state.json").write_text(json.dumps(state))
+    # A checkpoint that records no identity: the adapters' shapes are checked on load.
+    state = json.loads((newest / "train_state.json").read_text())
+    del state["extra"]["run_identity"]
+    (newest / "train_state.json").write_text(json.dumps(state))
+    meta = json.loads((newest / "meta.json").read_text())  # the inventory's size, or it reads as damaged
+    meta["files"]["train_state.json"] = (newest / "train_state.json").stat().st_size
+    (newest / "meta.json").write_text(json.dumps(meta))
     rank8.run.resume = "auto"
-    with pytest.raises(LoRAShapeMismatchError) as shape:
+    with pytest.raises(CheckpointMismatchError) as shape:
         _train(rank8)
     assert "\n" not in str(shape.value) and "lora.rank differs" in str(shape.value)
 

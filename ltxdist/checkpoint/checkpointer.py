@@ -97,7 +97,7 @@ def load_checkpoint(path: str | Path, trainable: Trainable, *, with_train_state:
     files = open_tensor_files(path, manifest.tensor_files)
     try:
         shapes = {k: (files.shape(k), files.dtype(k)) for k in files.keys}
-        check_same_adapters(set(trainable.params), shapes, str(path))
+        check_same_adapters(trainable.params, shapes, str(path))
         template = trainable.template(shapes)
         files.read_into(template)
         trainable.apply(template, state.optimizer if with_train_state else None)

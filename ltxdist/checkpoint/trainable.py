@@ -51,12 +51,29 @@ def trainable_parameters(module: torch.nn.Module) -> dict[str, torch.nn.Paramete
     return {name: p for name, p in module.named_parameters() if p.requires_grad}
 
 
-def check_same_adapters(expected: set[str], shapes: dict[str, Any], source: str) -> None:
+def full_shape(param: torch.Tensor) -> tuple[int, ...]:
+    """A parameter's whole shape: a DTensor's global shape, or ZeRO-3's recorded one (its local tensor is
+    an empty placeholder)."""
+    return tuple(getattr(param, "ds_shape", param.shape))
+
+
+def check_same_adapters(params: dict[str, torch.Tensor], shapes: dict[str, Any], source: str) -> None:
+    """The checkpoint holds exactly this run's adapters, in their shapes; one line naming the flag if not
+    (a changed lora.rank keeps every name and changes every shape)."""
+    expected = set(params)
     found = {k[len(MODEL_PREFIX) :] for k in shapes if k.startswith(MODEL_PREFIX)}
     if found != expected:
         raise CheckpointMismatchError(
             f"{source}: its adapters do not match this run's LoRA: missing {sorted(expected - found)[:5]}, "
             f"unexpected {sorted(found - expected)[:5]} (did lora.rank / lora.targets / lora.blocks change?)"
+        )
+    wrong = [n for n in sorted(params) if tuple(shapes[MODEL_PREFIX + n][0]) != full_shape(params[n])]
+    if wrong:
+        n = wrong[0]
+        raise CheckpointMismatchError(
+            f"{source}: its LoRA adapters have another shape than this run's ({len(wrong)} tensors, e.g. "
+            f"{n}: {tuple(shapes[MODEL_PREFIX + n][0])} saved, {full_shape(params[n])} now): lora.rank "
+            "differs; start a new run (run.name=NEW) or set lora.rank back"
         )
 
 

@@ -60,7 +60,9 @@ def lightning_strategy(parallel_cfg: Any) -> Any:
     distributed one builds the layout mesh and waits `parallel.collective_timeout_s` in a collective,
     then fails naming that flag (parallel/timeouts.py)."""
     dims = ParallelDims.from_config(parallel_cfg)
-    backend = parallel_cfg.process_group_backend
+    if dims.engine == "single":
+        return "auto"
+    backend = parallel_cfg.process_group_backend  # the multi-process options only
     if dims.engine == "ddp":
         from ltxdist.parallel.ddp_strategy import LtxDDPStrategy
 
