@@ -7,7 +7,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -18,15 +17,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ltxdist.io import TMP_MARKER, AtomicWriteError, write_bytes_atomic
+from ltxdist.io import AtomicWriteError, write_bytes_atomic
 from ltxdist.lora import export_lora
 from ltxdist.lora.targets import expand_targets
 from ltxdist.parallel.gather import gathered_lora_model, needs_gather
 from ltxdist.training.run_dir import (
     checkpoint_path,
-    checkpoints_dir,
     complete_checkpoints,
-    lora_dir,
     lora_path,
 )
 
@@ -93,8 +90,6 @@ class CheckpointAndExport(pl.Callback):
         # A resumed run must not rewrite the checkpoint it started from.
         self._last_saved_step = trainer.global_step
         self._last_checked_step = trainer.global_step
-        if trainer.is_global_zero:
-            _remove_partial_files(self.run_dir)
         # Again: Lightning installed its own SIGTERM handler in between.
         self._install_signal_handlers()
 
@@ -213,32 +208,6 @@ def _fail_together(trainer: pl.Trainer, failure: OSError | None, path: Path) -> 
         raise failure
     if int(failed.item()):
         raise AtomicWriteError(errno.EIO, path, "another rank failed to write it (see its error)")
-
-
-def _remove_partial_files(run_dir: Path) -> None:
-    """What a process killed while writing left behind: temporary checkpoint directories (never
-    complete) and temporary LoRA / metrics files."""
-    _remove_partial_checkpoints(run_dir)
-    for folder in (lora_dir(run_dir), run_dir):
-        if folder.is_dir():
-            for path in folder.iterdir():
-                if TMP_MARKER in path.name and path.is_file():
-                    path.unlink(missing_ok=True)
-
-
-def _remove_partial_checkpoints(run_dir: Path) -> None:
-    """Temporary checkpoint directories (never complete). A checkpoint moved aside for an overwrite
-    (`step-N.tmp-old`) whose replacement never arrived is put back."""
-    root = checkpoints_dir(run_dir)
-    if root.is_dir():
-        for path in root.iterdir():
-            if path.name.endswith(TMP_MARKER + "old") and path.is_dir():
-                target = path.with_name(path.name[: -len(TMP_MARKER + "old")])
-                if not target.exists():
-                    os.replace(path, target)
-                    continue
-            if TMP_MARKER in path.name and path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
 
 
 def _requeue_slurm_job() -> None:

@@ -15,7 +15,16 @@ import lightning.pytorch as pl
 import torch
 
 from ltxdist._ltx_core import BatchedPerturbationConfig
+from ltxdist.data.position import (
+    DataStart,
+    all_gather_json,
+    legacy_start,
+    resume_start,
+    saved_position,
+    stream_layout,
+)
 from ltxdist.data.shards import load_empty_caption
+from ltxdist.data.streaming import CURSOR_KEY
 from ltxdist.lora import LoRASpec, inject_lora, lora_parameters
 from ltxdist.lora.inject import lora_state_dict
 from ltxdist.models import build_meta_transformer, read_checkpoint_info
@@ -51,7 +60,13 @@ class LTXLoRAModule(pl.LightningModule):
         self.transformer: torch.nn.Module | None = None
         self.model_version = "unknown"
         self.target_modules: list[str] = []
-        self.batches_seen = 0  # micro-batches consumed by this rank: the data position
+        self.batches_seen = 0  # micro-batches consumed by this rank
+        # The data position (data/position.py): each worker role's stream cursor after the last batch
+        # trained from it (set by the DataModule when it builds the stream), and where a resumed run's
+        # streams start (set when a checkpoint is loaded, read by the DataModule).
+        self.data_cursors: list[Any] | None = None
+        self.data_start: DataStart | None = None
+        self._data_layout: dict[str, Any] | None = None
         self.strict_loading = False  # checkpoints hold adapter weights only
         self._empty_caption: dict[str, torch.Tensor] | None = None
         self._t_last = 0.0
@@ -202,8 +217,11 @@ class LTXLoRAModule(pl.LightningModule):
         if sp is not None:
             # The data-parallel gradient average also divides by the P ranks that share these samples,
             # whose gradients should add up (parallel/sequence_parallel.py): scale back by P.
-            return loss * sp.loss_scale
-        return loss
+            loss = loss * sp.loss_scale
+        # A non-finite loss becomes NaN gradients, which the check after gradient reduction sees on every
+        # rank, also when the loss's own gradients would be finite. Here rather than in `backward`:
+        # DeepSpeed runs its engine's backward on this value and never calls the module's.
+        return poison_nonfinite_loss(loss)
 
     def step_summary(self) -> dict[str, float]:
         """This rank's last micro-batch: `loss` (total), per-modality losses and tokens/s. Reads device
@@ -236,13 +254,12 @@ class LTXLoRAModule(pl.LightningModule):
         self._skip_nonfinite_step()
 
     # -- non-finite steps (training/nonfinite.py) -------------------------------------------------
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        # A non-finite loss becomes NaN gradients, which the check after gradient reduction sees on every
-        # rank. (DeepSpeed runs its engine's backward instead; its own overflow check covers it.)
-        super().backward(poison_nonfinite_loss(loss), *args, **kwargs)
-
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._batch_ids = list(batch["ids"])  # named in the message when the step is skipped
+        # This batch is consumed (trained, or skipped as non-finite): its stream's cursor is the position.
+        position = batch.get(CURSOR_KEY)
+        if position is not None and self.data_cursors is not None:
+            self.data_cursors[position["role"]] = position["cursor"]
 
     def _nonfinite_detail(self) -> str:
         loss = self._last_parts.get("loss/total")
@@ -286,33 +303,16 @@ class LTXLoRAModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[_STATE_KEY] = {
             "batches_seen": self.batches_seen,
+            "data_position": self.data_position_state(),
             "model_version": self.model_version,
             "target_modules": self.target_modules,
             "nonfinite": self.nonfinite.state_dict(),
         }
 
-    def _resumed_data_position(self, batches_seen: int, checkpoint: dict[str, Any]) -> int:
-        """Micro-batches per rank to skip. Saved under another layout (number of processes, batch size;
-        written by CheckpointAndExport), the position is converted through the number of samples
-        consumed, which must fill whole global batches of the new layout."""
-        layout = checkpoint.get("ltxdist_layout")
-        if not layout or self._trainer is None:
-            return batches_seen
-        samples = batches_seen * int(layout["world_size"]) * int(layout["micro_batch_size"])
-        data_parallel = self.trainer.world_size // int(self.cfg.parallel.sequence_parallel)
-        per_batch = data_parallel * int(self.cfg.data.batch_size)
-        if samples % per_batch:
-            raise ValueError(
-                f"the checkpoint consumed {samples} samples ({layout['world_size']} processes x "
-                f"data.batch_size {layout['micro_batch_size']} x {batches_seen} micro-batches), not a whole "
-                f"number of this run's global batches of {per_batch}: set data.batch_size / parallel.devices "
-                "so that processes x data.batch_size divides it (usually: keep the global batch)"
-            )
-        return samples // per_batch
-
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get(_STATE_KEY, {})
-        self.batches_seen = self._resumed_data_position(int(state.get("batches_seen", 0)), checkpoint)
+        legacy = {"batches_seen": state.get("batches_seen", 0), "layout": checkpoint.get("ltxdist_layout")}
+        self.load_data_position(state.get("data_position"), legacy)
         self.nonfinite.load_state_dict(state.get("nonfinite", {}))
         expected = set(self.state_dict())
         found = set(checkpoint.get("state_dict", {}))
@@ -321,3 +321,32 @@ class LTXLoRAModule(pl.LightningModule):
                 f"checkpoint adapters do not match this run's LoRA: missing {sorted(expected - found)[:5]}, "
                 f"unexpected {sorted(found - expected)[:5]} (did lora.rank / lora.targets change?)"
             )
+
+    # -- data position (data/position.py) ---------------------------------------------------------
+    def _current_data_layout(self) -> dict[str, Any]:
+        if self._data_layout is None:
+            data_parallel = self.trainer.world_size // int(self.cfg.parallel.sequence_parallel)
+            self._data_layout = stream_layout(self.cfg.data, int(self.cfg.run.seed), data_parallel)
+        return self._data_layout
+
+    def data_position_state(self) -> dict[str, Any]:
+        """The run's data position as JSON: every data-parallel rank's stream cursors (gathered: every
+        rank must call this), the micro-batches consumed and the layout they refer to."""
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        gathered = all_gather_json(self.data_cursors, device)
+        # The ranks of one sequence-parallel group read the same data: keep one per group.
+        per_data_rank = gathered[:: int(self.cfg.parallel.sequence_parallel)]
+        return saved_position(self._current_data_layout(), self.batches_seen, per_data_rank)
+
+    def load_data_position(self, saved: dict[str, Any] | None, legacy: dict[str, Any] | None = None) -> None:
+        """Where this rank's streams start (read by the DataModule) from `data_position_state()`'s
+        dict; without one, from a checkpoint written before cursors (`legacy`: its `batches_seen` and
+        the `ltxdist_layout` it was written under)."""
+        layout = self._current_data_layout()
+        data_rank = self.trainer.global_rank // int(self.cfg.parallel.sequence_parallel)
+        if saved is not None:
+            self.data_start = resume_start(saved, layout, data_rank)
+        else:
+            legacy = legacy or {}
+            self.data_start = legacy_start(int(legacy.get("batches_seen", 0)), legacy.get("layout"), layout)
+        self.batches_seen = self.data_start.batches_seen

@@ -21,7 +21,7 @@ from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl, StepPr
 from ltxdist.training.checkpoint_io import SafetensorsCheckpointIO
 from ltxdist.training.datamodule import CachedLatentDataModule
 from ltxdist.training.module import SIGMA_BUCKET_EDGES, LTXLoRAModule
-from ltxdist.training.run_dir import lora_path, resolve_resume
+from ltxdist.training.run_dir import lora_path, remove_partial_files, resolve_resume
 
 log = logging.getLogger("ltxdist")
 
@@ -112,6 +112,8 @@ def train(cfg: Any) -> Path:
         _prepare_inputs(cfg)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         check_data_fits_checkpoint(cfg.data, cfg.model.checkpoint)  # before any model is built
+    # Before choosing the checkpoint: a kill during an overwrite leaves the newest one moved aside.
+    remove_partial_files(run_dir)
     resume_from = resolve_resume(run_dir, cfg.run.resume)
     if resume_from is not None and rank == 0:
         log.info("resuming from %s", resume_from)

@@ -134,10 +134,10 @@ def test_kill_while_writing_a_checkpoint_leaves_the_previous_one_usable(tmp_path
     resume = resolve_resume(tmp_path, "auto")
     assert resume is not None and resume.name == "step-000004"
     assert torch.equal(read_checkpoint(resume)["state_dict"]["w"], torch.full((3,), 4.0))
-    # The next run's first checkpoint callback clears the partial directory.
-    from ltxdist.training.callbacks import _remove_partial_checkpoints
+    # The next run clears the partial directory (before it chooses the checkpoint to resume from).
+    from ltxdist.training.run_dir import remove_partial_files
 
-    _remove_partial_checkpoints(tmp_path)
+    remove_partial_files(tmp_path)
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-000004"]
 
 
@@ -326,8 +326,8 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_lora_grads_fp32(tiny_c
 
 # -- data position across layouts -----------------------------------------------------------------
 def test_data_position_converts_between_process_counts_without_repeat_or_skip(tiny_ckpt, tmp_path):
+    from ltxdist.data.position import convert_batches
     from ltxdist.data.synthetic import write_synthetic_dataset
-    from ltxdist.training.module import LTXLoRAModule
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, tiny_ckpt, num_samples=16, samples_per_shard=4, seed=1)
@@ -347,17 +347,7 @@ def test_data_position_converts_between_process_counts_without_repeat_or_skip(ti
         ]
         return [sorted(i for s in streams for i in next(s)["ids"]) for _ in range(steps)]
 
-    def converted(batches_seen: int, saved_world: int, saved_batch: int, world: int, batch: int) -> int:
-        module = SimpleNamespace(
-            _trainer=object(),
-            trainer=SimpleNamespace(world_size=world),
-            cfg=SimpleNamespace(
-                data=SimpleNamespace(batch_size=batch), parallel=SimpleNamespace(sequence_parallel=1)
-            ),
-        )
-        ckpt = {"ltxdist_layout": {"world_size": saved_world, "micro_batch_size": saved_batch}}
-        return LTXLoRAModule._resumed_data_position(module, batches_seen, ckpt)
-
+    converted = convert_batches
     uninterrupted = ids(1, 2, 0, 10)  # global batches of 2
     assert converted(3, 1, 2, 2, 1) == 3  # 1 process x batch 2 -> 2 processes x batch 1
     assert ids(2, 1, converted(3, 1, 2, 2, 1), 7) == uninterrupted[3:]
