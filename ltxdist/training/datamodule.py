@@ -52,7 +52,7 @@ class CachedLatentDataModule(pl.LightningDataModule):
         cursors = start.cursors
         if cursors is None:
             # No cursors for this layout: find them from record headers (time grows with the position,
-            # about a thousandth of re-reading the batches), then seek as from saved ones.
+            # but no tensor is read), then seek as from saved ones.
             t0 = time.perf_counter()
             cursors = stream.cursors_after(start.batches_seen, self.data_cfg.num_workers)
             if start.batches_seen and trainer.is_global_zero:
@@ -66,8 +66,9 @@ class CachedLatentDataModule(pl.LightningDataModule):
         elif trainer.is_global_zero:
             log.info("data position: every worker's stream seeks to its saved cursor (same layout)")
         stream.cursors = cursors
-        # The module records each role's cursor as it trains on that role's batches (LTXLoRAModule).
-        module.data_cursors = list(cursors)
+        if module is not None:
+            # The module records each role's cursor as it trains on that role's batches (LTXLoRAModule).
+            module.data_cursors = list(cursors)
         return torch.utils.data.DataLoader(
             stream, batch_size=None, num_workers=self.data_cfg.num_workers, persistent_workers=False
         )
