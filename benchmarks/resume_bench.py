@@ -244,14 +244,16 @@ def main(argv: list[str] | None = None) -> None:
                 data, ckpt, num_samples=args.samples, samples_per_shard=16, buckets=BUCKETS
             )
         run = work / "run"
-        started = time.perf_counter()
+        trained = work / "train_seconds.json"  # kept with the run, for a rerun that reuses it
         if not checkpoint_dir(run, max(args.steps)).is_dir():
+            started = time.perf_counter()
             cmd = [str(BIN / "ltxdist-train"), *train_args(args, ckpt, data, run, max(args.steps))]
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"training failed:\n{proc.stderr[-3000:]}")
-        train_s = time.perf_counter() - started
+            trained.write_text(json.dumps(time.perf_counter() - started))
+        train_s = float(json.loads(trained.read_text())) if trained.is_file() else float("nan")
         print(f"trained {max(args.steps)} steps in {train_s:.0f} s", flush=True)
 
         baseline_src = extract_baseline(args.baseline_ref, work / "baseline")
@@ -265,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Resume of the tiny model at {', '.join(map(str, args.steps))} steps (batch {args.batch_size}, "
         f"{args.samples} synthetic samples in two buckets, shuffle buffer {args.shuffle_buffer}, "
         f"{args.workers} DataLoader workers); checkpoints from one real training run of "
-        f"{max(args.steps)} steps ({train_s:.0f} s, or reused from --workdir). Main table: the whole resume, "
+        f"{max(args.steps)} steps ({train_s:.0f} s). Main table: the whole resume, "
         "process start to the end of the first resumed step, this code (data position restored by seeking "
         f"to the saved cursors) vs commit {args.baseline_ref} (replays every consumed batch), same "
         "checkpoint copies, same first resumed batch (checked through its loss). Second table: the data "
