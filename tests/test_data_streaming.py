@@ -1,11 +1,12 @@
 import itertools
+import json
 from collections import Counter
 
 import pytest
 import torch
 
 from ltxdist.data.shards import ShardIndexError, load_index
-from ltxdist.data.streaming import CachedLatentStream, ShardReadError, StreamPlan
+from ltxdist.data.streaming import CURSOR_KEY, CachedLatentStream, ShardReadError, StreamPlan
 
 
 def _epoch0_ids(directory, world, workers, batch_size=1, split="auto"):
@@ -94,3 +95,70 @@ def test_missing_index_and_missing_shard(tmp_path, tiny_data):
     (copy / load_index(copy).shards[1]["name"]).unlink()
     with pytest.raises(ShardIndexError, match=r"shard-000001\.tar is listed"):
         load_index(copy)
+
+
+# -- resuming from cursors (data/cursor.py) --------------------------------------------------------
+def _ids(batches):
+    return [(list(b["ids"]), list(b["epochs"])) for b in batches]
+
+
+def test_saved_cursors_resume_exactly_with_buckets_carry_over_epochs_and_workers(tiny_data):
+    """What training does: keep each worker role's cursor from the batches consumed, save them as JSON;
+    a new loader given them continues with exactly the uninterrupted batches. Two buckets with batch 2
+    leave partial batches that carry into the next epoch; rank 1 of 2 with 2 workers."""
+    plan = StreamPlan(batch_size=2, seed=3, rank=1, world_size=2, shuffle_buffer=4, split="shard")
+
+    def loader(**resume):
+        stream = CachedLatentStream(tiny_data, plan, **resume)
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+
+    full = _ids(itertools.islice(loader(), 16))
+    cursors = [None, None]
+    for batch in itertools.islice(loader(), 5):
+        cursors[batch[CURSOR_KEY]["role"]] = batch[CURSOR_KEY]["cursor"]
+    saved = json.loads(json.dumps(cursors))  # as the checkpoint stores them
+    # Role 0 stands in epoch 1 with a sample of epoch 0 waiting for its batch (carried over).
+    assert saved[0]["epoch"] == 1 and [p[-1] for p in saved[0]["pending"]] == [0]
+    assert _ids(itertools.islice(loader(skip_batches=5, cursors=saved), 11)) == full[5:16]
+
+
+def test_a_cursor_rereads_only_the_samples_it_holds(tiny_data, monkeypatch):
+    """Seeking costs the samples waiting in the shuffle buffer and partial batches, whatever came before;
+    finding the cursor for a position without one reads no sample at all (headers only)."""
+    import ltxdist.data.cursor as cursor_module
+
+    plan = StreamPlan(batch_size=2, seed=3, shuffle_buffer=4, split="shard")
+    stream = CachedLatentStream(tiny_data, plan)
+    full = list(itertools.islice(stream.iter_batches(), 30))  # 2.5 epochs
+    cursor = json.loads(json.dumps(full[24][CURSOR_KEY]["cursor"]))
+    decoded = []
+    real = cursor_module.decode_sample
+    monkeypatch.setattr(
+        cursor_module,
+        "decode_sample",
+        lambda record, where="": decoded.append(1) or real(record, where=where),
+    )
+    assert stream.cursors_after(25, 1) == [cursor] and not decoded  # JSON-equal, nothing decoded
+    held = len(cursor["buffer"]) + len(cursor["pending"])
+    assert 0 < held <= 4 + 2 * (2 - 1)  # shuffle buffer + one short of a batch per bucket
+    resumed = cursor_module.ConsumerStream.restore(tiny_data, stream.index, plan, 0, 1, cursor)
+    assert len(decoded) == held  # a replay would decode the 50 samples of batches 0..24 first
+    assert [i.sample.key for i in resumed.next_batch()] == full[25]["ids"]
+
+
+def test_a_shard_rewritten_since_the_checkpoint_is_named(tiny_data, tmp_path):
+    import shutil
+
+    from ltxdist.data.sample import decode_sample
+    from ltxdist.data.shards import read_shard_records, write_shard
+
+    copy = tmp_path / "d"
+    shutil.copytree(tiny_data, copy)
+    plan = StreamPlan(batch_size=1, seed=3, shuffle_buffer=4, split="shard")
+    stream = CachedLatentStream(copy, plan)
+    cursor = next(itertools.islice(stream.iter_batches(), 2, None))[CURSOR_KEY]["cursor"]
+    shard = copy / stream.index.shards[cursor["buffer"][0][0]]["name"]
+    samples = [decode_sample(r) for r in read_shard_records(shard)]
+    write_shard(shard, samples[::-1])  # same samples and size, other byte offsets
+    with pytest.raises(ShardReadError, match=rf"{shard.name}: .* rewritten since the checkpoint"):
+        next(CachedLatentStream(copy, plan, skip_batches=3, cursors=[cursor]).iter_batches(0, 1, cursor))

@@ -51,7 +51,7 @@ def test_python_c_from_the_root_imports_the_real_hugging_face_kernels() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    # `python -m ltxdist.training.train` / `torchrun -m` from the root: test_train_e2e's DDP run.
+    # `torchrun -m ltxdist.training.train` from the root: the DDP run of faults/test_resume_position.py.
     ["ltxdist.sampling.cli", "ltxdist.data.prepare.cli"],
 )
 def test_python_m_help_from_the_root(module: str) -> None:

@@ -1,4 +1,5 @@
-"""End-to-end training runs on the tiny model: the README demo, kill + resume, DDP on 2 CPU processes."""
+"""End-to-end training runs on the tiny model: the README demo, kill + resume, each strategy. (DDP on 2 CPU
+processes against 1 process, and its resumes: tests/faults/test_resume_position.py.)"""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import math
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +15,6 @@ import pytest
 import torch
 from e2e_utils import BIN, REPO, train_overrides
 from omegaconf import OmegaConf
-from safetensors.torch import load_file
 
 from ltxdist.checkpoint import read_checkpoint
 from ltxdist.data.shards import load_index
@@ -107,84 +106,6 @@ def test_killed_run_resumes_from_last_complete_checkpoint(tiny_ckpt, tiny_data, 
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6)
-
-
-@pytest.mark.slow
-def test_ddp_two_cpu_processes_match_one_process(tiny_ckpt, tmp_path):
-    """Same global batch (2): one process x batch 2 vs two processes x batch 1 under torchrun, with one
-    progress bar between them. Without torchrun, `parallel.devices=2` is refused with the command."""
-    # One bucket and no shuffle buffer so both layouts read the same samples; per-sample noise streams
-    # make the draws identical.
-    from ltxdist.data.synthetic import write_synthetic_dataset
-
-    tiny_data = tmp_path / "data"
-    write_synthetic_dataset(tiny_data, tiny_ckpt, num_samples=16, samples_per_shard=4, seed=1)
-    common = {
-        "trainer.max_steps": 6,
-        "trainer.checkpoint_every_n_steps": 6,
-        "data.shuffle_buffer": 1,
-        "data.split": "sample",
-        "lora.dropout": 0.0,
-    }
-    single = _train(
-        train_overrides(tiny_ckpt, tiny_data, tmp_path / "single", **common, **{"data.batch_size": 2})
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    args = train_overrides(
-        tiny_ckpt,
-        tiny_data,
-        tmp_path / "ddp",
-        **common,
-        **{
-            "data.batch_size": 1,
-            "parallel": "ddp",
-            "parallel.devices": 2,
-            "parallel.accelerator": "cpu",
-            "parallel.process_group_backend": "gloo",
-            "trainer.progress_bar": "true",
-        },
-    )
-    # Not started by torchrun: nothing runs, and the error says how to start it (one process would
-    # otherwise run as a second rank 0, or Lightning re-launch this script behind Hydra's back).
-    alone = _train(args)
-    assert alone.returncode != 0
-    assert "NPROC=2 launch/train.sh " in alone.stderr and "--nproc_per_node 2" in alone.stderr, alone.stderr
-    assert "parallel=ddp" in alone.stderr.split("NPROC=2 launch/train.sh", 1)[1]  # the user's overrides
-    assert "Traceback" not in alone.stderr and not (tmp_path / "ddp" / "config.yaml").exists()
-    ddp = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29517",
-            "-m",
-            "ltxdist.training.train",
-            *args,
-        ],
-        cwd=REPO,  # `torchrun -m` from the checkout root, as README documents (test_entry_points.py)
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert ddp.returncode == 0, ddp.stdout[-3000:] + ddp.stderr[-3000:]
-    a = _adapters(tmp_path / "single" / "checkpoints" / "step-000006")
-    b = _adapters(tmp_path / "ddp" / "checkpoints" / "step-000006")
-    moved = max(
-        (a[k] - load_file(str(tiny_ckpt)).get(k, torch.zeros_like(a[k]))).abs().max()
-        for k in a
-        if k.endswith("lora_B")
-    )
-    assert moved > 1e-4, "training must have moved the adapters for the comparison to mean anything"
-    for k in a:
-        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
-    la, lb = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
-    assert len(la) == len(lb) == 6
-    # One progress bar (rank 0's), ending at the last step; rank 1 draws none.
-    assert ddp.stderr.count("train:   0%") == 1 and "6/6" in ddp.stderr, ddp.stderr[-2000:]
 
 
 STRATEGY_RUNS = {

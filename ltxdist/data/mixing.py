@@ -3,8 +3,9 @@
 Each batch comes whole from one source, so it stays within one dataset and one bucket; which source
 gives the next batch is drawn with probability proportional to its weight from a generator seeded by
 (seed, rank, worker role). The whole stream is therefore a pure function of the plan, like
-`CachedLatentStream`, and `skip_batches` resumes it exactly: the choices are replayed and each source
-skips the batches it already gave.
+`CachedLatentStream`, and resumes the same way: a worker role's cursor is the choice generator's state
+plus each source's own cursor (data/cursor.py), so resuming seeks instead of replaying; without cursors
+the choices are replayed and each source fast-forwards from record headers.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 
 import torch
 
-from ltxdist.data.shards import load_index
-from ltxdist.data.streaming import CachedLatentStream, StreamPlan
+from ltxdist.data.collate import WireBatch, collate_samples
+from ltxdist.data.cursor import ConsumerStream, Cursor, Item
+from ltxdist.data.shards import ShardIndex, load_index
+from ltxdist.data.streaming import CURSOR_KEY, StreamPlan, role_batches, worker_role
 
 
 @dataclass(frozen=True)
@@ -29,7 +32,7 @@ class MixSource:
     weight: float = 1.0
 
 
-def _check_sources(sources: list[MixSource]) -> None:
+def _check_sources(sources: list[MixSource]) -> list[ShardIndex]:
     if not sources:
         raise ValueError("data mixing needs at least one source")
     names = [s.name for s in sources]
@@ -40,9 +43,9 @@ def _check_sources(sources: list[MixSource]) -> None:
             raise ValueError(
                 f"data mixing source '{s.name}' ({s.directory}): weight must be > 0, got {s.weight}"
             )
-    first = load_index(sources[0].directory)
-    for s in sources[1:]:
-        other = load_index(s.directory)
+    indexes = [load_index(s.directory) for s in sources]
+    first = indexes[0]
+    for s, other in zip(sources[1:], indexes[1:], strict=True):
         if other.model_version != first.model_version:
             raise ValueError(
                 f"data mixing: '{s.name}' ({s.directory}) was prepared for model version "
@@ -55,43 +58,126 @@ def _check_sources(sources: list[MixSource]) -> None:
                 "were encoded by different encoders (encoder_fingerprints differ in index.json); "
                 "re-prepare one of them"
             )
+    for s, index in zip(sources, indexes, strict=True):
+        if index.num_samples == 0:
+            raise ValueError(f"data mixing source '{s.name}': {s.directory} holds no samples")
+    return indexes
+
+
+class _MixedRole:
+    """One worker role of a mixed stream: the choice generator, and one stream per source (started
+    when the source is first chosen, from its cursor if it has one)."""
+
+    def __init__(
+        self, mixed: MixedLatentStream, role: int, num_workers: int, cursor: Cursor | None, decode: bool
+    ):
+        self.mixed, self.role, self.num_workers, self.decode = mixed, role, num_workers, decode
+        self.rng = mixed.choice_rng(role)
+        self.cursors: list[Cursor | None] = [None] * len(mixed.sources)
+        if cursor is not None:
+            try:
+                version, internal, gauss = cursor["choices"]
+                self.rng.setstate((version, tuple(internal), gauss))
+                self.cursors = list(cursor["sources"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ValueError(f"the data position of the mixed stream is malformed ({exc})") from exc
+            if len(self.cursors) != len(mixed.sources):
+                raise ValueError(
+                    f"the data position holds {len(self.cursors)} mixing sources, data.mix lists "
+                    f"{len(mixed.sources)}"
+                )
+        self.streams: list[ConsumerStream | None] = [None] * len(mixed.sources)
+        self.population = range(len(mixed.sources))
+
+    def next_batch(self) -> tuple[int, list[Item]]:
+        k = self.rng.choices(self.population, weights=self.mixed.probabilities)[0]
+        stream = self.streams[k]
+        if stream is None:
+            source = self.mixed.sources[k]
+            stream = self.streams[k] = ConsumerStream.restore(
+                source.directory,
+                self.mixed.indexes[k],
+                self.mixed.plan,
+                self.role,
+                self.num_workers,
+                self.cursors[k],
+                decode=self.decode,
+            )
+        items = stream.next_batch()
+        self.cursors[k] = stream.cursor()
+        return k, items
+
+    def cursor(self) -> Cursor:
+        return {"choices": self.rng.getstate(), "sources": list(self.cursors)}
 
 
 class MixedLatentStream(torch.utils.data.IterableDataset):
-    """Infinite stream of batches drawn from several sources by weight; `skip_batches` resumes exactly."""
+    """Infinite stream of batches drawn from several sources by weight; resumes like CachedLatentStream
+    (`skip_batches`, `cursors`)."""
 
-    def __init__(self, sources: list[MixSource], plan: StreamPlan, skip_batches: int = 0):
+    def __init__(
+        self,
+        sources: list[MixSource],
+        plan: StreamPlan,
+        skip_batches: int = 0,
+        cursors: list[Cursor | None] | None = None,
+    ):
         super().__init__()
-        _check_sources(sources)
+        self.indexes = _check_sources(sources)
         self.sources = sources
         self.plan = plan
         self.skip_batches = skip_batches
-        self.streams = [CachedLatentStream(s.directory, plan) for s in sources]
+        self.cursors = cursors
         total = sum(s.weight for s in sources)
         self.probabilities = [s.weight / total for s in sources]
 
+    def choice_rng(self, role: int) -> random.Random:
+        return random.Random(f"mix-{self.plan.seed}-{self.plan.rank}-{role}")
+
     def choices(self, role: int) -> Iterator[int]:
         """Source index of each successive batch of one worker role."""
-        rng = random.Random(f"mix-{self.plan.seed}-{self.plan.rank}-{role}")
+        rng = self.choice_rng(role)
         population = range(len(self.sources))
         while True:
             yield rng.choices(population, weights=self.probabilities)[0]
 
-    def iter_batches(self, role: int = 0, num_workers: int = 1) -> Iterator[dict[str, Any]]:
-        # Generators start reading a source only when it is first chosen.
-        iters = [stream.iter_batches(role, num_workers) for stream in self.streams]
-        for k in self.choices(role):
-            batch = next(iters[k])
+    def _fast_forward(self, role: int, num_workers: int, batches: int) -> Cursor | None:
+        if batches == 0:
+            return None
+        mixed = _MixedRole(self, role, num_workers, None, decode=False)
+        for _ in range(batches):
+            mixed.next_batch()
+        return mixed.cursor()
+
+    def cursors_after(self, batches: int, num_workers: int) -> list[Cursor | None]:
+        """Each worker role's cursor after this rank consumed `batches` batches (headers only)."""
+        roles = max(1, num_workers)
+        return [self._fast_forward(role, roles, role_batches(role, roles, batches)) for role in range(roles)]
+
+    def iter_batches(
+        self, role: int = 0, num_workers: int = 1, cursor: Cursor | None = None
+    ) -> Iterator[dict[str, Any]]:
+        mixed = _MixedRole(self, role, num_workers, cursor, decode=True)
+        while True:
+            k, items = mixed.next_batch()
+            batch = collate_samples([item.sample for item in items])  # type: ignore[misc]
             batch["source"] = self.sources[k].name
+            batch[CURSOR_KEY] = {"role": role, "cursor": mixed.cursor()}
             yield batch
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def role_cursor(self, role: int, num_workers: int) -> Cursor | None:
+        if self.cursors is None:
+            return self._fast_forward(role, num_workers, role_batches(role, num_workers, self.skip_batches))
+        if len(self.cursors) != num_workers:
+            raise ValueError(
+                f"the data position holds cursors for {len(self.cursors)} workers, this stream runs "
+                f"{num_workers} (data.num_workers): convert it with cursors_after()"
+            )
+        return self.cursors[role]
+
+    def __iter__(self) -> Iterator[dict[str, Any] | WireBatch]:
         info = torch.utils.data.get_worker_info()
         physical, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        # Same round-robin bookkeeping as CachedLatentStream: global batch i comes from role
-        # i % num_workers, and roles are rotated so the first batch after resuming is global skip_batches.
-        role = (physical + self.skip_batches) % num_workers
-        skip = len(range(role, self.skip_batches, num_workers))
-        for i, batch in enumerate(self.iter_batches(role, num_workers)):
-            if i >= skip:
-                yield batch
+        role = worker_role(physical, num_workers, self.skip_batches)
+        for batch in self.iter_batches(role, num_workers, self.role_cursor(role, num_workers)):
+            yield WireBatch(batch) if info is not None else batch

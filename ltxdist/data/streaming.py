@@ -1,135 +1,115 @@
 """Stream batches of cached samples from webdataset shards.
 
-Order is a pure function of (seed, epoch, rank, world size, worker, number of workers), so a resumed
-run that skips the batches it already consumed sees exactly the batches an uninterrupted run would.
+Order is a pure function of (seed, epoch, rank, world size, worker, number of workers) (data/cursor.py).
 Batches larger than 1 are formed within one bucket; partial buckets carry over into the next epoch
 instead of being dropped, so every sample is used.
+
+Resuming: every batch carries its worker role's cursor (`batch["stream_cursor"]`: the stream's state
+right after that batch). The training module keeps the cursor of the last batch it trained from each
+role and saves them with the checkpoint; a resumed stream seeks to them, so resuming costs the same at
+step 100 as at step 30,000. A stream given only a number of batches to skip (a checkpoint from another
+layout, converted through the number of samples consumed: data/position.py) first finds the cursors
+from record headers alone, then seeks.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ltxdist.data.collate import WireBatch, batch_signature, collate_samples
-from ltxdist.data.sample import CachedSample, decode_sample
-from ltxdist.data.shards import ShardIndex, ShardReadError, load_index, read_shard
+from ltxdist.data.collate import WireBatch, collate_samples
+from ltxdist.data.cursor import ConsumerStream, Cursor, StreamPlan, fast_forward
+from ltxdist.data.shards import ShardIndex, ShardReadError, load_index
 
-__all__ = ["CachedLatentStream", "ShardReadError", "StreamPlan"]
+__all__ = ["CURSOR_KEY", "CachedLatentStream", "ShardReadError", "StreamPlan", "worker_role"]
 
-
-@dataclass(frozen=True)
-class StreamPlan:
-    batch_size: int
-    seed: int
-    rank: int = 0
-    world_size: int = 1
-    shuffle_buffer: int = 64
-    split: str = "auto"  # "shard": whole shards per rank/worker; "sample": every k-th sample; "auto"
+CURSOR_KEY = (
+    "stream_cursor"  # batch[CURSOR_KEY] = {"role": worker role, "cursor": its cursor after the batch}
+)
 
 
-def _rng(*parts: int) -> random.Random:
-    # Random(str) hashes deterministically (unlike hash() of tuples across processes with PYTHONHASHSEED).
-    return random.Random("-".join(str(p) for p in parts))
+def worker_role(physical: int, num_workers: int, batches_seen: int) -> int:
+    """The DataLoader takes batches round-robin starting at worker 0, so batch i of the run comes from
+    the worker playing role i % num_workers. After `batches_seen` batches the next one wanted is
+    batches_seen's: roles are rotated so physical worker 0 plays role batches_seen % num_workers."""
+    return (physical + batches_seen) % num_workers
+
+
+def role_batches(role: int, num_workers: int, batches_seen: int) -> int:
+    """How many of the first `batches_seen` batches came from `role`."""
+    return len(range(role, batches_seen, num_workers))
 
 
 class CachedLatentStream(torch.utils.data.IterableDataset):
-    """Infinite stream of collated batches for one rank; `skip_batches` resumes mid-stream."""
+    """Infinite stream of collated batches for one rank.
 
-    def __init__(self, directory: str | Path, plan: StreamPlan, skip_batches: int = 0):
+    `skip_batches`: batches this rank consumed before (which worker role's turn comes next). `cursors`:
+    one per worker role (None for a role that has not produced a batch yet), as saved in a checkpoint;
+    without them the stream fast-forwards `skip_batches` from record headers (see the module doc)."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        plan: StreamPlan,
+        skip_batches: int = 0,
+        cursors: list[Cursor | None] | None = None,
+    ):
         super().__init__()
         self.directory = Path(directory)
         self.index: ShardIndex = load_index(self.directory)
         self.plan = plan
         self.skip_batches = skip_batches
+        self.cursors = cursors
         if plan.batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {plan.batch_size}")
         if self.index.num_samples == 0:
             raise ValueError(f"{self.directory} holds no samples")
 
-    # -- ordering ----------------------------------------------------------------------------------
-    def _split_mode(self, consumers: int) -> str:
-        if self.plan.split != "auto":
-            return self.plan.split
-        return "shard" if len(self.index.shards) >= consumers else "sample"
+    def cursors_after(self, batches: int, num_workers: int) -> list[Cursor | None]:
+        """Each worker role's cursor after this rank consumed `batches` batches (headers only)."""
+        roles = max(1, num_workers)
+        return [
+            fast_forward(
+                self.directory, self.index, self.plan, role, roles, role_batches(role, roles, batches)
+            )
+            for role in range(roles)
+        ]
 
-    def _epoch_samples(self, epoch: int, worker: int, num_workers: int) -> Iterator[CachedSample]:
-        p = self.plan
-        consumers = p.world_size * num_workers
-        consumer = p.rank * num_workers + worker
-        names = [s["name"] for s in self.index.shards]
-        _rng(p.seed, epoch).shuffle(names)
-        if self._split_mode(consumers) == "shard":
-            # split_by_node then split_by_worker, on an order shuffled by (seed, epoch)
-            mine = names[p.rank :: p.world_size][worker::num_workers]
-            stride, offset = 1, 0
-        else:
-            mine, stride, offset = names, consumers, consumer
-        for position, sample in enumerate(self._read(mine)):
-            if position % stride == offset:
-                yield sample
-
-    def _read(self, names: list[str]) -> Iterator[CachedSample]:
-        expected = {s["name"]: s["num_samples"] for s in self.index.shards}
-        for name in names:
-            path = self.directory / name
-            count = 0
-            for record in read_shard(path):
-                count += 1
-                yield decode_sample(record, where=str(path))
-            if count != expected[name]:
-                # A tar cut exactly between two samples reads without an error: count against the index.
-                raise ShardReadError(
-                    f"shard {path} holds {count} samples, index.json says {expected[name]}: the shard is "
-                    "truncated or was replaced; re-run ltxdist-prepare to rewrite it."
-                )
-
-    def _shuffled(self, samples: Iterator[CachedSample], rng: random.Random) -> Iterator[CachedSample]:
-        buf: list[CachedSample] = []
-        for s in samples:
-            buf.append(s)
-            if len(buf) >= self.plan.shuffle_buffer:
-                yield buf.pop(rng.randrange(len(buf)))
-        while buf:
-            yield buf.pop(rng.randrange(len(buf)))
-
-    def iter_batches(self, worker: int = 0, num_workers: int = 1) -> Iterator[dict[str, Any]]:
-        pending: dict[tuple[str, tuple[str, ...]], list[CachedSample]] = {}
-        epoch = 0
+    def iter_batches(
+        self, worker: int = 0, num_workers: int = 1, cursor: Cursor | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The batches of one worker role, from `cursor` (None: the start)."""
+        stream = ConsumerStream.restore(self.directory, self.index, self.plan, worker, num_workers, cursor)
         while True:
-            rng = _rng(self.plan.seed, epoch, self.plan.rank, worker)
-            produced = False
-            for sample in self._shuffled(self._epoch_samples(epoch, worker, num_workers), rng):
-                produced = True
-                sample.epoch = epoch
-                group = pending.setdefault(batch_signature(sample), [])
-                group.append(sample)
-                if len(group) == self.plan.batch_size:
-                    batch = collate_samples(group)
-                    pending[batch_signature(sample)] = []
-                    yield batch
-            if not produced:
-                raise ValueError(
-                    f"rank {self.plan.rank} worker {worker} received no samples from {self.directory}: "
-                    f"{self.index.num_samples} samples in {len(self.index.shards)} shards are too few for "
-                    f"{self.plan.world_size} ranks x {num_workers} workers (lower data.num_workers)"
-                )
-            epoch += 1
+            items = stream.next_batch()
+            batch = collate_samples([item.sample for item in items])  # type: ignore[misc]
+            batch[CURSOR_KEY] = {"role": worker, "cursor": stream.cursor()}
+            yield batch
+
+    def role_cursor(self, role: int, num_workers: int) -> Cursor | None:
+        if self.cursors is None:
+            return fast_forward(
+                self.directory,
+                self.index,
+                self.plan,
+                role,
+                num_workers,
+                role_batches(role, num_workers, self.skip_batches),
+            )
+        if len(self.cursors) != num_workers:
+            raise ValueError(
+                f"the data position holds cursors for {len(self.cursors)} workers, this stream runs "
+                f"{num_workers} (data.num_workers): convert it with cursors_after()"
+            )
+        return self.cursors[role]
 
     def __iter__(self) -> Iterator[dict[str, Any] | WireBatch]:
         info = torch.utils.data.get_worker_info()
         physical, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        # The DataLoader takes batches round-robin starting at worker 0, so global batch i comes from
-        # the worker playing role i % num_workers. After skipping, the first batch wanted is global
-        # `skip_batches`: rotate roles so physical worker 0 plays role skip_batches % num_workers.
-        role = (physical + self.skip_batches) % num_workers
-        skip = len(range(role, self.skip_batches, num_workers))
-        for i, batch in enumerate(self.iter_batches(role, num_workers)):
-            if i >= skip:
-                # In a worker, the batch is pickled to the main process: WireBatch picks the cheaper way.
-                yield WireBatch(batch) if info is not None else batch
+        role = worker_role(physical, num_workers, self.skip_batches)
+        for batch in self.iter_batches(role, num_workers, self.role_cursor(role, num_workers)):
+            # In a worker, the batch is pickled to the main process: WireBatch picks the cheaper way.
+            yield WireBatch(batch) if info is not None else batch

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +12,10 @@ import lightning.pytorch as pl
 import torch
 
 from ltxdist.data.mixing import MixedLatentStream, MixSource
+from ltxdist.data.position import DataStart
 from ltxdist.data.streaming import CachedLatentStream, StreamPlan
+
+log = logging.getLogger("ltxdist")
 
 
 class CachedLatentDataModule(pl.LightningDataModule):
@@ -24,7 +29,9 @@ class CachedLatentDataModule(pl.LightningDataModule):
         assert trainer is not None
         module = trainer.lightning_module
         # Restored from the checkpoint at fit start, before dataloaders are built.
-        skip = int(getattr(module, "batches_seen", 0))
+        start: DataStart = getattr(module, "data_start", None) or DataStart(
+            int(getattr(module, "batches_seen", 0)), None
+        )
         # Data ranks from the layout's `dp` mesh: the ranks of one sequence-parallel group read the same
         # samples, so the data is split by group, not by process. (No module: not training, one reader.)
         mesh = module.parallel_mesh if module is not None else None
@@ -36,12 +43,32 @@ class CachedLatentDataModule(pl.LightningDataModule):
             shuffle_buffer=self.data_cfg.shuffle_buffer,
             split=self.data_cfg.split,
         )
-        stream: torch.utils.data.IterableDataset
+        stream: CachedLatentStream | MixedLatentStream
         if self.data_cfg.mix:
             sources = [MixSource(m.name, Path(m.path), m.weight) for m in self.data_cfg.mix]
-            stream = MixedLatentStream(sources, plan, skip_batches=skip)
+            stream = MixedLatentStream(sources, plan, skip_batches=start.batches_seen)
         else:
-            stream = CachedLatentStream(self.data_cfg.path, plan, skip_batches=skip)
+            stream = CachedLatentStream(self.data_cfg.path, plan, skip_batches=start.batches_seen)
+        cursors = start.cursors
+        if cursors is None:
+            # No cursors for this layout: find them from record headers (time grows with the position,
+            # but no tensor is read), then seek as from saved ones.
+            t0 = time.perf_counter()
+            cursors = stream.cursors_after(start.batches_seen, self.data_cfg.num_workers)
+            if start.batches_seen and trainer.is_global_zero:
+                log.info(
+                    "data position: %s; continuing after the samples consumed (%d micro-batches per "
+                    "data-parallel rank in this layout), found from shard headers in %.2f s",
+                    start.converted,
+                    start.batches_seen,
+                    time.perf_counter() - t0,
+                )
+        elif trainer.is_global_zero:
+            log.info("data position: every worker's stream seeks to its saved cursor (same layout)")
+        stream.cursors = cursors
+        if module is not None:
+            # The module records each role's cursor as it trains on that role's batches (LTXLoRAModule).
+            module.data_cursors = list(cursors)
         return torch.utils.data.DataLoader(
             stream,
             batch_size=None,

@@ -14,7 +14,16 @@ import lightning.pytorch as pl
 import torch
 
 from ltxdist._ltx_core import BatchedPerturbationConfig
+from ltxdist.data.position import (
+    DataStart,
+    all_gather_json,
+    legacy_start,
+    resume_start,
+    saved_position,
+    stream_layout,
+)
 from ltxdist.data.shards import load_empty_caption
+from ltxdist.data.streaming import CURSOR_KEY
 from ltxdist.lora import LoRASpec, inject_lora, lora_parameters
 from ltxdist.lora.inject import lora_state_dict
 from ltxdist.models import build_meta_transformer, read_checkpoint_info
@@ -56,7 +65,13 @@ class LTXLoRAModule(pl.LightningModule):
         self.transformer: torch.nn.Module | None = None
         self.model_version = "unknown"
         self.target_modules: list[str] = []
-        self.batches_seen = 0  # micro-batches consumed by this rank: the data position
+        self.batches_seen = 0  # micro-batches consumed by this rank
+        # The data position (data/position.py): each worker role's stream cursor after the last batch
+        # trained from it (set by the DataModule when it builds the stream), and where a resumed run's
+        # streams start (set when a checkpoint is loaded, read by the DataModule).
+        self.data_cursors: list[Any] | None = None
+        self.data_start: DataStart | None = None
+        self._data_layout: dict[str, Any] | None = None
         self._empty_caption: dict[str, torch.Tensor] | None = None
         self._last_parts: dict[str, Any] = {}  # this rank's last micro-batch (device values), for metrics
         self._metrics: TrainingMetrics | None = None  # the step's one host read (tracking/metrics.py)
@@ -229,8 +244,11 @@ class LTXLoRAModule(pl.LightningModule):
         if sp is not None:
             # The data-parallel gradient average also divides by the P ranks that share these samples,
             # whose gradients should add up (parallel/sequence_parallel.py): scale back by P.
-            return loss * sp.loss_scale
-        return loss
+            loss = loss * sp.loss_scale
+        # A non-finite loss becomes NaN gradients, which the check after gradient reduction sees on every
+        # rank, also when the loss's own gradients would be finite. Here rather than in `backward`:
+        # DeepSpeed runs its engine's backward on this value and never calls the module's.
+        return poison_nonfinite_loss(loss)
 
     def on_after_backward(self) -> None:
         if self.sequence_parallel is not None:
@@ -256,13 +274,12 @@ class LTXLoRAModule(pl.LightningModule):
         self._skip_nonfinite_step(host_norm)
 
     # -- non-finite steps (training/nonfinite.py) -------------------------------------------------
-    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        # A non-finite loss becomes NaN gradients, which the check after gradient reduction sees on every
-        # rank. (DeepSpeed runs its engine's backward instead; its own overflow check covers it.)
-        super().backward(poison_nonfinite_loss(loss), *args, **kwargs)
-
     def on_train_batch_start(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._batch_ids = list(batch["ids"])  # named in the message when the step is skipped
+        # This batch is consumed (trained, or skipped as non-finite): its stream's cursor is the position.
+        position = batch.get(CURSOR_KEY)
+        if position is not None and self.data_cursors is not None:
+            self.data_cursors[position["role"]] = position["cursor"]
 
     def _nonfinite_detail(self) -> str:
         loss = self._last_parts.get("loss/total")
@@ -305,8 +322,9 @@ class LTXLoRAModule(pl.LightningModule):
 
     # -- train state (ltxdist.checkpoint; training/checkpointing.py) ---------------------------------
     def data_position(self) -> dict[str, Any]:
-        """Where this rank's data stream stands, as JSON: saved with every checkpoint."""
-        return {"batches_seen": self.batches_seen}
+        """Where the run's data streams stand, as JSON, saved with every checkpoint (data/position.py).
+        Collective: every rank calls it (the cursors are gathered)."""
+        return self.data_position_state()
 
     def counters(self) -> dict[str, Any]:
         return {"nonfinite": self.nonfinite.state_dict()}
@@ -316,23 +334,51 @@ class LTXLoRAModule(pl.LightningModule):
 
     def load_train_state(self, state: Any) -> None:
         """The data position and counters of a checkpoint's train state (ltxdist.checkpoint.TrainState)."""
-        self.batches_seen = self._resumed_data_position(int(state.data.get("batches_seen", 0)), state.layout)
+        if "format" in state.data:
+            self.load_data_position(state.data)
+        else:  # a position without cursors (a checkpoint converted from the format before them)
+            layout = state.layout or {}
+            written_under = (
+                {"world_size": layout["data_parallel_size"], "micro_batch_size": layout["micro_batch_size"]}
+                if "data_parallel_size" in layout
+                else None
+            )
+            self.load_data_position(
+                None, {"batches_seen": state.data.get("batches_seen", 0), "layout": written_under}
+            )
         self.nonfinite.load_state_dict(state.counters.get("nonfinite", {}))
 
-    def _resumed_data_position(self, batches_seen: int, layout: dict[str, Any]) -> int:
-        """Micro-batches per rank to skip. Saved under another layout (data-parallel size, batch size),
-        the position is converted through the number of samples consumed, which must fill whole global
-        batches of the new layout."""
-        if not layout or "data_parallel_size" not in layout:
-            return batches_seen
-        saved_dp, saved_batch = int(layout["data_parallel_size"]), int(layout["micro_batch_size"])
-        samples = batches_seen * saved_dp * saved_batch
-        per_batch = self.dims.data_parallel_size * int(self.cfg.data.batch_size)
-        if samples % per_batch:
-            raise ValueError(
-                f"the checkpoint consumed {samples} samples ({saved_dp} data-parallel processes x "
-                f"data.batch_size {saved_batch} x {batches_seen} micro-batches), not a whole number of this "
-                f"run's global batches of {per_batch}: set data.batch_size / parallel.devices so that "
-                "processes x data.batch_size divides it (usually: keep the global batch)"
-            )
-        return samples // per_batch
+    # -- data position (data/position.py) ---------------------------------------------------------
+    def _data_parallel(self) -> tuple[int, int]:
+        """(this rank's data-parallel rank, the data-parallel size): from the layout's `dp` mesh, whose
+        ranks of one sequence-parallel group read the same samples."""
+        mesh = self.parallel_mesh
+        return mesh.data_rank, mesh.data_size
+
+    def _current_data_layout(self) -> dict[str, Any]:
+        if self._data_layout is None:
+            _, size = self._data_parallel()
+            self._data_layout = stream_layout(self.cfg.data, int(self.cfg.run.seed), size)
+        return self._data_layout
+
+    def data_position_state(self) -> dict[str, Any]:
+        """The run's data position as JSON: every data-parallel rank's stream cursors (gathered: every
+        rank must call this), the micro-batches consumed and the layout they refer to."""
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        gathered = all_gather_json(self.data_cursors, device)
+        # The ranks of one sequence-parallel group (consecutive ranks) read the same data: one per group.
+        per_data_rank = gathered[:: self.dims.sequence]
+        return saved_position(self._current_data_layout(), self.batches_seen, per_data_rank)
+
+    def load_data_position(self, saved: dict[str, Any] | None, legacy: dict[str, Any] | None = None) -> None:
+        """Where this rank's streams start (read by the DataModule) from `data_position_state()`'s
+        dict; without one, from a position saved before cursors (`legacy`: its `batches_seen` and the
+        data-parallel size and micro-batch size it was written under)."""
+        layout = self._current_data_layout()
+        data_rank, _ = self._data_parallel()
+        if saved is not None:
+            self.data_start = resume_start(saved, layout, data_rank)
+        else:
+            legacy = legacy or {}
+            self.data_start = legacy_start(int(legacy.get("batches_seen", 0)), legacy.get("layout"), layout)
+        self.batches_seen = self.data_start.batches_seen

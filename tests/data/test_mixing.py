@@ -1,11 +1,12 @@
 import itertools
+import json
 from collections import Counter
 
 import pytest
 import torch
 
 from ltxdist.data.mixing import MixedLatentStream, MixSource
-from ltxdist.data.streaming import StreamPlan
+from ltxdist.data.streaming import CURSOR_KEY, StreamPlan
 from ltxdist.data.synthetic import write_synthetic_dataset
 from ltxdist.models.tiny_checkpoint import write_random_checkpoint
 
@@ -63,6 +64,26 @@ def test_resume_with_two_dataloader_workers(two_sets):
 
     full = run(0, 14)
     assert run(5, 9) == full[5:14]
+
+
+def test_saved_cursors_resume_exactly_with_two_dataloader_workers(two_sets):
+    """Each worker role's cursor (choice generator + each source's stream), saved as JSON, resumes the
+    mixed stream where an uninterrupted one goes on."""
+    plan = StreamPlan(batch_size=2, seed=4, shuffle_buffer=3)
+
+    def loader(**resume):
+        stream = MixedLatentStream(two_sets, plan, **resume)
+        return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2)
+
+    full = _ids(itertools.islice(loader(), 16))
+    cursors = [None, None]
+    for batch in itertools.islice(loader(), 7):
+        cursors[batch[CURSOR_KEY]["role"]] = batch[CURSOR_KEY]["cursor"]
+    saved = json.loads(json.dumps(cursors))
+    assert all(c["sources"][0] and c["sources"][1] for c in saved), "both sources under way in each role"
+    assert _ids(itertools.islice(loader(skip_batches=7, cursors=saved), 9)) == full[7:16]
+    # Without cursors (another layout), the choices replay and each source fast-forwards: same batches.
+    assert json.loads(json.dumps(MixedLatentStream(two_sets, plan).cursors_after(7, 2))) == saved
 
 
 def test_bad_sources_are_refused(tmp_path, two_sets, tiny_model):

@@ -1,6 +1,7 @@
 import itertools
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -85,6 +86,26 @@ def test_training_reader_streams_prepared_shards(prepared):
     stream = CachedLatentStream(out, StreamPlan(batch_size=1, seed=0))
     ids = [b["ids"][0] for b in itertools.islice(stream.iter_batches(), 5)]
     assert sorted(ids) == [f"row{i:08d}" for i in range(5)]
+
+
+def test_a_rerun_removes_what_a_killed_run_left_half_written(prepared, tiny_model, tmp_path):
+    """A kill mid-write leaves `<file>.tmp-*` siblings (ltxdist/io.py): the next run removes its own
+    before any work, and touches nothing else."""
+    raw, done, _ = prepared
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    stale = ["shard-000001.tar.tmp-k1ll3d", "shard-000002.unit.json.tmp-x", "index.json.tmp-abc"]
+    for name in stale:
+        (out / name).write_bytes(b"half written")
+    (out / "notes.tmp-mine").write_text("not ltxdist's")
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    again = prepare_dataset(
+        prepare_opts(raw, out, tiny_model, samples_per_shard=2, lora_trigger="sks", audio="optional")
+    )
+    assert again.complete and again.encoded == 0
+    assert not [name for name in stale if (out / name).exists()]
+    assert (out / "notes.tmp-mine").exists()
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")} == before
 
 
 def test_rerun_resumes_and_refuses_stale_caches(tmp_path, tiny_model):

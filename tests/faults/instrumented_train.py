@@ -2,7 +2,9 @@
 
 - an IdLedger callback (ledger.py) records the sample ids of every optimizer step;
 - FAULT_SLOW_CHECKPOINT_S=x sleeps x seconds before a checkpoint's completion marker is written, so a
-  kill aimed at "checkpoint writing" lands inside it (the write itself is ltxdist's own code).
+  kill aimed at "checkpoint writing" lands inside it (the write itself is ltxdist's own code);
+- FAULT_INF_LOSS_IDS=id1,id2 adds +Inf to the loss of a micro-batch holding one of these sample ids: a
+  non-finite loss whose gradients stay finite (the Inf does not depend on the adapters).
 
 Run as a script (`python instrumented_train.py OVERRIDES`, also under torchrun)."""
 
@@ -38,6 +40,19 @@ def _install() -> None:
             write_json(path, obj)
 
         checkpointer.write_json_atomic = slow_write_json
+    inf_ids = {i for i in os.environ.get("FAULT_INF_LOSS_IDS", "").split(",") if i}
+    if inf_ids:
+        from ltxdist.training.module import LTXLoRAModule
+
+        compute_loss = LTXLoRAModule.compute_loss
+
+        def inf_loss(self, batch):  # type: ignore[no-untyped-def]
+            loss, parts = compute_loss(self, batch)
+            if inf_ids & set(batch["ids"]):
+                loss = loss + float("inf")
+            return loss, parts
+
+        LTXLoRAModule.compute_loss = inf_loss
 
 
 if __name__ == "__main__":

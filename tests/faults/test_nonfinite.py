@@ -108,3 +108,37 @@ def test_poisoning_keeps_finite_gradients_and_spreads_nan_to_every_gradient():
     # ... gets NaN gradients everywhere, which the check after the gradient all-reduce sees on all ranks.
     poison_nonfinite_loss(loss).backward()
     assert torch.isnan(w.grad).all()
+
+
+def test_an_inf_loss_with_finite_gradients_reaches_every_backward_as_nan_gradients(
+    tiny_ckpt, tiny_data, monkeypatch
+):
+    """Under DeepSpeed, Lightning hands training_step's loss to the engine's own backward and never calls
+    the module's `backward`: the loss training_step returns must already carry the poison, so DeepSpeed's
+    overflow check skips the step and ltxdist counts it like any other (soak: nan_step_deepspeed_zero2,
+    with FAULT_INF_LOSS_IDS)."""
+    from ltxdist.config.store import compose_train_config, register_configs
+    from ltxdist.data.streaming import CachedLatentStream, StreamPlan
+    from ltxdist.training.module import LTXLoRAModule
+
+    register_configs()
+    cfg = compose_train_config(
+        [f"model.checkpoint={tiny_ckpt}", f"data.path={tiny_data}", "model.dtype=float32", "lora.rank=2"]
+    )
+    module = LTXLoRAModule(cfg)
+    module.configure_model()
+    with torch.no_grad():
+        for p in module.lora_parameters():
+            p.fill_(0.1)  # B != 0: every adapter gets a gradient
+    batch = next(CachedLatentStream(tiny_data, StreamPlan(batch_size=1, seed=0)).iter_batches())
+
+    def inf_loss(batch):  # the Inf does not depend on the adapters
+        loss, parts = LTXLoRAModule.compute_loss(module, batch)
+        return loss + float("inf"), parts
+
+    monkeypatch.setattr(module, "compute_loss", inf_loss)
+    module.compute_loss(batch)[0].backward()
+    assert all(torch.isfinite(p.grad).all() for p in module.lora_parameters())
+    module.zero_grad()
+    module.training_step(batch, 0).backward()  # what DeepSpeedPrecision.backward runs
+    assert all(torch.isnan(p.grad).all() for p in module.lora_parameters())

@@ -353,6 +353,7 @@ def test_sigkill_during_shard_writing_then_rerun(tmp_path, tiny_encoders_model):
         assert_same_tensors(got[key], want[key])
     survived(trials)
     SOAK.notes["prepare_stale_tmp_files"] = len(partial_files(out))
+    assert partial_files(out) == [], "the reruns removed what the kills left half-written"
 
 
 # -- preemption signals --------------------------------------------------------------------------------
@@ -543,27 +544,31 @@ def test_nan_step_is_skipped_on_every_rank_under_sharded_strategies(
     tiny_ckpt, fault_data, soak_root, tmp_path, parallel, request
 ):
     """FSDP2 (sharded gradients: the flag is all-reduced) and DeepSpeed (its own overflow check skips,
-    ltxdist counts): the step with a corrupt sample on one rank is skipped by both ranks alike."""
+    ltxdist counts): the step with a corrupt sample on one rank is skipped by both ranks alike, and so is
+    the step whose loss is Inf on the other rank while its gradients would be finite."""
     data = tmp_path / "data"
     shutil.copytree(fault_data, data)
     per_rank = {r: stream_ids(data, 6, rank=r, world_size=2) for r in (0, 1)}
     bad_rank = RNG.randrange(2)
     poison_samples(data, {per_rank[bad_rank][2][0]: float("nan")})  # step 3 of that rank
+    inf_loss = per_rank[1 - bad_rank][4][0]  # step 5 of the other rank
     run = soak_root / f"nan-{parallel}"
     extra = {**TWO, "parallel": parallel, "trainer.max_steps": 6, "trainer.checkpoint_every_n_steps": 1}
     cache = getattr(request.config, "cache", None)  # DeepSpeed compiles a C++ op once: keep it between runs
     env = {"TORCH_EXTENSIONS_DIR": str(cache.mkdir("torch_extensions") if cache else tmp_path / "ext")}
     trial = SOAK.trial(f"nan_step_{parallel}", bad_rank=bad_rank)
     attempts = Attempts(run, overrides(tiny_ckpt, data, run, **extra), nproc=2)
-    proc, log = attempts.start(**env)
+    proc, log = attempts.start(**env, FAULT_INF_LOSS_IDS=inf_loss)
     wait(proc, 600)
     assert proc.returncode == 0, log.read_text()[-4000:]
     ledger = committed_ids(run)
+    skipped = [False, False, True, False, True, False]
     for r in (0, 1):
         assert [ledger[(r, s)]["ids"] for s in range(1, 7)] == per_rank[r]
-        assert [ledger[(r, s)]["skipped"] for s in range(1, 7)] == [False, False, True, False, False, False]
-    assert [row["train/nonfinite_skipped"] for row in metrics(run)] == [0, 0, 1, 1, 1, 1]
+        assert [ledger[(r, s)]["skipped"] for s in range(1, 7)] == skipped
+    assert [row["train/nonfinite_skipped"] for row in metrics(run)] == [0, 0, 1, 1, 2, 2]
     assert_same_tensors(adapters(run, 3), adapters(run, 2))
+    assert_same_tensors(adapters(run, 5), adapters(run, 4))
     with pytest.raises(AssertionError):
         assert_same_tensors(adapters(run, 4), adapters(run, 3))
     assert all(torch.isfinite(t).all() for t in adapters(run, 6).values())

@@ -332,8 +332,8 @@ def test_fsdp2_mixed_precision_computes_in_bf16_and_keeps_lora_grads_fp32(tiny_c
 
 # -- data position across layouts -----------------------------------------------------------------
 def test_data_position_converts_between_process_counts_without_repeat_or_skip(tiny_ckpt, tmp_path):
+    from ltxdist.data.position import convert_batches
     from ltxdist.data.synthetic import write_synthetic_dataset
-    from ltxdist.training.module import LTXLoRAModule
 
     data = tmp_path / "data"
     write_synthetic_dataset(data, tiny_ckpt, num_samples=16, samples_per_shard=4, seed=1)
@@ -353,14 +353,7 @@ def test_data_position_converts_between_process_counts_without_repeat_or_skip(ti
         ]
         return [sorted(i for s in streams for i in next(s)["ids"]) for _ in range(steps)]
 
-    def converted(batches_seen: int, saved_world: int, saved_batch: int, world: int, batch: int) -> int:
-        module = SimpleNamespace(
-            dims=SimpleNamespace(data_parallel_size=world),
-            cfg=SimpleNamespace(data=SimpleNamespace(batch_size=batch)),
-        )
-        layout = {"data_parallel_size": saved_world, "micro_batch_size": saved_batch}
-        return LTXLoRAModule._resumed_data_position(module, batches_seen, layout)
-
+    converted = convert_batches
     uninterrupted = ids(1, 2, 0, 10)  # global batches of 2
     assert converted(3, 1, 2, 2, 1) == 3  # 1 process x batch 2 -> 2 processes x batch 1
     assert ids(2, 1, converted(3, 1, 2, 2, 1), 7) == uninterrupted[3:]

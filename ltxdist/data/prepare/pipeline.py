@@ -43,7 +43,7 @@ from ltxdist.data.shards import (
     write_shard,
 )
 from ltxdist.encoders import EncoderSet, default_text_tokens, encoder_fingerprints, pick_device, pick_dtype
-from ltxdist.io import write_json_atomic
+from ltxdist.io import TMP_MARKER, write_json_atomic
 from ltxdist.models.checkpoint_file import read_checkpoint_info
 
 log = logging.getLogger(__name__)
@@ -224,6 +224,7 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
         # Other encoders or options: the cached empty caption is stale too (units are replaced one by
         # one below, each only if its inputs changed).
         (out / EMPTY_CAPTION_NAME).unlink(missing_ok=True)
+    _remove_stale_temporaries(out, mine, opts.rank)
 
     result = PrepareResult(complete=False, index=None)
     todo = [u for u in mine if unit_is_current(out, u, plan) is None]
@@ -259,6 +260,20 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
             "rank %d finished its units; %s is written by the last rank to finish", opts.rank, INDEX_NAME
         )
     return result
+
+
+def _remove_stale_temporaries(out: Path, units: list[int], rank: int) -> None:
+    """The temporary files a killed run left half-written (`<target>.tmp-*`, ltxdist/io.py), before any
+    work starts. Each rank removes those of its own units, and rank 0 those of the shared files too: the
+    ranks of one preparation start together, and the shared files are written only after encoders load
+    (empty caption) or once every unit is done (index, report)."""
+    targets = {shard_name(u) for u in units} | {unit_record_path(out, u).name for u in units}
+    if rank == 0:
+        targets |= {INDEX_NAME, REPORT_NAME, EMPTY_CAPTION_NAME}
+    for path in out.iterdir():
+        target, marker, _ = path.name.partition(TMP_MARKER)
+        if marker and target in targets and path.is_file():
+            path.unlink(missing_ok=True)
 
 
 def _encode_units(
