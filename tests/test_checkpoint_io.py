@@ -268,3 +268,35 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     target = tmp_path / "x.safetensors"
     save_safetensors_atomic({"a": torch.ones(1)}, target)
     assert target.stat().st_mode & 0o777 == 0o666 & ~mask  # not mkstemp's 0600
+
+
+def test_8bit_adamw_state_round_trips(tmp_path):
+    """bitsandbytes' AdamW8bit (the ID-LoRA recipe's optimizer) keeps its quantised moments in a nested
+    dict and its step as a Python int: both come back, and the next step equals an uninterrupted one."""
+    bnb = pytest.importorskip("bitsandbytes")
+
+    def model_and_optimizer(seed: int):
+        torch.manual_seed(seed)
+        m = torch.nn.Linear(64, 64)  # 4,096 weights: bitsandbytes' smallest 8-bit (block-wise) state
+        return m, bnb.optim.AdamW8bit(m.parameters(), lr=0.1)
+
+    def step(m, opt, seed):
+        m(torch.randn(3, 64, generator=torch.Generator().manual_seed(seed))).square().sum().backward()
+        opt.step()
+        opt.zero_grad()
+
+    m, opt = model_and_optimizer(0)
+    for seed in (1, 2):
+        step(m, opt, seed)
+    saved = opt.state[m.weight]
+    assert saved["state1"].dtype == torch.uint8  # really the 8-bit state
+    save_checkpoint(tmp_path / "step-000002", TorchTrainable(m, opt), TrainState(step=2))
+    back, back_opt = model_and_optimizer(1)
+    load_checkpoint(tmp_path / "step-000002", TorchTrainable(back, back_opt))
+    restored = back_opt.state[back.weight]
+    assert restored["step"] == saved["step"] == 2 and isinstance(restored["step"], int)
+    for key in ("state1", "state2", "absmax1", "absmax2", "qmap1", "qmap2"):
+        assert torch.equal(restored[key], saved[key]), key
+    step(m, opt, 3)
+    step(back, back_opt, 3)
+    assert torch.equal(back.weight, m.weight) and torch.equal(back.bias, m.bias)

@@ -92,6 +92,34 @@ def with_types_of(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, A
     }
 
 
+def flat_entries(prefix: str, entry: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state entry as `prefix.key` -> value, nested dicts flattened to `prefix.key.sub`
+    (bitsandbytes' 8-bit AdamW keeps its quantised moments in `__bnb_optimizer_quant_state__`)."""
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        if isinstance(value, dict):
+            out.update(flat_entries(f"{prefix}.{key}", value))
+        else:
+            out[f"{prefix}.{key}"] = value
+    return out
+
+
+def nested_from_loaded(prefix: str, entry: dict[str, Any], loaded: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """`entry`'s shape filled from `loaded` (flat names of flat_entries): a value that is not a tensor
+    in the optimizer's own state (a Python step counter) comes back as that Python type."""
+    out: dict[str, Any] = {}
+    for key, value in entry.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, dict):
+            inner = nested_from_loaded(name, value, loaded)
+            if inner:
+                out[key] = inner
+        elif name in loaded:
+            got = loaded[name]
+            out[key] = got if torch.is_tensor(value) else type(value)(got.item())
+    return out
+
+
 class TorchTrainable:
     def __init__(self, module: torch.nn.Module, optimizer: torch.optim.Optimizer | None):
         self.module, self.optimizer = module, optimizer
@@ -105,10 +133,8 @@ class TorchTrainable:
         if self.optimizer is not None and self.optimizer.state:
             state = get_optimizer_state_dict(self.module, self.optimizer)["state"]
             for fqn, entry in state.items():
-                for key, value in entry.items():
-                    out[f"{OPTIM_PREFIX}{fqn}.{key}"] = (
-                        value if torch.is_tensor(value) else torch.tensor(value)
-                    )
+                for name, value in flat_entries(f"{OPTIM_PREFIX}{fqn}", entry).items():
+                    out[name] = value if torch.is_tensor(value) else torch.tensor(value)
         return out
 
     def hyperparameters(self) -> list[dict[str, Any]]:
@@ -125,10 +151,14 @@ class TorchTrainable:
         # is dropped again in apply().
         self._template_osd = get_optimizer_state_dict(self.module, self.optimizer)
         for fqn, entry in self._template_osd["state"].items():
-            for key, value in entry.items():
-                name = f"{OPTIM_PREFIX}{fqn}.{key}"
-                if name in shapes and torch.is_tensor(value):
-                    out[name] = value
+            for name, value in flat_entries(f"{OPTIM_PREFIX}{fqn}", entry).items():
+                if name in shapes:
+                    # A Python value (a step counter) is read into a fresh tensor of the saved kind.
+                    out[name] = (
+                        value
+                        if torch.is_tensor(value)
+                        else torch.empty(shapes[name][0], dtype=shapes[name][1])
+                    )
         return out
 
     def apply(self, loaded: dict[str, torch.Tensor], hyperparameters: list[dict[str, Any]] | None) -> None:
@@ -146,9 +176,9 @@ class TorchTrainable:
         )
         state: dict[str, dict[str, Any]] = {}
         for fqn, entry in template["state"].items():
-            keys = [k for k in entry if f"{OPTIM_PREFIX}{fqn}.{k}" in loaded]
-            if keys:
-                state[fqn] = {k: loaded[f"{OPTIM_PREFIX}{fqn}.{k}"] for k in keys}
+            restored = nested_from_loaded(f"{OPTIM_PREFIX}{fqn}", entry, loaded)
+            if restored:
+                state[fqn] = restored
         # The template's groups: this optimizer's settings, with parameters named.
         groups = [dict(g) for g in template["param_groups"]]
         if hyperparameters is not None:

@@ -330,7 +330,7 @@ def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path)
         run_dir=tmp_path,
         model_checkpoint="unused",
         strategy_cfg=OmegaConf.structured(IC_STRATEGY),
-        parallel_name="single",
+        lockstep=False,
     )
     seen: list[list[float]] = []
 
