@@ -13,11 +13,16 @@ setup: .venv/.ltxdist-setup-done
 demo: setup
 	bash scripts/demo.sh
 
+# Two pytest workers (pytest-xdist): most tests wait on single-threaded subprocesses, so two run side by
+# side on 2 cores; --dist loadfile keeps each file's module fixtures (multi-process runs) on one worker.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 # The fault battery's soak (RELIABILITY.md): random SIGKILLs, preemption signals, full disk, a hung rank,
 # NaN bursts, a vanished shard, and fuzzing with many examples; ~15 min on 2 cores. Writes its summary

@@ -14,7 +14,7 @@ VENV="$LOCK_VENV" LTXDIST_UNLOCKED=1 TORCH_VERSION="$TORCH_VERSION" bash scripts
 
 echo "[lock] running the test suite against that resolution"
 # The suite finds its interpreter through sys.executable, so subprocess tests use $LOCK_VENV too.
-"$LOCK_VENV/bin/python" -m pytest -q "$@"
+"$LOCK_VENV/bin/python" -m pytest -q -n 2 --dist loadfile "$@"
 
 py_version=$("$LOCK_VENV/bin/python" -c "import platform; print(platform.python_version())")
 tmp=$(mktemp constraints.txt.tmp-XXXXXX)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
@@ -59,3 +60,10 @@ def prepare_command(raw: Path, out: Path, checkpoint: Path, gemma: Path, *extra:
         *buckets,
         *extra,
     ]
+
+
+def free_port() -> int:
+    """A TCP port free right now on the loopback (for MASTER_PORT): tests may run side by side."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -119,7 +119,7 @@ def test_ddp_two_processes_with_fp8_base_and_offload_match_one_process(tiny_ckpt
             "parallel.process_group_backend": "gloo",
         },
     )
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone"]
     ddp = subprocess.run(
         [*launcher, "-m", "ltxdist.training.train", *ddp_args],
         cwd=REPO,

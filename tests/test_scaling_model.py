@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from e2e_utils import free_port
 
 from ltxdist.bench.scaling import GRAD_BYTES, count_model, layout_traffic
 
@@ -82,6 +83,6 @@ def _ddp_worker(rank: int, world: int, port: int, result: dict) -> None:
 def test_ddp_all_reduces_exactly_the_modelled_gradient_bytes():
     manager = mp.Manager()
     result = manager.dict()
-    mp.spawn(_ddp_worker, args=(2, 29531, result), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, free_port(), result), nprocs=2, join=True)
     counts = count_model(preset="tiny", rank=4, targets=("attn",))
     assert result["bytes"] == counts.lora_params * GRAD_BYTES

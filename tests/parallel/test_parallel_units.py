@@ -10,7 +10,6 @@ import errno
 import itertools
 import json
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from e2e_utils import free_port
 from hydra import compose, initialize_config_dir
 from parallel_helpers import LAUNCH, REPO, env
 
@@ -89,12 +89,6 @@ def resume_candidates_after_cleanup(run: Path) -> list[Path]:
     return resume_candidates(run, "auto")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One 2-rank launch of two_rank_checks.py (warm start under FSDP2; a full disk on rank 1; rank 0
@@ -106,7 +100,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("two-ranks")
     save_checkpoint(folder / "plain", TorchTrainable(*stage_module()), TrainState(step=3))
     script = Path(__file__).with_name("two_rank_checks.py")
-    rank_env = env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    rank_env = env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     ranks = [
         subprocess.Popen([sys.executable, str(script), str(folder), str(r)], env=rank_env) for r in (0, 1)
     ]

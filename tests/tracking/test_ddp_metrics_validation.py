@@ -44,8 +44,7 @@ def test_ddp_validation_spread_and_global_throughput(tiny_run_inputs, tmp_path):
             "torch.distributed.run",
             "--nproc_per_node",
             "2",
-            "--master_port",
-            "29533",
+            "--standalone",  # a free port: tests may run side by side (make test runs 2 workers)
             "-m",
             "ltxdist.training.train",
             *[f"{k}={v}" for k, v in args.items()],
