@@ -22,7 +22,7 @@ import torch
 from ltxdist.data.collate import WireBatch, collate_samples
 from ltxdist.data.cursor import ConsumerStream, Cursor, Item
 from ltxdist.data.shards import ShardIndex, load_index
-from ltxdist.data.streaming import CURSOR_KEY, StreamPlan, role_batches, worker_role
+from ltxdist.data.streaming import CURSOR_KEY, StreamPlan, role_batches, saved_role_cursor, worker_role
 
 
 @dataclass(frozen=True)
@@ -168,12 +168,7 @@ class MixedLatentStream(torch.utils.data.IterableDataset):
     def role_cursor(self, role: int, num_workers: int) -> Cursor | None:
         if self.cursors is None:
             return self._fast_forward(role, num_workers, role_batches(role, num_workers, self.skip_batches))
-        if len(self.cursors) != num_workers:
-            raise ValueError(
-                f"the data position holds cursors for {len(self.cursors)} workers, this stream runs "
-                f"{num_workers} (data.num_workers): convert it with cursors_after()"
-            )
-        return self.cursors[role]
+        return saved_role_cursor(self.cursors, role, num_workers)
 
     def __iter__(self) -> Iterator[dict[str, Any] | WireBatch]:
         info = torch.utils.data.get_worker_info()

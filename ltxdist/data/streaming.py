@@ -38,6 +38,16 @@ def worker_role(physical: int, num_workers: int, batches_seen: int) -> int:
     return (physical + batches_seen) % num_workers
 
 
+def saved_role_cursor(cursors: list[Cursor | None], role: int, num_workers: int) -> Cursor | None:
+    """Worker role `role`'s saved cursor; the saved position must be for this many workers."""
+    if len(cursors) != num_workers:
+        raise ValueError(
+            f"the data position holds cursors for {len(cursors)} workers, this stream runs "
+            f"{num_workers} (data.num_workers): convert it with cursors_after()"
+        )
+    return cursors[role]
+
+
 def role_batches(role: int, num_workers: int, batches_seen: int) -> int:
     """How many of the first `batches_seen` batches came from `role`."""
     return len(range(role, batches_seen, num_workers))
@@ -99,12 +109,7 @@ class CachedLatentStream(torch.utils.data.IterableDataset):
                 num_workers,
                 role_batches(role, num_workers, self.skip_batches),
             )
-        if len(self.cursors) != num_workers:
-            raise ValueError(
-                f"the data position holds cursors for {len(self.cursors)} workers, this stream runs "
-                f"{num_workers} (data.num_workers): convert it with cursors_after()"
-            )
-        return self.cursors[role]
+        return saved_role_cursor(self.cursors, role, num_workers)
 
     def __iter__(self) -> Iterator[dict[str, Any] | WireBatch]:
         info = torch.utils.data.get_worker_info()
