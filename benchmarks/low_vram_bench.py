@@ -6,11 +6,12 @@
     python benchmarks/low_vram_bench.py --gpu --preset tiny --device cpu --steps 1 --warmup 0 \\
         --buckets 64x64x9 --text-tokens 8               # CPU check of the GPU mode's code path
 
-Analytic (ltxdist/bench/memory_model.py): weights, adapters and saved activations counted exactly from
-the model on the meta device at 960x544x49 and 768x448x121 (rank 32 and 128 on every attention,
-activation checkpointing on), plus the stated margins (CUDA context + fragmentation, backward
-temporaries); per precision (bf16 / fp8 / int8) and number of swapped blocks, and the fewest swapped
-blocks that fit a 24 GiB and a 32 GiB card. Writes benchmarks/results/low_vram_model_<hw>_<date>.*.
+Analytic (ltxdist/bench/memory_model.py): weights and adapters counted exactly from the model on the
+meta device, activations from the project's activation model (ltxdist/parallel/activation_memory.py,
+within 3% of the H200 peaks of 2026-12-04) at 960x544x49 and 768x448x121 (rank 32 and 128 on every
+attention, activation checkpointing on), plus the stated margins (caching allocator, CUDA context); per
+precision (bf16 / fp8 / int8) and number of swapped blocks, and the fewest swapped blocks that fit a
+24 GiB and a 32 GiB card. Writes benchmarks/results/low_vram_model_<hw>_<date>.*.
 
 GPU: the full-size architecture with random weights (no checkpoint is read), built the way training
 builds it (meta device, LoRA on every attention, 8-bit plan, host-resident swapped blocks, activation
@@ -47,7 +48,8 @@ MODEL_COLUMNS = [
     "base_resident",
     "base_in_flight",
     "adapters_and_optimizer",
-    "activations",
+    "activations_or_grads",
+    "allocated",
     "total",
     "host_pinned",
 ]
@@ -80,7 +82,7 @@ def analytic(args: argparse.Namespace) -> None:
                         "precision": precision,
                         "video_tokens": acts.video_tokens,
                         "audio_tokens": acts.audio_tokens,
-                        "block_activations_gib": round(acts.per_block / GIB, 3),
+                        "block_activations_gib": round(acts.block.saved_off / GIB, 3),
                         "offload_for_24gib": offload_needed(counts, acts, 24.0),
                         "offload_for_32gib": offload_needed(counts, acts, 32.0),
                     }
@@ -92,10 +94,13 @@ def analytic(args: argparse.Namespace) -> None:
         config=vars(args),
         notes=(
             "Analytic peak GPU memory (GiB) of one LoRA step with activation checkpointing, computed on the "
-            "CPU from the meta-device model (ltxdist/bench/memory_model.py): not measured on a GPU. LoRA on "
-            "every attention (lora.targets=attn), fp32 adapters with AdamW. offload_blocks = model."
-            "offload_blocks (block swap; host_pinned = host memory it needs). Includes 1 GiB for the CUDA "
-            "context and fragmentation. Second table: fewest swapped blocks under each cap (None: none fits)."
+            "CPU from the meta-device model (ltxdist/bench/memory_model.py, activations from "
+            "ltxdist/parallel/activation_memory.py): not measured on a GPU. LoRA on every attention "
+            "(lora.targets=attn), fp32 adapters with AdamW. offload_blocks = model.offload_blocks (block "
+            "swap; host_pinned = host memory it needs). allocated = the sum of the parts (what "
+            "max_memory_allocated reports); total = allocated x 1.05 (caching allocator) + 0.5 GiB CUDA "
+            "context: what a card needs. Second table: fewest swapped blocks whose total fits each card "
+            "(None: none fits)."
         ),
         out_dir=args.out_dir,
         tables={

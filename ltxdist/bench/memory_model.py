@@ -1,18 +1,17 @@
 """Analytic peak GPU memory of one LoRA training step, per base precision and block-swap setting.
 
 Nothing here is measured on a GPU. Weights and adapters are counted exactly from the model built on the
-meta device (the same build, LoRA injection and 8-bit plan as training). Activations are counted
-exactly too, from the tensors autograd saves while one transformer block (and the layers around the
-blocks) runs forward on the meta device at the real token counts, with attention replaced by a stand-in
-that saves what flash / cuDNN attention saves (q, k, v, out and the row log-sum-exp) instead of the
-T x S matrices the meta device's math path would save. What the model cannot see, and adds as stated
-margins: the CUDA context and allocator fragmentation (`OVERHEAD_GIB`), and backward temporaries
-(`BACKWARD_FACTOR` x one block's activations).
+meta device (the same build, LoRA injection and 8-bit plan as training). Activations come from
+`ltxdist.parallel.activation_memory`, the one activation model of the project (the training budget
+planner's; it predicted the H200 peaks of 2026-12-04 within 3%): one block traced on the meta device at
+the real token counts, per checkpointing mode, plus the layers outside the blocks and what one block's
+backward holds.
 
-Peak with activation checkpointing = resident base weights + blocks in flight (block swap) + adapters
-(weights, grads, AdamW moments) + saved block inputs (L x hidden states) + one block's activations
-(its recompute) x (1 + BACKWARD_FACTOR) + the layers outside the blocks + the largest up-cast weight
-(8-bit base) + overhead.
+Peak = resident base weights + blocks in flight (block swap) + adapters and AdamW moments + the larger
+of the blocks' saved activations and the adapters' gradients (backward frees one as it fills the other)
++ outside + backward transient + the largest up-cast weight (8-bit base): the allocated peak. A card
+needs that x ALLOCATOR_OVERHEAD (caching allocator) + CUDA_CONTEXT_GIB (outside the allocator, so not
+limited by `torch.cuda.set_per_process_memory_fraction`).
 """
 
 from __future__ import annotations
@@ -23,9 +22,11 @@ from typing import Any
 
 import torch
 
+from ltxdist.parallel.activation_memory import ALLOCATOR_OVERHEAD, BlockMemory, trace_block_memory
+
 GIB = 2**30
-OVERHEAD_GIB = 1.0  # CUDA context (outside the allocator) + fragmentation
-BACKWARD_FACTOR = 1.0  # gradients of one block's activations, alive while its backward runs
+# CUDA context and cuBLAS / cuDNN workspaces, outside the allocator (torch 2.x with lazy module loading).
+CUDA_CONTEXT_GIB = 0.5
 # Offloaded blocks on the device at once: the one running, the one prefetched, and the one whose backward
 # autograd is finishing when the next recompute starts.
 BLOCKS_IN_FLIGHT = 3
@@ -87,23 +88,9 @@ def model_counts(preset: str, *, rank: int, targets: tuple[str, ...], precision:
     return ModelCounts(per_block, outer, adapters, upcast)
 
 
-class _FlashStandIn(torch.autograd.Function):
-    """Saves what flash / cuDNN attention saves: q, k, v, out and a float32 log-sum-exp per row."""
-
-    @staticmethod
-    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
-        out = torch.empty_like(q)
-        lse = torch.empty(q.shape[0], heads, q.shape[1], dtype=torch.float32, device=q.device)
-        ctx.save_for_backward(q, k, v, out, lse)
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor):  # type: ignore[override]
-        q, k, v, _, _ = ctx.saved_tensors
-        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), None
-
-
 def _meta_inputs(workload: Workload, config: dict[str, Any]):
+    """The model's (video, audio) inputs for one sample of `workload`, as the standard strategy prepares
+    them, on the meta device."""
     from ltxdist.data.collate import collate_samples
     from ltxdist.data.sample import CachedSample
     from ltxdist.data.synthetic import audio_latent_frames, latent_shape, parse_bucket
@@ -127,10 +114,9 @@ def _meta_inputs(workload: Workload, config: dict[str, Any]):
     )
 
     def to_meta(modality: Any) -> Any:
-        fields = dataclasses.fields(modality)
         moved = {
             f.name: getattr(modality, f.name).to("meta")
-            for f in fields
+            for f in dataclasses.fields(modality)
             if isinstance(getattr(modality, f.name), torch.Tensor)
         }
         return dataclasses.replace(modality, **moved)
@@ -138,56 +124,28 @@ def _meta_inputs(workload: Workload, config: dict[str, Any]):
     return to_meta(out.video), to_meta(out.audio)
 
 
-def saved_activation_bytes(preset: str, workload: Workload, *, num_layers: int, rank: int) -> int:
-    """Bytes of the tensors autograd saves for backward in one forward (no checkpointing) of the model cut
-    to `num_layers` blocks, frozen weights excluded (they are counted as weights)."""
-    from ltx_core.model.transformer.attention import Attention
-
-    from ltxdist._ltx_core import BatchedPerturbationConfig
-
-    model, config = _meta_model(preset, num_layers=num_layers, rank=rank, targets=("attn",), precision="bf16")
-    for module in model.modules():
-        if isinstance(module, Attention):
-            module.attention_function = lambda q, k, v, heads, mask=None: _FlashStandIn.apply(q, k, v, heads)
-    weight_storages = {p.untyped_storage()._cdata for p in model.parameters()}
-    saved: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage._cdata not in weight_storages:
-            saved[storage._cdata] = storage.nbytes()  # a tensor saved twice (or as views) counts once
-        return t
-
-    video, audio = _meta_inputs(workload, config)
-    model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(video, audio, BatchedPerturbationConfig.empty(1))
-    return sum(saved.values())
-
-
 @dataclass(frozen=True)
 class ActivationCounts:
-    per_block: int  # one block's saved activations (what its recompute holds)
-    outside_blocks: int  # patchify, AdaLN, text projection, output layers
-    block_input: int  # hidden states entering one block (what checkpointing keeps per block)
+    block: BlockMemory  # one block per checkpointing mode, the layers outside the blocks, backward transient
     video_tokens: int
     audio_tokens: int
 
 
-def activation_counts(preset: str, workload: Workload, *, rank: int) -> ActivationCounts:
+def activation_counts(
+    preset: str, workload: Workload, *, rank: int, targets: tuple[str, ...] = ("attn",)
+) -> ActivationCounts:
+    """Activations of one step at `workload`, traced by ltxdist.parallel.activation_memory (the model the
+    training budget planner uses, checked against the H200 peaks) on a one-block bf16 copy of the model.
+    The base precision does not change them: 8-bit layers save the same bf16 inputs for backward."""
+    from ltxdist._ltx_core import BatchedPerturbationConfig
     from ltxdist.data.synthetic import audio_latent_frames, latent_shape, parse_bucket
-    from ltxdist.models.presets import transformer_config
 
-    one = saved_activation_bytes(preset, workload, num_layers=1, rank=rank)
-    two = saved_activation_bytes(preset, workload, num_layers=2, rank=rank)
+    model, config = _meta_model(preset, num_layers=1, rank=rank, targets=targets, precision="bf16")
+    video, audio = _meta_inputs(workload, config)
+    block = trace_block_memory(model, video, audio, BatchedPerturbationConfig.empty(1))
     _, f, h, w = latent_shape(workload.bucket)
-    video_tokens = f * h * w
     audio_tokens = audio_latent_frames(parse_bucket(workload.bucket)[2], workload.fps)
-    t = transformer_config(preset)["transformer"]
-    width_v = t["num_attention_heads"] * t["attention_head_dim"]
-    width_a = t["audio_num_attention_heads"] * t["audio_attention_head_dim"]
-    block_input = 2 * (video_tokens * width_v + audio_tokens * width_a)  # bf16 hidden states
-    return ActivationCounts(two - one, 2 * one - two, block_input, video_tokens, audio_tokens)
+    return ActivationCounts(block, f * h * w, audio_tokens)
 
 
 def peak_bytes(
@@ -195,30 +153,33 @@ def peak_bytes(
     acts: ActivationCounts,
     *,
     offload_blocks: int,
-    activation_checkpointing: bool = True,
+    checkpointing: str = "full",
     optimizer_bytes_per_param: int = 8,
 ) -> dict[str, float]:
-    """Peak GiB by component (adapters fp32: weight 4 + grad 4 + AdamW moments 8 by default)."""
+    """Peak GiB by component; `allocated` is what `torch.cuda.max_memory_allocated` would report (the sum
+    of the parts), `total` what the card needs: allocated x ALLOCATOR_OVERHEAD + the CUDA context.
+    Adapters are fp32 with AdamW (4 bytes + `optimizer_bytes_per_param`); their gradients (4 bytes) replace
+    the saved activations during backward. `checkpointing`: the mode of every block."""
     from ltxdist.parallel.offload import offloaded_block_indices
 
     n = len(counts.block_base_bytes)
     offloaded = set(offloaded_block_indices(n, offload_blocks))
     resident = sum(b for i, b in enumerate(counts.block_base_bytes) if i not in offloaded)
     in_flight = sorted((counts.block_base_bytes[i] for i in offloaded), reverse=True)[:BLOCKS_IN_FLIGHT]
-    if activation_checkpointing:
-        activations = n * acts.block_input + (1 + BACKWARD_FACTOR) * acts.per_block
-    else:
-        activations = n * acts.per_block + BACKWARD_FACTOR * acts.per_block
+    block = acts.block
+    # Backward frees the blocks' saved activations as it fills the adapters' gradients: the peak is at its
+    # start (all saved, gradients empty) or at its end (all gradients, nothing saved), whichever is larger.
+    saved_or_grads = max(n * block.saved(checkpointing), counts.adapter_params * 4)
     parts = {
         "base_resident": resident + counts.outer_base_bytes,
         "base_in_flight": sum(in_flight),
-        "adapters_and_optimizer": counts.adapter_params * (8 + optimizer_bytes_per_param),
-        "activations": activations + acts.outside_blocks,
+        "adapters_and_optimizer": counts.adapter_params * (4 + optimizer_bytes_per_param),
+        "activations_or_grads": saved_or_grads + block.outside + block.transient,
         "upcast_weight": counts.largest_upcast_bytes,
     }
     out = {k: v / GIB for k, v in parts.items()}
-    out["overhead"] = OVERHEAD_GIB
-    out["total"] = sum(out.values())
+    out["allocated"] = sum(parts.values()) / GIB
+    out["total"] = out["allocated"] * ALLOCATOR_OVERHEAD + CUDA_CONTEXT_GIB
     out["host_pinned"] = sum(counts.block_base_bytes[i] for i in offloaded) / GIB
     return out
 
