@@ -273,18 +273,19 @@ def gpu(args: argparse.Namespace) -> None:
                             torch.cuda.empty_cache()
                     rows.append(row)
                     print(row, flush=True)
-    write_results(
-        "low_vram",
-        rows,
-        GPU_COLUMNS,
-        config=vars(args),
-        notes=(
-            "LTX-2.3 22B architecture, random weights, one sample, LoRA on every attention, activation "
-            "checkpointing; memory cap emulated with torch.cuda.set_per_process_memory_fraction (the CUDA "
-            "context is outside it). step = compute_loss + backward + AdamW step."
-        ),
-        out_dir=args.out_dir,
-    )
+            # Written after every bucket and rank: a device call that runs out of time keeps what it measured.
+            write_results(
+                "low_vram",
+                rows,
+                GPU_COLUMNS,
+                config=vars(args),
+                notes=(
+                    "LTX-2.3 22B architecture, random weights, one sample, LoRA on every attention, "
+                    "activation checkpointing; memory cap emulated with torch.cuda.set_per_process_memory_"
+                    "fraction (the CUDA context is outside it). step = compute_loss + backward + AdamW step."
+                ),
+                out_dir=args.out_dir,
+            )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
