@@ -155,3 +155,38 @@ def test_a_finished_curriculum_stage_is_reused_only_with_its_settings(tiny_ckpt,
     with pytest.raises(ResumeRefusedError, match=r"(?s)01-heads.*optim\.lr.*run\.name=NEW"):
         _train(curriculum("optim.lr=1e-3"))
     assert _train(curriculum("optim.lr=1e-3", "run.resume=force")) == final  # on purpose: reused
+
+
+def test_training_longer_under_a_decaying_schedule_says_how_the_learning_rate_moves(
+    tiny_ckpt, tiny_data, tmp_path, monkeypatch, caplog
+):
+    """trainer.max_steps is not part of the identity (training longer is the same run), but a linear
+    schedule decays over it: the resumed run warns with the learning rates of the old and new schedule."""
+    from ltxdist.training.run_identity import schedule_length_change
+
+    monkeypatch.chdir(tmp_path)
+    linear = {"optim.schedule.name": "linear", "optim.lr": 1e-3, "trainer.checkpoint_every_n_steps": 2}
+    _train(_cfg(tiny_ckpt, tiny_data, **linear, **{"trainer.max_steps": 2}))
+    [(_, checkpoint)] = complete_checkpoints(Path("runs/tiny_demo"))
+    saved = recorded_identity(checkpoint)
+    assert saved["horizon"] == {"trainer.max_steps": 2}
+
+    longer = _cfg(tiny_ckpt, tiny_data, **linear, **{"trainer.max_steps": 4})
+    # Step 3 of 4 on a linear decay to 0: lr x (1 - 2/4); the 2-step schedule had ended at 0.
+    assert schedule_length_change(saved, longer, step=2) == (
+        "trainer.max_steps 2 -> 4: the linear learning-rate schedule now decays over 4 steps, so step 3 "
+        "trains at lr 0.0005 where the checkpoint's schedule had 0"
+    )
+    assert (
+        schedule_length_change(saved, _cfg(tiny_ckpt, tiny_data, **linear, **{"trainer.max_steps": 2}), 2)
+        == ""
+    )
+    constant = _cfg(
+        tiny_ckpt, tiny_data, **{**linear, "optim.schedule.name": "constant"}, **{"trainer.max_steps": 4}
+    )
+    assert schedule_length_change(saved, constant, 2) == ""
+
+    with caplog.at_level(logging.WARNING, logger="ltxdist"):
+        _train(longer)
+    assert "trainer.max_steps 2 -> 4: the linear learning-rate schedule" in caplog.text
+    assert complete_checkpoints(Path("runs/tiny_demo"))[-1][0] == 4

@@ -13,7 +13,9 @@ LoRA. The identity lists the settings that define a run:
 - `optim.*`: optimizer and schedule.
 
 Not part of it: step counts (train longer), checkpoint cadence, batch size and number of processes
-(the data position converts), parallel layout, logging, validation.
+(the data position converts), parallel layout, logging, validation. `trainer.max_steps` is recorded
+beside the identity all the same (`horizon`): a linear or cosine schedule decays over it, so training
+longer moves the learning rate of the steps still to come, and `schedule_length_change` says by how much.
 
 How it is stored: under `IDENTITY_KEY` in the `extra` fields of every checkpoint's train state
 (ltxdist.checkpoint: train_state.json, written atomically with the rest of the checkpoint; the training
@@ -131,7 +133,14 @@ def compute_run_identity(cfg: Any) -> dict[str, Any]:
         fields[f"optim.{key}"] = value
     for key, value in schedule.items():
         fields[f"optim.schedule.{key}"] = value
-    return {"format": IDENTITY_FORMAT, "fields": _json(fields), "shown": shown, "forced": []}
+    horizon = {"trainer.max_steps": int(cfg.trainer.max_steps)}
+    return {
+        "format": IDENTITY_FORMAT,
+        "fields": _json(fields),
+        "shown": shown,
+        "forced": [],
+        "horizon": horizon,
+    }
 
 
 # -- read back ---------------------------------------------------------------------------------------
@@ -269,6 +278,27 @@ def record_forced_resume(identity: dict[str, Any], decision: ResumeDecision, mod
     identity["forced"] = [*saved.get("forced", []), entry]
     changes = "; ".join(f"{d.key}: {d.checkpoint} -> {d.this_run}" for d in decision.differences)
     return f"run.resume={mode}: continuing {decision.checkpoint} with changed settings: {changes}"
+
+
+def schedule_length_change(saved: dict[str, Any] | None, cfg: Any, step: int) -> str:
+    """A warning for a run resumed at optimizer step `step` with another `trainer.max_steps` than its
+    checkpoint's, under a schedule that decays over the run's length (linear, cosine): the learning rate
+    of the coming steps follows the new length, which is what training longer means, but it is a jump,
+    not the end of the old decay. "" when nothing changes."""
+    from ltxdist.training.optim import lr_multiplier
+
+    before = ((saved or {}).get("horizon") or {}).get("trainer.max_steps")
+    after = int(cfg.trainer.max_steps)
+    schedule, lr = cfg.optim.schedule, float(cfg.optim.lr)
+    if not isinstance(before, int) or before == after or schedule.name not in ("linear", "cosine"):
+        return ""
+    old = lr * lr_multiplier(step, cfg=schedule, base_lr=lr, max_steps=before)
+    new = lr * lr_multiplier(step, cfg=schedule, base_lr=lr, max_steps=after)
+    return (
+        f"trainer.max_steps {before} -> {after}: the {schedule.name} learning-rate schedule now decays over "
+        f"{after} steps, so step {step + 1} trains at lr {new:.3g} where the checkpoint's schedule had "
+        f"{old:.3g}"
+    )
 
 
 def check_finished_run(cfg: Any, new_run: str) -> None:

@@ -43,6 +43,8 @@ from ltxdist.training.run_identity import (
     decide_resume,
     new_run_flag,
     record_forced_resume,
+    recorded_identity,
+    schedule_length_change,
 )
 
 log = logging.getLogger("ltxdist")
@@ -203,6 +205,14 @@ class RunPreparation(pl.Callback):
             log.warning(forced)
         if decision.unrecorded:
             log.warning("%s records no run settings: not checked", newest)
+        elif decision.checkpoint is not None:
+            from ltxdist.checkpoint import read_train_state
+
+            saved = recorded_identity(decision.checkpoint)
+            step = read_train_state(decision.checkpoint).step
+            longer = schedule_length_change(saved, cfg, step)
+            if longer:
+                log.warning(longer)
         log.info(startup_summary(cfg, identity, decision.describe()))
         self.checkpoint_extra[IDENTITY_KEY] = identity
 
