@@ -4,7 +4,7 @@
 # ComfyUI-format LoRA file, inspected and merged into the base. A few minutes on 2 CPU cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=.venv/bin
+BIN=${VENV:-.venv}/bin  # the environment scripts/setup_env.sh made (make lock: .venv-lock)
 OUT=${DEMO_DIR:-runs/tiny_demo}
 MODELS=${DEMO_MODELS:-checkpoints}
 DATA=${DEMO_DATA:-data/demo}

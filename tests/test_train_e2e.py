@@ -45,6 +45,7 @@ def test_readme_demo_runs_and_loss_goes_down(tmp_path):
         "DEMO_DIR": str(tmp_path / "run"),
         "DEMO_MODELS": str(tmp_path / "models"),
         "DEMO_DATA": str(tmp_path / "data"),
+        "VENV": str(BIN.parent),  # the suite's own environment (make lock runs it in .venv-lock)
     }
     proc = subprocess.run(
         ["bash", str(REPO / "scripts" / "demo.sh"), "trainer.progress_bar=false"],
