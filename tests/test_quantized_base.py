@@ -263,19 +263,38 @@ def test_fp8_base_training_lowers_the_loss_and_ltx_core_loads_the_lora(tiny_ckpt
     assert _rel(fused, ours_out) < 0.03  # bf16 tolerance, as test_lora.py's ltx-core check
 
 
-def test_lora_linear_over_a_quantized_weight():
-    # The base part runs through the 8-bit matmul, the adapter is unchanged, and merging reads the 8-bit
-    # weight back with its scale.
+@pytest.mark.parametrize("quantize", [quantize_fp8, quantize_int8], ids=["fp8", "int8"])
+def test_lora_linear_over_a_quantized_weight(quantize):
+    """The LoRA linear's in-place GEMMs read the 8-bit weight back for each GEMM: output and the gradients
+    of x, A and B match an fp64 reference on the dequantized weight to bf16 rounding, backward keeps only
+    the 8-bit data (no bf16 copy of the weight), and merging reads the 8-bit weight back with its scale."""
+    torch.manual_seed(0)
     lin = torch.nn.Linear(64, 32).to(torch.bfloat16).requires_grad_(False)
-    layer = LoRALinear(lin, rank=4, alpha=4.0, dropout=0.0, dtype=torch.float32)
-    qdata, scale = quantize_fp8(lin.weight.detach())
+    layer = LoRALinear(lin, rank=4, alpha=8.0, dropout=0.0, dtype=torch.float32)
+    qdata, scale = quantize(lin.weight.detach())
     layer.weight = torch.nn.Parameter(qdata, requires_grad=False)
     layer.register_buffer("weight_scale", scale)
     with torch.no_grad():
         layer.lora_B.normal_()
-    x = torch.randn(5, 64, dtype=torch.bfloat16)
-    dequant = (qdata.float() * scale).to(torch.bfloat16)
-    torch.testing.assert_close(layer(x), F.linear(x, dequant, layer.bias) + layer.lora_delta(x))
+    x = torch.randn(5, 64, dtype=torch.bfloat16, requires_grad=True)
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = layer(x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+
+    weight64 = qdata.double() * scale.double()  # the dequantized base
+    x64, a64, b64 = (t.detach().double().requires_grad_() for t in (x, layer.lora_A, layer.lora_B))
+    y64 = x64 @ weight64.T + lin.bias.double() + layer.scaling * (x64 @ a64.T) @ b64.T
+    y64.backward(dy.double())
+    assert _rel(y, y64) < 1e-2
+    for got, ref in ((x.grad, x64.grad), (layer.lora_A.grad, a64.grad), (layer.lora_B.grad, b64.grad)):
+        assert _rel(got, ref) < 2e-2
+    adapter_only = layer.scaling * (x64 @ a64.T) @ b64.T  # a wrong reference (no base) fails the bound
+    assert _rel(y, adapter_only.detach()) > 0.1
+    assert any(t.dtype == qdata.dtype and t.shape == qdata.shape for t in saved)
+    assert not any(t.is_floating_point() and t.shape == qdata.shape and t.element_size() > 1 for t in saved)
+
     delta = layer.lora_B.float() @ layer.lora_A.float() * layer.scaling
     merged = layer.merged_weight()
     assert merged.dtype == torch.bfloat16

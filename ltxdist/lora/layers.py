@@ -14,7 +14,7 @@ import torch
 
 from ltxdist.lora.linear_ops import lora_linear
 from ltxdist.quant.formats import is_quantized_dtype
-from ltxdist.quant.matmul import dequantized_weight, frozen_linear
+from ltxdist.quant.matmul import dequantized_weight, fp8_matmul_fits, frozen_linear
 
 
 class LoRALinear(torch.nn.Linear):
@@ -48,12 +48,16 @@ class LoRALinear(torch.nn.Linear):
         self.lora_B.zero_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if is_quantized_dtype(self.weight.dtype):
-            # An 8-bit frozen base (ltxdist.quant) runs its own matmul (up-cast per layer or fp8
-            # scaled-mm); the adapter is added eagerly beside it.
-            return frozen_linear(self, x) + self.lora_delta(x)
         dropout_p = self.dropout_p if self.training else 0.0
-        return lora_linear(x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling, dropout_p)
+        scale = None
+        if is_quantized_dtype(self.weight.dtype):
+            if getattr(self, "fp8_matmul", False) and fp8_matmul_fits(x, self.weight):
+                # fp8 scaled-mm (ltxdist.quant.matmul) writes a new output: the adapter is added beside it.
+                return frozen_linear(self, x) + self.lora_delta(x)
+            scale = self.weight_scale  # an 8-bit base: up-cast inside the in-place LoRA GEMMs
+        return lora_linear(
+            x, self.weight, self.bias, self.lora_A, self.lora_B, self.scaling, dropout_p, weight_scale=scale
+        )
 
     def lora_delta(self, x: torch.Tensor) -> torch.Tensor:
         """scaling * (dropout(x) A^T) B^T in x's dtype (the eager adapter, beside a quantized base)."""

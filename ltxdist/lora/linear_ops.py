@@ -24,8 +24,10 @@ Adapter math runs in x's dtype (bf16 in training) with fp32 accumulation (the GE
 in fp32); A and B stay fp32 master weights and their gradients come back in fp32 (on CUDA straight from
 the fp32 accumulator, elsewhere from the activation-dtype result).
 
-The two frozen GEMMs go through `frozen_matmul_`: the ONE call site a quantized frozen base (fp8 / int8
-weights up-cast per layer, scaled-mm) replaces.
+The two frozen GEMMs go through `frozen_matmul_`, the one place that reads the frozen weight: an 8-bit
+base (ltxdist.quant: fp8 / int8 data + `weight_scale`) is up-cast there for this one GEMM and dropped, so
+only its 8-bit data is saved for backward. (fp8 scaled-mm, `model.fp8_matmul`, cannot accumulate into an
+output and stays on LoRALinear's eager path.)
 
 Dropout (p > 0): the keep-mask is drawn from torch's generator (so `torch.manual_seed` and activation
 checkpointing's RNG replay reproduce it) and saved as bool next to dropout(x), as eager dropout + linear
@@ -38,15 +40,25 @@ import functools
 
 import torch
 
+from ltxdist.quant.matmul import upcast_weight
+
 
 def frozen_matmul_(
-    out: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, *, transposed: bool
+    out: torch.Tensor,
+    a: torch.Tensor,
+    weight: torch.Tensor,
+    *,
+    transposed: bool,
+    weight_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """out += a @ weight^T (transposed, the forward) or out += a @ weight (the input gradient), in place.
 
     The frozen base layer's only GEMMs. In place with beta = 1, so cuBLAS adds `out` in its epilogue
-    instead of a separate read-modify-write pass. A quantized base swaps this function.
+    instead of a separate read-modify-write pass. With `weight_scale`, `weight` is 8-bit data read back
+    to out's dtype for this GEMM only (ltxdist.quant.matmul.upcast_weight).
     """
+    if weight_scale is not None:
+        weight = upcast_weight(weight, weight_scale, out.dtype)
     return out.addmm_(a, weight.t() if transposed else weight)
 
 
@@ -72,7 +84,7 @@ class LoRALinearFunction(torch.autograd.Function):
     """Autograd of the computation in the module docstring; x already 2-D (M, K)."""
 
     @staticmethod
-    def forward(ctx, x_MK, weight_NK, bias_N, lora_A_RK, lora_B_NR, scaling, dropout_p, keep_MK):
+    def forward(ctx, x_MK, weight_NK, bias_N, lora_A_RK, lora_B_NR, scaling, dropout_p, keep_MK, scale_N1):
         dtype = x_MK.dtype
         A_RK = lora_A_RK.to(dtype)
         B_NR = lora_B_NR.to(dtype)
@@ -86,16 +98,16 @@ class LoRALinearFunction(torch.autograd.Function):
                 y_MN.mul_(scaling)
         else:
             y_MN = torch.addmm(bias_N.to(dtype), u_MR, B_NR.t(), alpha=scaling)
-        frozen_matmul_(y_MN, x_MK, weight_NK, transposed=True)
+        frozen_matmul_(y_MN, x_MK, weight_NK, transposed=True, weight_scale=scale_N1)
         # x itself is not needed backward (the base is frozen): only the adapter input is kept.
-        ctx.save_for_backward(x_in_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK)
+        ctx.save_for_backward(x_in_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK, scale_N1)
         ctx.scaling, ctx.dropout_p = float(scaling), float(dropout_p)
         ctx.bias_dtype = None if bias_N is None else bias_N.dtype
         return y_MN
 
     @staticmethod
     def backward(ctx, dy_MN):
-        x_in_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK = ctx.saved_tensors
+        x_in_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK, scale_N1 = ctx.saved_tensors
         need_dx, need_W, need_b, need_A, need_B = ctx.needs_input_grad[:5]
         dtype = x_in_MK.dtype
         s = ctx.scaling
@@ -111,7 +123,7 @@ class LoRALinearFunction(torch.autograd.Function):
                 dx = torch.mm(g_MR, lora_A_RK.to(dtype))
                 if keep_MK is not None:
                     dx.mul_(keep_MK.to(dtype)).mul_(1.0 / (1.0 - ctx.dropout_p))
-                frozen_matmul_(dx, dy_MN, weight_NK, transposed=False)
+                frozen_matmul_(dx, dy_MN, weight_NK, transposed=False, weight_scale=scale_N1)
         if need_B:
             dB = _mm_into_dtype(dy_MN.t(), u_MR, lora_B_NR.dtype)
             if s != 1.0:
@@ -123,7 +135,7 @@ class LoRALinearFunction(torch.autograd.Function):
             dW = (dy_MN.t().float() @ x_in_MK.float()).to(weight_NK.dtype)
         if need_b:
             db = dy_MN.float().sum(dim=0).to(ctx.bias_dtype)
-        return dx, dW, db, dA, dB, None, None, None
+        return dx, dW, db, dA, dB, None, None, None, None
 
 
 def lora_linear(
@@ -135,12 +147,14 @@ def lora_linear(
     scaling: float,
     dropout_p: float = 0.0,
     keep_mask: torch.Tensor | None = None,
+    weight_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """y = x W^T + b + scaling * (dropout(x) A^T) B^T through library GEMMs (see the module docstring).
 
     x: (..., K); weight: (N, K); bias: (N,) or None; lora_A: (R, K); lora_B: (N, R). Runs in x's dtype.
     dropout_p > 0 drops elements of the adapter's input only; `keep_mask` (bool, x's shape) fixes the
-    mask (tests), otherwise it is drawn from torch's generator.
+    mask (tests), otherwise it is drawn from torch's generator. `weight_scale` (an 8-bit base): W is
+    8-bit data times that scale (per row (N, 1) or per tensor).
     """
     K = x.shape[-1]
     N, R = weight.shape[0], lora_A.shape[0]
@@ -158,6 +172,6 @@ def lora_linear(
             draw_keep_mask(x_MK.shape, dropout_p, x.device) if keep_mask is None else keep_mask.reshape(-1, K)
         )
     y_MN = LoRALinearFunction.apply(
-        x_MK, weight, bias, lora_A, lora_B, float(scaling), float(dropout_p), keep_MK
+        x_MK, weight, bias, lora_A, lora_B, float(scaling), float(dropout_p), keep_MK, weight_scale
     )
     return y_MN.reshape(*x.shape[:-1], N)

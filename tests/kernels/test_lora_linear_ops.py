@@ -78,14 +78,14 @@ def test_bf16_activations_with_fp32_master_adapters() -> None:
 
 
 def test_frozen_base_goes_through_the_single_seam_twice(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Forward and input gradient of the frozen base are the two calls of `frozen_matmul_` (the one call
-    site a quantized base replaces), and nothing else multiplies by W."""
+    """Forward and input gradient of the frozen base are the two calls of `frozen_matmul_` (the one place
+    that reads W, and up-casts an 8-bit one), and nothing else multiplies by W."""
     calls: list[bool] = []
     seam = ops.frozen_matmul_
 
-    def counting(out, a, weight, *, transposed):
+    def counting(out, a, weight, *, transposed, weight_scale=None):
         calls.append(transposed)
-        return seam(out, a, weight, transposed=transposed)
+        return seam(out, a, weight, transposed=transposed, weight_scale=weight_scale)
 
     monkeypatch.setattr(ops, "frozen_matmul_", counting)
     case = _case(seeded("addmm-seam"), (7,), K=12, N=10, R=3, bias=True, p=0.0)
