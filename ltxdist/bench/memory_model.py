@@ -22,7 +22,12 @@ from typing import Any
 
 import torch
 
-from ltxdist.parallel.activation_memory import ALLOCATOR_OVERHEAD, BlockMemory, trace_block_memory
+from ltxdist.parallel.activation_memory import (
+    ALLOCATOR_OVERHEAD,
+    BlockMemory,
+    predicted_peak_bytes,
+    trace_block_memory,
+)
 
 GIB = 2**30
 # CUDA context and cuBLAS / cuDNN workspaces, outside the allocator (torch 2.x with lazy module loading).
@@ -166,15 +171,14 @@ def peak_bytes(
     offloaded = set(offloaded_block_indices(n, offload_blocks))
     resident = sum(b for i, b in enumerate(counts.block_base_bytes) if i not in offloaded)
     in_flight = sorted((counts.block_base_bytes[i] for i in offloaded), reverse=True)[:BLOCKS_IN_FLIGHT]
-    block = acts.block
-    # Backward frees the blocks' saved activations as it fills the adapters' gradients: the peak is at its
-    # start (all saved, gradients empty) or at its end (all gradients, nothing saved), whichever is larger.
-    saved_or_grads = max(n * block.saved(checkpointing), counts.adapter_params * 4)
+    # Activations or the adapters' fp32 gradients, whichever backward holds more of (predicted_peak_bytes
+    # with nothing resident), plus the layers outside the blocks and one block's backward.
+    activations = predicted_peak_bytes(acts.block, {checkpointing: n}, 0, counts.adapter_params * 4)
     parts = {
         "base_resident": resident + counts.outer_base_bytes,
         "base_in_flight": sum(in_flight),
         "adapters_and_optimizer": counts.adapter_params * (4 + optimizer_bytes_per_param),
-        "activations_or_grads": saved_or_grads + block.outside + block.transient,
+        "activations_or_grads": activations,
         "upcast_weight": counts.largest_upcast_bytes,
     }
     out = {k: v / GIB for k, v in parts.items()}

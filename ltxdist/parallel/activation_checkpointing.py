@@ -32,6 +32,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 from ltxdist.parallel.activation_memory import (
     ALLOCATOR_OVERHEAD,
     BlockMemory,
+    gradient_bytes,
     one_block_template,
     predicted_peak_bytes,
     resident_bytes,
@@ -90,21 +91,27 @@ def block_recompute_flops(template: torch.nn.Module, video: Any, audio: Any) -> 
 
 
 def plan_for_budget(
-    memory: BlockMemory, blocks: int, resident: int, budget_bytes: float, recompute: dict[str, float]
+    memory: BlockMemory,
+    blocks: int,
+    resident: int,
+    budget_bytes: float,
+    recompute: dict[str, float],
+    gradients: int = 0,
 ) -> dict[str, int]:
-    """Blocks per mode with the least recompute whose peak (with allocator overhead) fits the budget."""
+    """Blocks per mode with the least recompute whose peak (with allocator overhead) fits the budget;
+    `gradients`: bytes of the adapters' gradients (predicted_peak_bytes)."""
     best: tuple[float, int, dict[str, int]] | None = None
     for full in range(blocks + 1):
         for attention in range(blocks + 1 - full):
             counts = {"off": blocks - full - attention, "attention": attention, "full": full}
-            peak = predicted_peak_bytes(memory, counts, resident)
+            peak = predicted_peak_bytes(memory, counts, resident, gradients)
             if peak * ALLOCATOR_OVERHEAD > budget_bytes:
                 continue
             cost = attention * recompute["attention"] + full * recompute["full"]
             if best is None or (cost, peak) < best[:2]:
                 best = (cost, peak, counts)
     if best is None:
-        least = predicted_peak_bytes(memory, {"full": blocks}, resident) * ALLOCATOR_OVERHEAD
+        least = predicted_peak_bytes(memory, {"full": blocks}, resident, gradients) * ALLOCATOR_OVERHEAD
         raise MemoryBudgetError(
             f"parallel.memory_budget_gib={to_gib(budget_bytes):.1f}: even checkpointing every block needs "
             f"about {to_gib(least):.1f} GiB here ({to_gib(resident):.1f} GiB weights, adapters and optimizer "
@@ -168,7 +175,9 @@ class Planner:
             memory = trace_block_memory(self.template, video, audio, perturbations)
             recompute = block_recompute_flops(self.template, video, audio)
             budget = self.policy.budget_gib * 2**30
-            counts = plan_for_budget(memory, self.blocks, self.resident(model), budget, recompute)
+            counts = plan_for_budget(
+                memory, self.blocks, self.resident(model), budget, recompute, gradient_bytes(model)
+            )
             self._plans[key] = block_modes(counts)
             self.last_memory, self.last_counts = memory, counts
         self.modes = self._plans[key]

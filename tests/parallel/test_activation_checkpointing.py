@@ -84,6 +84,18 @@ def test_budget_plan_takes_the_least_recompute_that_fits() -> None:
     with pytest.raises(MemoryBudgetError, match=r"parallel\.memory_budget_gib"):
         plan(113)
     assert predicted_peak_bytes(memory, {"off": 3, "attention": 1}, 100) == 143
+    # Adapters' gradients replace the saved activations during backward: only more of them raises the peak.
+    assert predicted_peak_bytes(memory, {"off": 3, "attention": 1}, 100, gradients=20) == 143
+    assert predicted_peak_bytes(memory, {"off": 3, "attention": 1}, 100, gradients=50) == 160
+    # ... so the plan that fits 125 with few gradients (four attention-kept blocks, 12 saved) does not fit
+    # with 40 bytes of gradients: every plan then peaks at 100 + 40 + 10.
+    assert plan_for_budget(memory, 4, 100, 125 * ALLOCATOR_OVERHEAD + 1e-6, recompute, gradients=10) == {
+        "off": 0,
+        "attention": 4,
+        "full": 0,
+    }
+    with pytest.raises(MemoryBudgetError):
+        plan_for_budget(memory, 4, 100, 125 * ALLOCATOR_OVERHEAD + 1e-6, recompute, gradients=40)
 
 
 def _modality(tokens: int, axes: int, ctx_dim: int, dtype: torch.dtype = torch.bfloat16) -> Modality:
