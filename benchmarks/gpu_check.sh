@@ -17,6 +17,8 @@
 # On a CPU:                bash benchmarks/gpu_check.sh --dry-run [OUT]   (the same parts on tiny shapes,
 #                          with .venv's python, no install; ~3 minutes on 2 cores)
 #                          bash benchmarks/gpu_check.sh --print-plan      (the commands, nothing run)
+# Only some parts:         GPU_CHECK_PARTS="fp8 compile" bash benchmarks/gpu_check.sh   (a second device
+#                          call for the parts the first one skipped for time; set-up and summary always run)
 #
 # Never put the checkout root on PYTHONPATH: its kernels/ folder must not shadow Hugging Face's `kernels`
 # (transformers imports it). Only links named ltxdist and ltxdist_kernels go on it, and `python -P`
@@ -34,7 +36,7 @@ START=$SECONDS
 
 if [ "$MODE" = dry ]; then
   OUT=${1:-${OUT:-${TMPDIR:-/tmp}/ltxdist_gpu_check_dry}}
-  PY="$ROOT/.venv/bin/python -P"
+  PY="${VENV:-$ROOT/.venv}/bin/python -P"  # the environment scripts/setup_env.sh made (make lock: VENV)
 else
   OUT=${1:-${OUT:-$ROOT/benchmarks/results/gpu_check_$(date -u +%Y-%m-%d)}}
   PY="python3 -P"
@@ -50,6 +52,10 @@ left() { echo $((BUDGET_S - (SECONDS - START))); }
 run_part() {
   local name=$1 max=$2 min=$3
   shift 3
+  if [ -n "${GPU_CHECK_PARTS:-}" ] && [[ " $GPU_CHECK_PARTS " != *" $name "* ]]; then
+    [ "$MODE" = plan ] || printf '%s\tnot selected\t0\n' "$name" >> "$PARTS"
+    return 0
+  fi
   local limit=$(($(left) - 15))
   [ "$limit" -gt "$max" ] && limit=$max
   if [ "$MODE" = plan ]; then
@@ -138,7 +144,7 @@ if [ "$MODE" = gpu ] || [ "$MODE" = plan ]; then
   run_part fp8 150 60 $PY benchmarks/low_vram_bench.py --gpu --buckets 960x544x49 --ranks 32 --caps 0 24 \
     --steps 2 --warmup 1 --out-dir "$OUT"
 else
-  run_part fp8 150 20 $PY benchmarks/low_vram_bench.py --gpu --preset tiny --device cpu --steps 1 \
+  run_part fp8 150 20 $PY benchmarks/low_vram_bench.py --gpu --preset tiny --device cpu --steps 1 --offload 1 \
     --warmup 0 --buckets 64x64x9 --text-tokens 8 --out-dir "$OUT"
 fi
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,6 +35,19 @@ def test_plan_runs_the_parts_in_order_of_value_without_the_checkout_root_on_the_
     assert not (tmp_path / "out").exists()  # a plan writes nothing
     fp8 = next(line for line in plan.splitlines() if line.startswith("[fp8]"))
     assert "low_vram_bench.py --gpu" in fp8 and "--caps 0 24" in fp8  # uncapped and the 24 GiB card
+
+
+def test_a_second_call_runs_only_the_parts_asked_for(tmp_path) -> None:
+    """GPU_CHECK_PARTS: the parts a first device call skipped for time, in a call of their own."""
+    import os
+
+    plan = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--print-plan", str(tmp_path / "out")],
+        capture_output=True, text=True, check=True, timeout=30,
+        env={**os.environ, "GPU_CHECK_PARTS": "fp8 compile"},
+    ).stdout  # fmt: skip
+    parts = [line.split("]")[0].lstrip("[") for line in plan.splitlines() if line.startswith("[")]
+    assert parts == ["setup", "fp8", "compile", "summary"]
 
 
 def test_summary_marks_each_goal_from_the_committed_h200_results() -> None:
@@ -85,3 +99,28 @@ def test_summary_marks_the_low_vram_goals_from_a_results_file(tmp_path) -> None:
     assert got[speed]["measured"] == "1.40x"
     got = goals([row("bf16", 0, step_ms=1200.0), row("fp8_matmul", 0), row("fp8+offload16", 24, "OOM")])
     assert got[capped]["status"] == "not met" and got[speed]["status"] == "not met"
+
+
+def test_dry_run_of_the_fp8_part_measures_every_variant(tmp_path) -> None:
+    """Part 4 on the tiny model on CPU (its dry run once asked the 2-block model for 16 swapped blocks)."""
+    import os
+
+    out = tmp_path / "out"
+    subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(out)],
+        capture_output=True, text=True, check=True, timeout=300,
+        env={**os.environ, "GPU_CHECK_PARTS": "fp8", "VENV": str(Path(sys.executable).parents[1])},
+    )  # fmt: skip
+    parts = dict(line.split("\t")[:2] for line in (out / "gpu_check_parts.tsv").read_text().splitlines()[1:])
+    assert parts == {
+        "kernel_tests": "not selected",
+        "fullsize": "not selected",
+        "kernels": "not selected",
+        "fp8": "ok",
+        "compile": "not selected",
+    }
+    [results] = out.glob("low_vram_*.json")
+    rows = json.loads(results.read_text())["rows"]
+    assert {r["variant"] for r in rows} == {"bf16", "fp8", "fp8+offload1", "fp8_matmul"}
+    assert all(r["status"] == "ok" for r in rows)
+    assert (out / "gpu_check_summary.md").is_file()
