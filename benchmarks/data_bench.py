@@ -28,14 +28,12 @@ import argparse
 import functools
 import itertools
 import os
-import pickle
 import resource
 import shutil
 import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 from typing import Any
 
@@ -263,19 +261,27 @@ def _ms_per_sample(fn: Callable[[], int], repeats: int = 3) -> float:
     return best
 
 
+@functools.cache
+def _handoff_queue() -> Any:
+    return torch.multiprocessing.get_context("spawn").Queue()
+
+
 def worker_handoff(batch: Any) -> Any:
-    """What a DataLoader worker's result queue does to a batch, in this process: torch serialises it with
-    multiprocessing's ForkingPickler (tensors as shared-memory handles, or WireBatch's raw bytes) and the
-    trainer deserialises it. This times torch's own inter-process hand-off of an object built a line
-    earlier; no file is read, and ltxdist stores nothing as pickle (samples are safetensors + JSON)."""
-    return pickle.loads(ForkingPickler.dumps(batch))
+    """What a DataLoader worker's result queue does to a batch, timed in this process: the batch goes
+    through the kind of queue DataLoader workers put their results on (torch.multiprocessing's, which
+    moves tensors as shared-memory handles, WireBatch as raw bytes) and is taken back out, as the
+    trainer's process does. Only torch's own inter-process hand-off of an object built a line earlier;
+    no file is read, and ltxdist stores nothing as pickle (samples are safetensors + JSON)."""
+    queue = _handoff_queue()
+    queue.put(batch)
+    return queue.get()
 
 
 def stage_breakdown(work: Path, n: int, limit: int) -> list[dict[str, Any]]:
     """CPU ms per sample of each stage of both readers, in this process with one thread, best of 3
-    (cumulative: each stage includes the ones before it). The hand-off stage pickles a batch the way a
-    DataLoader worker does and unpickles it as the main process does; unpickled in the same process, a
-    shared-memory batch can reuse the sender's mapping, so those rows undercount the receiving side."""
+    (cumulative: each stage includes the ones before it). The hand-off stage puts a batch on a worker result
+    queue and takes it back out (worker_handoff); received in the same process, a shared-memory batch can
+    reuse the sender's mapping, so those rows undercount the receiving side."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     shards, files = layout_dir(work, "shards", n), layout_dir(work, "per_file", n)
