@@ -2,7 +2,7 @@
 
 On an H200 (torch 2.11, cuDNN >= 9.15) the backends run one 10,752-token self-attention (32 x 128, forward
 + backward) at: cuDNN 545 TFLOP/s (12.2 ms), flash 317, memory-efficient 147, math 38
-(/work/shared/gpu-results/2026-12-04 probe). torch picks the first backend whose conditions the call
+(benchmarks/results/probe_1xh200_2026-12-04.log). torch picks the first backend whose conditions the call
 meets, in the order cuDNN, flash, efficient, math (cuDNN first on sm90/sm100 with cuDNN > 9.15). What
 decides it, per torch's sdp_utils.cpp (main as of 2026-12; the conditions `predict_backend` encodes for
 dense CUDA inputs; a torch release may differ in detail, `actual_backend` is the ground truth):

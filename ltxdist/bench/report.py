@@ -168,14 +168,15 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 
 
 def portable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config as recorded in a results file: paths inside the repository relative to its root, so a
-    report does not carry the machine's checkout location."""
+    """The config as recorded in a results file, without the machine's folders: paths inside the
+    repository relative to its root, other absolute paths (a scratch folder) as `<local>/` + their name."""
     root = RESULTS_DIR.parents[1]
 
     def portable(value: Any) -> Any:
         if isinstance(value, (str, Path)) and Path(value).is_absolute():
             with contextlib.suppress(ValueError):
                 return str(Path(value).resolve().relative_to(root))
+            return f"<local>/{Path(value).name}"
         return value
 
     return {k: portable(v) for k, v in config.items()}
