@@ -100,7 +100,8 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
-_SAFETENSORS_DTYPES = {
+# torch dtype -> its safetensors name, and back: the one table of the file format's dtypes.
+SAFETENSORS_DTYPE_NAMES = {
     torch.float64: "F64",
     torch.float32: "F32",
     torch.float16: "F16",
@@ -114,6 +115,7 @@ _SAFETENSORS_DTYPES = {
     torch.uint8: "U8",
     torch.bool: "BOOL",
 }
+SAFETENSORS_DTYPES = {name: dtype for dtype, name in SAFETENSORS_DTYPE_NAMES.items()}
 
 
 class SafetensorsWriter:
@@ -139,11 +141,11 @@ class SafetensorsWriter:
         offset = 0
         for name in self.order:
             dtype, shape = layout[name]
-            if dtype not in _SAFETENSORS_DTYPES:
+            if dtype not in SAFETENSORS_DTYPE_NAMES:
                 raise TypeError(f"{name}: dtype {dtype} cannot be stored in safetensors")
             size = dtype.itemsize * math.prod(shape)
             header[name] = {
-                "dtype": _SAFETENSORS_DTYPES[dtype],
+                "dtype": SAFETENSORS_DTYPE_NAMES[dtype],
                 "shape": list(shape),
                 "data_offsets": [offset, offset + size],
             }

@@ -40,22 +40,7 @@ from torch.futures import Future
 
 from ltxdist.checkpoint import collectives
 from ltxdist.checkpoint.files import CheckpointFormatError
-from ltxdist.io import AtomicWriteError
-
-_ST_DTYPES = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+from ltxdist.io import SAFETENSORS_DTYPES, AtomicWriteError
 
 
 # -- writing --------------------------------------------------------------------------------------
@@ -170,7 +155,7 @@ def _read_headers(directory: Path, names: list[str], handles: dict[str, Any]) ->
             for key in handle.keys():  # noqa: SIM118 (a safe_open handle is not iterable)
                 piece = handle.get_slice(key)
                 shape = torch.Size(piece.get_shape())
-                dtype = _ST_DTYPES[piece.get_dtype()]
+                dtype = SAFETENSORS_DTYPES[piece.get_dtype()]
                 offset = torch.Size(offsets[key][SAVED_OFFSETS_KEY] if key in offsets else [0] * len(shape))
                 entry = tensors.get(key)
                 if entry is None:

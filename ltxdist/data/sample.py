@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_save
 
+from ltxdist.io import SAFETENSORS_DTYPES
+
 SCHEMA_VERSION = 1
 TENSOR_EXT = "safetensors"
 JSON_EXT = "json"
@@ -106,19 +108,8 @@ def encode_sample(sample: CachedSample) -> dict[str, Any]:
     }
 
 
-# safetensors dtype names -> torch dtypes (the ones a cached sample can hold).
-_SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
+# safetensors dtype names -> torch dtypes, the ones a cached sample can hold (no 8-bit floats).
+_SAMPLE_DTYPES = {name: dtype for name, dtype in SAFETENSORS_DTYPES.items() if not name.startswith("F8")}
 
 
 def payload_buffer(payload: bytes | bytearray | memoryview | torch.Tensor) -> torch.Tensor:
@@ -153,7 +144,7 @@ def load_safetensors_views(buf_N: torch.Tensor) -> dict[str, torch.Tensor]:
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        dtype = _SAFETENSORS_DTYPES.get(entry.get("dtype"))
+        dtype = _SAMPLE_DTYPES.get(entry.get("dtype"))
         if dtype is None:
             raise ValueError(f"tensor {name}: unsupported dtype {entry.get('dtype')!r}")
         shape = [int(d) for d in entry["shape"]]
