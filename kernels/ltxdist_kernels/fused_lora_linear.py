@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ltxdist.lora.linear_ops import check_lora_shapes
 from ltxdist_kernels._triton_utils import (
     cdiv,
     check_launchable,
@@ -417,13 +418,8 @@ def fused_lora_linear(
     from `seed` (a fresh one from torch's generator when None); `reference.dropout_keep_mask(seed, M, K, p)`
     reproduces it for x flattened to (M, K).
     """
+    check_lora_shapes(x, weight, lora_A, lora_B)
     K = x.shape[-1]
-    N, R = weight.shape[0], lora_A.shape[0]
-    if weight.shape[1] != K or lora_A.shape[1] != K or lora_B.shape != (N, R):
-        shapes = (
-            f"x {tuple(x.shape)}, W {tuple(weight.shape)}, A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}"
-        )
-        raise ValueError(f"expected x (..., K), W (N, K), A (R, K), B (N, R); got {shapes}")
     if dropout_p > 0 and seed is None:
         seed = draw_dropout_seed()
     if x.numel() == 0:  # nothing to launch; keeps autograd and shapes consistent

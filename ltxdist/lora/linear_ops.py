@@ -138,6 +138,19 @@ class LoRALinearFunction(torch.autograd.Function):
         return dx, dW, db, dA, dB, None, None, None, None
 
 
+def check_lora_shapes(
+    x: torch.Tensor, weight: torch.Tensor, lora_A: torch.Tensor, lora_B: torch.Tensor
+) -> None:
+    """x (..., K), W (N, K), A (R, K), B (N, R), or a ValueError naming every shape (both LoRA linears)."""
+    K = x.shape[-1]
+    N, R = weight.shape[0], lora_A.shape[0]
+    if weight.shape[1] != K or lora_A.shape[1] != K or tuple(lora_B.shape) != (N, R):
+        shapes = (
+            f"x {tuple(x.shape)}, W {tuple(weight.shape)}, A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}"
+        )
+        raise ValueError(f"expected x (..., K), W (N, K), A (R, K), B (N, R); got {shapes}")
+
+
 def lora_linear(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -156,13 +169,8 @@ def lora_linear(
     mask (tests), otherwise it is drawn from torch's generator. `weight_scale` (an 8-bit base): W is
     8-bit data times that scale (per row (N, 1) or per tensor).
     """
-    K = x.shape[-1]
-    N, R = weight.shape[0], lora_A.shape[0]
-    if weight.shape[1] != K or lora_A.shape[1] != K or tuple(lora_B.shape) != (N, R):
-        shapes = (
-            f"x {tuple(x.shape)}, W {tuple(weight.shape)}, A {tuple(lora_A.shape)}, B {tuple(lora_B.shape)}"
-        )
-        raise ValueError(f"expected x (..., K), W (N, K), A (R, K), B (N, R); got {shapes}")
+    check_lora_shapes(x, weight, lora_A, lora_B)
+    K, N = x.shape[-1], weight.shape[0]
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"lora.dropout must be in [0, 1), got {dropout_p}")
     x_MK = x.reshape(-1, K)
