@@ -18,10 +18,6 @@ def rank() -> int:
     return dist.get_rank() if initialized() else 0
 
 
-def world_size() -> int:
-    return dist.get_world_size() if initialized() else 1
-
-
 def broadcast(obj: Any, src: int = 0) -> Any:
     """`obj` of rank `src` on every rank (object collectives serialise in memory, never to a file)."""
     if not initialized():
@@ -29,17 +25,3 @@ def broadcast(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def gather_all(obj: Any) -> list[Any]:
-    """Every rank's `obj`, in rank order, on every rank."""
-    if not initialized():
-        return [obj]
-    out: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def barrier() -> None:
-    if initialized():
-        dist.barrier()

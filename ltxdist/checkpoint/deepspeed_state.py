@@ -19,14 +19,11 @@ import torch
 from ltxdist.checkpoint.trainable import (
     MODEL_PREFIX,
     OPTIM_PREFIX,
+    full_shape,
     json_hyperparameters,
     trainable_parameters,
     with_types_of,
 )
-
-
-def _full_shape(param: torch.Tensor) -> torch.Size:
-    return torch.Size(getattr(param, "ds_shape", param.shape))  # ZeRO-3 keeps the real shape aside
 
 
 class DeepSpeedTrainable:
@@ -52,7 +49,7 @@ class DeepSpeedTrainable:
             out[f"{OPTIM_PREFIX}{name}.step"] = step.clone()  # one tensor per key (no shared storage)
             for key in keys:
                 full = safe_get_full_optimizer_state(param, key)
-                out[f"{OPTIM_PREFIX}{name}.{key}"] = full.detach().cpu().reshape(_full_shape(param))
+                out[f"{OPTIM_PREFIX}{name}.{key}"] = full.detach().cpu().reshape(full_shape(param))
         return out
 
     def hyperparameters(self) -> list[dict[str, Any]]:
@@ -96,7 +93,7 @@ class DeepSpeedTrainable:
                 for key in keys:
                     # A parameter saved without state (it never had a gradient) starts from zeros.
                     value = loaded.get(f"{OPTIM_PREFIX}{name}.{key}")
-                    value = torch.zeros(_full_shape(param)) if value is None else value
+                    value = torch.zeros(full_shape(param)) if value is None else value
                     safe_set_full_optimizer_state(
                         param, value.to(device=param.device, dtype=torch.float32), key
                     )

@@ -31,6 +31,7 @@ from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selectiv
 
 from ltxdist.parallel.activation_memory import (
     ALLOCATOR_OVERHEAD,
+    SDPA_OPS,
     BlockMemory,
     gradient_bytes,
     one_block_template,
@@ -185,18 +186,10 @@ class Planner:
 
 
 # -- applying it ------------------------------------------------------------------------------------
-_SDPA_OP_NAMES = (
-    "_scaled_dot_product_cudnn_attention",
-    "_scaled_dot_product_flash_attention",
-    "_scaled_dot_product_efficient_attention",
-    "_scaled_dot_product_flash_attention_for_cpu",
-    "_scaled_dot_product_attention_math",
-)
-
-
 @functools.cache
 def _sdpa_ops() -> frozenset:
-    return frozenset(getattr(torch.ops.aten, n).default for n in _SDPA_OP_NAMES if hasattr(torch.ops.aten, n))
+    names = (op.removeprefix("aten::") for op in SDPA_OPS)  # the memory model's list of SDPA ops
+    return frozenset(getattr(torch.ops.aten, n).default for n in names if hasattr(torch.ops.aten, n))
 
 
 def _keep_attention_outputs(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:

@@ -19,7 +19,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ltxdist.checkpoint import TrainState, save_checkpoint
+from ltxdist.checkpoint import save_checkpoint
 from ltxdist.io import AtomicWriteError, write_bytes_atomic
 from ltxdist.lora import export_lora
 from ltxdist.lora.targets import expand_targets
@@ -40,7 +40,7 @@ class CheckpointAndExport(pl.Callback):
 
     `resume` is run.resume (training/checkpointing.py); `init_from` is lora.init_from (a warm start of a
     fresh run); `extra` is stored in every checkpoint's train state (callers' own fields, e.g. a run
-    identity) and the train state a run resumed from is kept in `resumed_state`.
+    identity).
 
     SIGUSR1, SIGTERM (SLURM's warning before the time limit, preemption, `kill`) or SIGINT (Ctrl-C) on
     any rank: at the next optimizer-step boundary every rank writes the checkpoint, rank 0 prints the
@@ -80,8 +80,6 @@ class CheckpointAndExport(pl.Callback):
         self.resume_mode = resume
         self.init_from = init_from
         self.extra = extra if extra is not None else {}  # may be filled in before the first save
-        self.resumed_from: Path | None = None
-        self.resumed_state: TrainState | None = None
         self._last_saved_step = -1
         self._last_checked_step = -1
         self._signal = 0  # signal number received by this process, 0 = none
@@ -90,9 +88,7 @@ class CheckpointAndExport(pl.Callback):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         resumed = resume(trainer, pl_module, self.run_dir, self.resume_mode)
-        if resumed is not None:
-            self.resumed_from, self.resumed_state = resumed
-        elif self.init_from:
+        if resumed is None and self.init_from:
             warm_start(trainer, pl_module, self.init_from)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
