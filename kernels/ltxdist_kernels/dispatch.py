@@ -19,6 +19,7 @@ recompute always takes the path its forward took.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import statistics
@@ -114,6 +115,7 @@ class DispatchTable:
         return dict(self._decisions)
 
 
+@functools.cache  # asked on every dispatched call (thousands per step); a device's kind never changes
 def gpu_kind(device: torch.device) -> str | None:
     """'h200', 'h100', 'a100', ... for a CUDA device; None on anything else."""
     if device.type != "cuda" or not torch.cuda.is_available():

@@ -43,7 +43,6 @@ from ltxdist.training.run_identity import (
     decide_resume,
     new_run_flag,
     record_forced_resume,
-    recorded_identity,
     schedule_length_change,
 )
 
@@ -208,9 +207,8 @@ class RunPreparation(pl.Callback):
         elif decision.checkpoint is not None:
             from ltxdist.checkpoint import read_train_state
 
-            saved = recorded_identity(decision.checkpoint)
-            step = read_train_state(decision.checkpoint).step
-            longer = schedule_length_change(saved, cfg, step)
+            state = read_train_state(decision.checkpoint)  # its identity is recorded (not `unrecorded`)
+            longer = schedule_length_change(state.extra.get(IDENTITY_KEY), cfg, state.step)
             if longer:
                 log.warning(longer)
         log.info(startup_summary(cfg, identity, decision.describe()))
