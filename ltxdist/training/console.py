@@ -33,17 +33,18 @@ def quiet_third_party() -> None:
         warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def hydra_overrides() -> list[str] | None:
+    """The command line's Hydra overrides; None when the run was not started through Hydra's main (a
+    test or a script calling train(cfg))."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
 def resume_command() -> str:
     """The command line that continues this run: the same overrides (run.resume=auto is the default and
     recognises the same run), launched the same way."""
-    overrides: list[str] | None = None
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            overrides = list(HydraConfig.get().overrides.task)
-    except ImportError:
-        overrides = None
+    overrides = hydra_overrides()
     if overrides is None:  # train() called from Python: no command line to repeat
         return "the same command again (run.resume=auto continues from the newest checkpoint)"
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "run.resume"]

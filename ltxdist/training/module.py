@@ -322,9 +322,14 @@ class LTXLoRAModule(pl.LightningModule):
 
     # -- train state (ltxdist.checkpoint; training/checkpointing.py) ---------------------------------
     def data_position(self) -> dict[str, Any]:
-        """Where the run's data streams stand, as JSON, saved with every checkpoint (data/position.py).
-        Collective: every rank calls it (the cursors are gathered)."""
-        return self.data_position_state()
+        """Where the run's data streams stand, as JSON, saved with every checkpoint (data/position.py):
+        every data-parallel rank's stream cursors (gathered: every rank must call this), the micro-batches
+        consumed and the layout they refer to."""
+        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        gathered = all_gather_json(self.data_cursors, device)
+        # The ranks of one sequence-parallel group (consecutive ranks) read the same data: one per group.
+        per_data_rank = gathered[:: self.dims.sequence]
+        return saved_position(self._current_data_layout(), self.batches_seen, per_data_rank)
 
     def counters(self) -> dict[str, Any]:
         return {"nonfinite": self.nonfinite.state_dict()}
@@ -361,17 +366,8 @@ class LTXLoRAModule(pl.LightningModule):
             self._data_layout = stream_layout(self.cfg.data, int(self.cfg.run.seed), size)
         return self._data_layout
 
-    def data_position_state(self) -> dict[str, Any]:
-        """The run's data position as JSON: every data-parallel rank's stream cursors (gathered: every
-        rank must call this), the micro-batches consumed and the layout they refer to."""
-        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
-        gathered = all_gather_json(self.data_cursors, device)
-        # The ranks of one sequence-parallel group (consecutive ranks) read the same data: one per group.
-        per_data_rank = gathered[:: self.dims.sequence]
-        return saved_position(self._current_data_layout(), self.batches_seen, per_data_rank)
-
     def load_data_position(self, saved: dict[str, Any] | None, legacy: dict[str, Any] | None = None) -> None:
-        """Where this rank's streams start (read by the DataModule) from `data_position_state()`'s
+        """Where this rank's streams start (read by the DataModule) from `data_position()`'s
         dict; without one, from a position saved before cursors (`legacy`: its `batches_seen` and the
         data-parallel size and micro-batch size it was written under)."""
         layout = self._current_data_layout()

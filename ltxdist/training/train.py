@@ -28,6 +28,7 @@ from ltxdist.training.checkpointing import check_warm_start_supported, resume_ca
 from ltxdist.training.console import (
     ProgressReporter,
     end_summary,
+    hydra_overrides,
     quiet_third_party,
     resume_command,
     startup_summary,
@@ -149,9 +150,10 @@ def check_launched(trainer: pl.Trainer, cfg: Any) -> None:
     env = getattr(trainer.strategy, "cluster_environment", None)
     if world == 1 or (env is not None and env.creates_processes_externally):
         return
+    overrides = hydra_overrides()
     args = " ".join(
         shlex.quote(a)
-        for a in _command_overrides()
+        for a in (["<your overrides>"] if overrides is None else overrides)
         if not a.startswith(("parallel.devices=", "parallel.num_nodes="))
     )
     if cfg.parallel.num_nodes > 1:
@@ -167,15 +169,6 @@ def check_launched(trainer: pl.Trainer, cfg: Any) -> None:
         f"{world} processes, but this is one process that nothing else started. Start them with "
         f"torchrun:\n  {how}"
     )
-
-
-def _command_overrides() -> list[str]:
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        return list(HydraConfig.get().overrides.task)
-    except ValueError:  # not started through Hydra's main (a test calling train(cfg))
-        return ["<your overrides>"]
 
 
 class RunPreparation(pl.Callback):
