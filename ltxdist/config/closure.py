@@ -19,9 +19,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from ltxdist.config.schema import GROUP_OPTIONS, ConfigError, TrainConfig
 
 
-def option_of(group: str, node: Any) -> str | None:
-    """The option of `group` whose dataclass `node` is, or None (another type, or untyped)."""
-    node_type = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+def option_of(group: str, node_type: type | None) -> str | None:
+    """The option of `group` whose dataclass is `node_type`, or None (another type, or untyped)."""
     for option, schema in GROUP_OPTIONS.get(group, {}).items():
         if node_type is schema:
             return option
@@ -53,7 +52,7 @@ def unknown_key_message(full_key: str, node_type: type | None) -> str:
         return f"{key}: not {what}{_did_you_mean(key, sorted(known), '')}"
     group = parents[0]
     if group in GROUP_OPTIONS and len(parents) == 1:
-        selected = next((o for o, schema in GROUP_OPTIONS[group].items() if schema is node_type), None)
+        selected = option_of(group, node_type)
         owners = [o for o, schema in GROUP_OPTIONS[group].items() if key in _fields(schema)]
         if owners and selected is not None:
             return (
@@ -93,7 +92,7 @@ def check_closed(cfg: Any) -> None:
         if group not in cfg:
             continue
         node = cfg._get_node(group)
-        option = option_of(group, node)
+        option = option_of(group, OmegaConf.get_type(node) if isinstance(node, DictConfig) else None)
         if option is None:
             raise ConfigError(
                 f"{group}: no option of the group is selected (choose one: {group}=<{_choices(group)}>), "

@@ -201,9 +201,6 @@ class TrainerConfig:
     max_consecutive_nonfinite: int = 5
 
 
-PARALLEL_NAMES = ("single", "ddp", "fsdp2", "hsdp", "deepspeed_zero2", "deepspeed_zero3")
-
-
 @dataclass
 class ParallelConfig:
     name: str = MISSING  # the choice: single | ddp | fsdp2 | hsdp | deepspeed_zero2 | deepspeed_zero3
@@ -421,6 +418,7 @@ GROUP_OPTIONS: dict[str, dict[str, type]] = {
         "id_lora": IDLoRAValidationConfig,
     },
 }
+PARALLEL_NAMES = tuple(GROUP_OPTIONS["parallel"])
 
 
 class ConfigError(ValueError):
