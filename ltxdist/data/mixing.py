@@ -87,10 +87,9 @@ class _MixedRole:
                     f"{len(mixed.sources)}"
                 )
         self.streams: list[ConsumerStream | None] = [None] * len(mixed.sources)
-        self.population = range(len(mixed.sources))
 
     def next_batch(self) -> tuple[int, list[Item]]:
-        k = self.rng.choices(self.population, weights=self.mixed.probabilities)[0]
+        k = self.mixed.pick(self.rng)
         stream = self.streams[k]
         if stream is None:
             source = self.mixed.sources[k]
@@ -134,12 +133,15 @@ class MixedLatentStream(torch.utils.data.IterableDataset):
     def choice_rng(self, role: int) -> random.Random:
         return random.Random(f"mix-{self.plan.seed}-{self.plan.rank}-{role}")
 
+    def pick(self, rng: random.Random) -> int:
+        """The source of the next batch, drawn from a role's choice generator (`choice_rng`)."""
+        return rng.choices(range(len(self.sources)), weights=self.probabilities)[0]
+
     def choices(self, role: int) -> Iterator[int]:
         """Source index of each successive batch of one worker role."""
         rng = self.choice_rng(role)
-        population = range(len(self.sources))
         while True:
-            yield rng.choices(population, weights=self.probabilities)[0]
+            yield self.pick(rng)
 
     def _fast_forward(self, role: int, num_workers: int, batches: int) -> Cursor | None:
         if batches == 0:
