@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from ltxdist.data.collate import WireBatch, collate_samples
+from ltxdist.data.collate import collate_samples
 from ltxdist.data.cursor import ConsumerStream, Cursor, Item
 from ltxdist.data.shards import ShardIndex, load_index
-from ltxdist.data.streaming import CURSOR_KEY, StreamPlan, role_batches, saved_role_cursor, worker_role
+from ltxdist.data.streaming import CURSOR_KEY, ResumableStream, StreamPlan
 
 
 @dataclass(frozen=True)
@@ -110,7 +108,7 @@ class _MixedRole:
         return {"choices": self.rng.getstate(), "sources": list(self.cursors)}
 
 
-class MixedLatentStream(torch.utils.data.IterableDataset):
+class MixedLatentStream(ResumableStream):
     """Infinite stream of batches drawn from several sources by weight; resumes like CachedLatentStream
     (`skip_batches`, `cursors`)."""
 
@@ -151,11 +149,6 @@ class MixedLatentStream(torch.utils.data.IterableDataset):
             mixed.next_batch()
         return mixed.cursor()
 
-    def cursors_after(self, batches: int, num_workers: int) -> list[Cursor | None]:
-        """Each worker role's cursor after this rank consumed `batches` batches (headers only)."""
-        roles = max(1, num_workers)
-        return [self._fast_forward(role, roles, role_batches(role, roles, batches)) for role in range(roles)]
-
     def iter_batches(
         self, role: int = 0, num_workers: int = 1, cursor: Cursor | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -166,15 +159,3 @@ class MixedLatentStream(torch.utils.data.IterableDataset):
             batch["source"] = self.sources[k].name
             batch[CURSOR_KEY] = {"role": role, "cursor": mixed.cursor()}
             yield batch
-
-    def role_cursor(self, role: int, num_workers: int) -> Cursor | None:
-        if self.cursors is None:
-            return self._fast_forward(role, num_workers, role_batches(role, num_workers, self.skip_batches))
-        return saved_role_cursor(self.cursors, role, num_workers)
-
-    def __iter__(self) -> Iterator[dict[str, Any] | WireBatch]:
-        info = torch.utils.data.get_worker_info()
-        physical, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        role = worker_role(physical, num_workers, self.skip_batches)
-        for batch in self.iter_batches(role, num_workers, self.role_cursor(role, num_workers)):
-            yield WireBatch(batch) if info is not None else batch

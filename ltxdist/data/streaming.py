@@ -53,7 +53,44 @@ def role_batches(role: int, num_workers: int, batches_seen: int) -> int:
     return len(range(role, batches_seen, num_workers))
 
 
-class CachedLatentStream(torch.utils.data.IterableDataset):
+class ResumableStream(torch.utils.data.IterableDataset):
+    """What every batch stream shares: each DataLoader worker takes a worker role and starts it from its
+    saved cursor (`cursors`, as in a checkpoint) or, without cursors, from `skip_batches` batches
+    fast-forwarded from record headers. A stream supplies `_fast_forward` and `iter_batches`."""
+
+    skip_batches: int
+    cursors: list[Cursor | None] | None
+
+    def _fast_forward(self, role: int, num_workers: int, batches: int) -> Cursor | None:
+        """The cursor of worker role `role` (of `num_workers`) after it produced `batches` batches."""
+        raise NotImplementedError
+
+    def iter_batches(
+        self, role: int = 0, num_workers: int = 1, cursor: Cursor | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """The batches of one worker role, from `cursor` (None: the start)."""
+        raise NotImplementedError
+
+    def cursors_after(self, batches: int, num_workers: int) -> list[Cursor | None]:
+        """Each worker role's cursor after this rank consumed `batches` batches (headers only)."""
+        roles = max(1, num_workers)
+        return [self._fast_forward(role, roles, role_batches(role, roles, batches)) for role in range(roles)]
+
+    def role_cursor(self, role: int, num_workers: int) -> Cursor | None:
+        if self.cursors is None:
+            return self._fast_forward(role, num_workers, role_batches(role, num_workers, self.skip_batches))
+        return saved_role_cursor(self.cursors, role, num_workers)
+
+    def __iter__(self) -> Iterator[dict[str, Any] | WireBatch]:
+        info = torch.utils.data.get_worker_info()
+        physical, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        role = worker_role(physical, num_workers, self.skip_batches)
+        for batch in self.iter_batches(role, num_workers, self.role_cursor(role, num_workers)):
+            # In a worker, the batch is pickled to the main process: WireBatch picks the cheaper way.
+            yield WireBatch(batch) if info is not None else batch
+
+
+class CachedLatentStream(ResumableStream):
     """Infinite stream of collated batches for one rank.
 
     `skip_batches`: batches this rank consumed before (which worker role's turn comes next). `cursors`:
@@ -78,43 +115,16 @@ class CachedLatentStream(torch.utils.data.IterableDataset):
         if self.index.num_samples == 0:
             raise ValueError(f"{self.directory} holds no samples")
 
-    def cursors_after(self, batches: int, num_workers: int) -> list[Cursor | None]:
-        """Each worker role's cursor after this rank consumed `batches` batches (headers only)."""
-        roles = max(1, num_workers)
-        return [
-            fast_forward(
-                self.directory, self.index, self.plan, role, roles, role_batches(role, roles, batches)
-            )
-            for role in range(roles)
-        ]
+    def _fast_forward(self, role: int, num_workers: int, batches: int) -> Cursor | None:
+        return fast_forward(self.directory, self.index, self.plan, role, num_workers, batches)
 
     def iter_batches(
-        self, worker: int = 0, num_workers: int = 1, cursor: Cursor | None = None
+        self, role: int = 0, num_workers: int = 1, cursor: Cursor | None = None
     ) -> Iterator[dict[str, Any]]:
         """The batches of one worker role, from `cursor` (None: the start)."""
-        stream = ConsumerStream.restore(self.directory, self.index, self.plan, worker, num_workers, cursor)
+        stream = ConsumerStream.restore(self.directory, self.index, self.plan, role, num_workers, cursor)
         while True:
             items = stream.next_batch()
             batch = collate_samples([item.sample for item in items])  # type: ignore[misc]
-            batch[CURSOR_KEY] = {"role": worker, "cursor": stream.cursor()}
+            batch[CURSOR_KEY] = {"role": role, "cursor": stream.cursor()}
             yield batch
-
-    def role_cursor(self, role: int, num_workers: int) -> Cursor | None:
-        if self.cursors is None:
-            return fast_forward(
-                self.directory,
-                self.index,
-                self.plan,
-                role,
-                num_workers,
-                role_batches(role, num_workers, self.skip_batches),
-            )
-        return saved_role_cursor(self.cursors, role, num_workers)
-
-    def __iter__(self) -> Iterator[dict[str, Any] | WireBatch]:
-        info = torch.utils.data.get_worker_info()
-        physical, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        role = worker_role(physical, num_workers, self.skip_batches)
-        for batch in self.iter_batches(role, num_workers, self.role_cursor(role, num_workers)):
-            # In a worker, the batch is pickled to the main process: WireBatch picks the cheaper way.
-            yield WireBatch(batch) if info is not None else batch
