@@ -120,6 +120,8 @@ class MixedLatentStream(ResumableStream):
         cursors: list[Cursor | None] | None = None,
     ):
         super().__init__()
+        if plan.batch_size < 1:  # as CachedLatentStream: a batch of 0 samples would never end
+            raise ValueError(f"data.batch_size must be >= 1, got {plan.batch_size}")
         self.indexes = _check_sources(sources)
         self.sources = sources
         self.plan = plan
