@@ -30,6 +30,7 @@ Legend: B batch (always 1 here), T tokens, C channels, S text tokens.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -163,18 +164,19 @@ class AudioReference:
     query_keep: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+def drop_reference_timesteps(timesteps: torch.Tensor, tokens: int) -> torch.Tensor:
+    """Per-token timesteps without the first `tokens`; a single shared timestep stays as it is."""
+    return timesteps if timesteps.shape[1] == 1 else timesteps[:, tokens:]
+
+
 def without_reference(audio: Modality, tokens: int) -> Modality:
     """The same audio input with its first `tokens` (the reference voice) removed: same noisy latents,
     timesteps, positions and context for the target tokens."""
-    timesteps = audio.timesteps if audio.timesteps.shape[1] == 1 else audio.timesteps[:, tokens:]
-    return Modality(
+    return dataclasses.replace(
+        audio,
         latent=audio.latent[:, tokens:],
-        sigma=audio.sigma,
-        timesteps=timesteps,
+        timesteps=drop_reference_timesteps(audio.timesteps, tokens),
         positions=audio.positions[:, :, tokens:],
-        context=audio.context,
-        enabled=audio.enabled,
-        context_mask=audio.context_mask,
         attention_mask=None,
     )
 
@@ -231,7 +233,7 @@ def guided_x0(
         r = reference.tokens
         set_attention_masks(predict.model)  # the masks describe the reference, absent from this pass
         try:
-            t_target = t_audio_BT1 if t_audio_BT1.shape[1] == 1 else t_audio_BT1[:, r:]
+            t_target = drop_reference_timesteps(t_audio_BT1, r)
             empty = BatchedPerturbationConfig.empty(b)
             _, noref_a = predict(video, without_reference(audio, r), empty, t_video_BT1, t_target)
         finally:
