@@ -338,19 +338,23 @@ class LTXLoRAModule(pl.LightningModule):
         return {"model_version": self.model_version, "target_modules": self.target_modules}
 
     def load_train_state(self, state: Any) -> None:
-        """The data position and counters of a checkpoint's train state (ltxdist.checkpoint.TrainState)."""
+        """The data position and counters of a checkpoint's train state (ltxdist.checkpoint.TrainState):
+        where this rank's streams start (read by the DataModule), from `data_position()`'s record, or
+        from a position saved before cursors (its `batches_seen` and the data-parallel size and
+        micro-batch size it was written under)."""
+        layout = self._current_data_layout()
+        data_rank, _ = self._data_parallel()
         if "format" in state.data:
-            self.load_data_position(state.data)
-        else:  # a position without cursors (a checkpoint converted from the format before them)
-            layout = state.layout or {}
+            self.data_start = resume_start(state.data, layout, data_rank)
+        else:  # a checkpoint converted from the format before cursors
+            written = state.layout or {}
             written_under = (
-                {"world_size": layout["data_parallel_size"], "micro_batch_size": layout["micro_batch_size"]}
-                if "data_parallel_size" in layout
+                {"world_size": written["data_parallel_size"], "micro_batch_size": written["micro_batch_size"]}
+                if "data_parallel_size" in written
                 else None
             )
-            self.load_data_position(
-                None, {"batches_seen": state.data.get("batches_seen", 0), "layout": written_under}
-            )
+            self.data_start = legacy_start(int(state.data.get("batches_seen", 0)), written_under, layout)
+        self.batches_seen = self.data_start.batches_seen
         self.nonfinite.load_state_dict(state.counters.get("nonfinite", {}))
 
     # -- data position (data/position.py) ---------------------------------------------------------
@@ -365,16 +369,3 @@ class LTXLoRAModule(pl.LightningModule):
             _, size = self._data_parallel()
             self._data_layout = stream_layout(self.cfg.data, int(self.cfg.run.seed), size)
         return self._data_layout
-
-    def load_data_position(self, saved: dict[str, Any] | None, legacy: dict[str, Any] | None = None) -> None:
-        """Where this rank's streams start (read by the DataModule) from `data_position()`'s
-        dict; without one, from a position saved before cursors (`legacy`: its `batches_seen` and the
-        data-parallel size and micro-batch size it was written under)."""
-        layout = self._current_data_layout()
-        data_rank, _ = self._data_parallel()
-        if saved is not None:
-            self.data_start = resume_start(saved, layout, data_rank)
-        else:
-            legacy = legacy or {}
-            self.data_start = legacy_start(int(legacy.get("batches_seen", 0)), legacy.get("layout"), layout)
-        self.batches_seen = self.data_start.batches_seen
