@@ -196,3 +196,23 @@ def test_standard_strategy_on_video_only_batches(tiny_ckpt, tmp_path):
     assert all(float(m.lora_A.grad.abs().sum()) > 0 for n, m in adapters.items() if ".attn1." in n)
     audio_only = [m for n, m in adapters.items() if ".audio_attn1." in n]
     assert audio_only and all(m.lora_A.grad is None or not m.lora_A.grad.any() for m in audio_only)
+
+
+def test_a_converted_position_without_cursors_restarts_at_the_samples_consumed(tiny_ckpt, tiny_data):
+    """A train state converted from the format before cursors: 3 micro-batches of 1 sample on each of 2
+    data-parallel processes are 6 samples, which this 1-process run with batch 2 resumes after 3 of its
+    batches, from record headers (no cursors)."""
+    from ltxdist.checkpoint import TrainState
+
+    module = _module(tiny_ckpt, tiny_data, "data.batch_size=2")
+    state = TrainState(
+        step=3,
+        data={"batches_seen": 3},
+        layout={"data_parallel_size": 2, "micro_batch_size": 1},
+        counters={"nonfinite": {}},
+    )
+    module.load_train_state(state)
+    assert (module.batches_seen, module.data_start.cursors) == (3, None)
+    state.layout = {"data_parallel_size": 2, "micro_batch_size": 3}  # 18 samples: 9 batches of 2
+    module.load_train_state(state)
+    assert module.batches_seen == 9
