@@ -9,7 +9,7 @@ import json
 import pytest
 
 from ltxdist.bench.cli import main as bench_main
-from ltxdist.bench.report import RESULTS_DIR, hardware_slug, portable_config
+from ltxdist.bench.report import hardware_slug
 
 
 @pytest.mark.slow
@@ -30,19 +30,3 @@ def test_quick_step_suite_runs_both_trainers_and_writes_the_ratio(tmp_path):
     assert "speedup_vs_baseline" in md_file.read_text()
     assert payload["quick"] and "not judged: quick run" in payload["notes"] and "MET" not in payload["notes"]
     assert "| step | ok |" in summary.read_text()
-
-
-def test_results_record_no_machine_folders(tmp_path):
-    """A results file's config names checkout paths relative to the checkout and scratch folders by name."""
-    config = {
-        "out_dir": RESULTS_DIR,
-        "workdir": tmp_path / "resume_work",
-        "bucket": "960x544x49",
-        "steps": [100, 1000],
-    }
-    assert portable_config(config) == {
-        "out_dir": "benchmarks/results",
-        "workdir": "<local>/resume_work",
-        "bucket": "960x544x49",
-        "steps": [100, 1000],
-    }
