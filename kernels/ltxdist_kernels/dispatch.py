@@ -60,9 +60,11 @@ class CallShape:
         )  # fmt: skip
 
     def near(self, other: CallShape) -> bool:
-        return self.same_kind(other) and abs(math.log(self.tokens / other.tokens)) <= math.log1p(
-            TOKEN_TOLERANCE
-        )
+        if not self.same_kind(other):
+            return False
+        if min(self.tokens, other.tokens) <= 0:  # an empty call is near nothing (no ratio to take)
+            return self.tokens == other.tokens
+        return abs(math.log(self.tokens / other.tokens)) <= math.log1p(TOKEN_TOLERANCE)
 
 
 @dataclass(frozen=True)
@@ -268,8 +270,9 @@ class Dispatcher:
         return self._tables[kind]
 
     def choose(self, shape: CallShape, device: torch.device) -> str:
-        if device.type != "cuda":
-            return SAFE[shape.op]  # the Triton paths need CUDA; nothing else exists here
+        if device.type != "cuda" or shape.tokens <= 0:
+            # The Triton paths need CUDA; an empty call has nothing to time or to gain.
+            return SAFE[shape.op]
         table = self.table(device)
         if self.calibrate and not table.covers(shape) and not torch.compiler.is_compiling():
             table.add(self.calibrator.measure(shape, device))

@@ -61,6 +61,21 @@ def test_without_the_safe_path_timed_or_with_disagreeing_measurements_nothing_ch
     assert table.choose(_lora(10500)) == "addmm"  # the two nearby runs disagree
 
 
+def test_an_empty_call_takes_the_safe_path_and_is_never_calibrated(monkeypatch) -> None:
+    """A zero-token call has no ratio to a measured token count: safe path, no crash, nothing timed."""
+    h200 = shipped_table("h200")  # holds a qk_norm_rope measurement of this kind
+    empty = CallShape("qk_norm_rope", 0, 4096, 4096, heads=32)
+    assert h200.choose(empty) == "torch" and not h200.covers(empty)
+    table = DispatchTable()
+    table.add(Measurement(_lora(0), {"addmm": 1.0, "triton": 0.1}))  # even a recorded empty shape
+    assert table.choose(_lora(10752)) == "addmm" and table.choose(_lora(0)) == "triton"
+    dispatcher = dispatch.Dispatcher(calibrate=True)
+    monkeypatch.setattr(dispatch, "gpu_kind", lambda device: "h200")
+    timed: list[CallShape] = []
+    monkeypatch.setattr(dispatcher.calibrator, "measure", lambda shape, device: timed.append(shape))
+    assert dispatcher.choose(_lora(0), torch.device("cuda")) == "addmm" and timed == []
+
+
 def test_auto_never_picks_a_path_slower_than_safe_at_any_nearby_measurement() -> None:
     """The 'kernels on cannot lose' property, over random tables and shapes."""
     rnd = random.Random(0)
