@@ -376,3 +376,90 @@ def test_export_never_destroys_an_input(tiny_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit):
         export_main(["convert", "--lora", str(lora), "--out", str(lora)])
     assert lora.read_bytes() == original[1]
+
+
+def _merge_cli(*args: str) -> int:
+    from ltxdist.lora.export_cli import main as export_main
+
+    try:
+        export_main(["merge", *args])
+    except SystemExit as exc:
+        return int(exc.code)
+    return 0
+
+
+def test_merge_force_only_overwrites_and_the_version_check_has_its_own_flag(tiny_ckpt, tmp_path, capsys):
+    """`--force` (replace --out) used to switch the base-version check off too, so the demo's rerun flag
+    silently accepted a LoRA from another latent space. Now only --ignore-base-version does."""
+    model = load_transformer(tiny_ckpt, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=2, alpha=2, targets=("attn1.to_q",)))
+    _randomise_lora(model)
+    other = _export(model, tmp_path / "ltx2.safetensors", version="2.0.0")
+    out = tmp_path / "merged.safetensors"
+    args = ("--base", str(tiny_ckpt), "--lora", str(other), "--out", str(out))
+    assert _merge_cli(*args, "--force") == 2 and not out.exists()
+    assert "--ignore-base-version" in capsys.readouterr().err
+    assert _merge_cli(*args, "--ignore-base-version") == 0 and out.is_file()
+    # A merge into a merged base keeps the record of the first merge.
+    again = tmp_path / "merged_twice.safetensors"
+    assert (
+        _merge_cli("--base", str(out), "--lora", str(other), "--ignore-base-version", "--out", str(again))
+        == 0
+    )
+    with safe_open(str(again), framework="pt") as f:
+        history = json.loads(f.metadata()["merged_loras"])
+    assert [h["path"] for h in history] == [str(other), str(other)]
+
+
+def test_merge_reports_a_failed_write_as_an_error_line(tiny_ckpt, tmp_path, capsys, monkeypatch):
+    """A full disk during a 44 GB merge: one error line naming the output, no traceback, no partial file."""
+    import ltxdist.io
+
+    model = load_transformer(tiny_ckpt, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=2, alpha=2, targets=("attn1.to_q",)))
+    lora = _export(model, tmp_path / "l.safetensors")
+    out = tmp_path / "merged.safetensors"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device", str(out))
+
+    monkeypatch.setattr(ltxdist.io, "save_safetensors_atomic", full_disk)
+    assert _merge_cli("--base", str(tiny_ckpt), "--lora", str(lora), "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ltxdist-export: error:") and "No space left" in err and str(out) in err
+    assert not out.exists()
+
+
+def test_lora_files_with_inconsistent_or_foreign_shapes_are_errors_naming_the_file(tiny_ckpt, tmp_path):
+    """A/B of different ranks, or adapters sized for another model, used to fail deep in a matmul (after
+    the whole base had loaded) without naming the file."""
+    from ltxdist.lora.comfy_format import check_lora_fits
+
+    key = "diffusion_model.transformer_blocks.0.attn1.to_q"
+    model = load_transformer(tiny_ckpt).model
+    width = model.transformer_blocks[0].attn1.to_q.in_features
+    bad_rank = tmp_path / "bad_rank.safetensors"
+    save_file(
+        {key + ".lora_A.weight": torch.zeros(4, width), key + ".lora_B.weight": torch.zeros(width, 8)},
+        bad_rank,
+    )
+    with pytest.raises(LoRAFileError, match=r"bad_rank\.safetensors.*same rank"):
+        read_lora_file(bad_rank)
+    wider = tmp_path / "wider.safetensors"
+    save_file(
+        {
+            key + ".lora_A.weight": torch.zeros(4, 2 * width),
+            key + ".lora_B.weight": torch.zeros(2 * width, 4),
+        },
+        wider,
+    )
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    with pytest.raises(
+        LoRAFileError, match=rf"wider\.safetensors.*{2 * width} -> {2 * width}.*{width} -> {width}"
+    ):
+        check_lora_fits(read_lora_file(wider), linears)
+    fits = tmp_path / "fits.safetensors"
+    save_file(
+        {key + ".lora_A.weight": torch.zeros(4, width), key + ".lora_B.weight": torch.zeros(width, 4)}, fits
+    )
+    check_lora_fits(read_lora_file(fits), linears)  # the right shape passes

@@ -314,3 +314,88 @@ def test_character_lora_24gb_recipe_composes_to_fp8_with_block_swap():
     assert (m.base_precision, m.gradient_checkpointing, m.offload_blocks) == ("fp8", True, 16)
     assert (cfg.lora.rank, cfg.lora.alpha, cfg.model.dtype) == (32, 32, "bfloat16")
     assert cfg.validation.text_encoder_precision == "fp8"
+
+
+# -- a LoRA merged into / sampled on the official FP8 layout ------------------------------------------
+
+
+def _lora_on_block_1(ckpt, path):
+    """A LoRA on every attention of block 1 (FP8 in the file below) and block 0 (kept bf16)."""
+    model = load_transformer(ckpt, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=4, alpha=4, targets=("attn1.to_q", "attn1.to_out.0"), blocks=(0, 1)))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, LoRALinear):
+                m.lora_A.copy_(torch.randn(m.lora_A.shape, generator=g) * 0.2)
+                m.lora_B.copy_(torch.randn(m.lora_B.shape, generator=g) * 0.2)
+    export_lora(
+        model, path, base_model_version="2.3.0", training_strategy="standard", step=1, target_modules=[]
+    )
+    # The delta as the file holds it (A and B in bf16, alpha/rank baked into B): what a merge must add.
+    lora = read_lora_file(path)
+    return {
+        name: lora.tensors[name + ".lora_B.weight"].double() @ lora.tensors[name + ".lora_A.weight"].double()
+        for name in lora.modules
+    }
+
+
+def _within_fp8_rounding(got: torch.Tensor, exact: torch.Tensor, scale: torch.Tensor) -> bool:
+    """e4m3 keeps 3 mantissa bits: a rounding error of at most 2^-4 of the value for normal numbers, and
+    half the subnormal spacing (2^-10 of the scale) below them; twice that allows for the scale's rounding."""
+    bound = exact.abs() * 2**-4 + scale.double() * 2**-9
+    return bool(((got - exact).abs() <= 2 * bound).all())
+
+
+def test_merge_into_the_official_fp8_layout_keeps_the_delta(tiny_ckpt, tmp_path):
+    """The merge added B @ A to the raw fp8 values (~1/scale times the weight) and wrote them back at the
+    old scale: the delta all but vanished. Now: data * scale + delta, quantized again with a new scale."""
+    from ltxdist.lora.export_cli import main as export_main
+
+    fp8_file = write_fp8_checkpoint(tiny_ckpt, tmp_path / "tiny-fp8.safetensors", bf16_blocks=(0,))
+    deltas = _lora_on_block_1(tiny_ckpt, tmp_path / "l.safetensors")
+    out = tmp_path / "merged-fp8.safetensors"
+    export_main(
+        ["merge", "--base", str(fp8_file), "--lora", str(tmp_path / "l.safetensors"), "--out", str(out)]
+    )
+    prefix = "model.diffusion_model."
+    with safe_open(str(fp8_file), framework="pt") as f, safe_open(str(out), framework="pt") as g:
+        for name, delta in deltas.items():
+            key = prefix + name
+            if name.startswith("transformer_blocks.0."):  # bf16 in the file: an ordinary merge
+                base, merged = f.get_tensor(key + ".weight"), g.get_tensor(key + ".weight")
+                assert merged.dtype == torch.bfloat16
+                torch.testing.assert_close(merged.double(), base.double() + delta, rtol=1e-2, atol=1e-3)
+                continue
+            data, scale = f.get_tensor(key + ".weight"), f.get_tensor(key + ".weight_scale")
+            new_data, new_scale = g.get_tensor(key + ".weight"), g.get_tensor(key + ".weight_scale")
+            assert new_data.dtype == FP8_DTYPE and new_scale.shape == scale.shape == ()
+            assert torch.equal(g.get_tensor(key + ".input_scale"), f.get_tensor(key + ".input_scale"))
+            exact = data.double() * scale.double() + delta
+            assert _within_fp8_rounding(new_data.double() * new_scale.double(), exact, new_scale), name
+            # The old arithmetic (delta on the raw values, old scale) is outside the bound: the check bites.
+            raw_add = (data.float() + delta.float()).clamp(-448, 448).to(FP8_DTYPE).double() * scale.double()
+            assert not _within_fp8_rounding(raw_add, exact, scale), name
+
+
+def test_sampling_an_fp8_base_reads_its_scales_and_folds_the_loras(tiny_ckpt, tmp_path):
+    """ltx-core's builder cast the fp8 data without its scale (weights up to 448) and crashed fusing a LoRA
+    into a non-square FP8 layer; the sampler now loads the FP8 file through ltxdist's loader."""
+    from ltxdist.sampling.loading import LoRAChoice, fused_transformer
+
+    fp8_file = write_fp8_checkpoint(tiny_ckpt, tmp_path / "tiny-fp8.safetensors", bf16_blocks=(0,))
+    deltas = _lora_on_block_1(tiny_ckpt, tmp_path / "l.safetensors")
+    cpu = torch.device("cpu")
+    plain, _, _ = fused_transformer(fp8_file, [], device=cpu, dtype=torch.float32)
+    reference = load_transformer(fp8_file, dtype=torch.float32).model.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in plain.state_dict().items())
+    strength = 0.5
+    fused, _, _ = fused_transformer(
+        fp8_file, [LoRAChoice(tmp_path / "l.safetensors", strength)], device=cpu, dtype=torch.float32
+    )
+    weights = fused.state_dict()
+    for name, delta in deltas.items():
+        got = weights[name + ".weight"].double()
+        expected = reference[name + ".weight"].double() + strength * delta
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert (got - reference[name + ".weight"].double()).norm() > 0.5 * strength * delta.norm()

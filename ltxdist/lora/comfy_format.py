@@ -146,25 +146,63 @@ def read_lora_file(path: str | Path) -> LoRAFile:
             raise LoRAFileError(f"{path}: {key!r} has no matching {twin!r}")
     if not tensors:
         raise LoRAFileError(f"{path} holds no LoRA tensors")
-    return LoRAFile(path=path, tensors=tensors, metadata=metadata)
+    lora = LoRAFile(path=path, tensors=tensors, metadata=metadata)
+    for name in lora.modules:
+        _check_adapter_pair(lora, name)
+    return lora
 
 
-def check_base_version(lora: LoRAFile, base_model_version: str, *, force: bool = False) -> None:
+def _check_adapter_pair(lora: LoRAFile, name: str) -> None:
+    """A (r, in) and B (out, r) with one r: anything else fails later, deep inside a merge or a forward,
+    without naming the file (for a 22B base, only after minutes of loading)."""
+    a, b = lora.tensors[name + _A_SUFFIX], lora.tensors[name + _B_SUFFIX]
+    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+        raise LoRAFileError(
+            f"{lora.path}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; expected "
+            "A (rank, in_features) and B (out_features, rank) with the same rank"
+        )
+
+
+def check_lora_fits(lora: LoRAFile, linears: dict[str, torch.nn.Module]) -> None:
+    """Every adapter names a Linear of the base (`linears`: module name -> Linear, meta is fine) and its
+    A / B match that Linear's in / out features. ltx-core's fusion silently skips adapter keys that match
+    no weight, and a shape mismatch fails deep in a matmul without naming the file."""
+    unknown = [m for m in lora.modules if m not in linears]
+    if unknown:
+        raise LoRAFileError(
+            f"{lora.path}: {len(unknown)} adapters name no Linear of this base model, e.g. {unknown[:3]} "
+            "(a LoRA for another architecture?)"
+        )
+    for name in lora.modules:
+        a, b = lora.tensors[name + _A_SUFFIX], lora.tensors[name + _B_SUFFIX]
+        linear = linears[name]
+        expected = (linear.in_features, linear.out_features)
+        if (a.shape[1], b.shape[0]) != expected:
+            raise LoRAFileError(
+                f"{lora.path}: {name} adapts {a.shape[1]} -> {b.shape[0]} features, the base Linear is "
+                f"{expected[0]} -> {expected[1]} (a LoRA for another model size?)"
+            )
+
+
+def check_base_version(
+    lora: LoRAFile, base_model_version: str, *, force: bool = False, override: str = "--force"
+) -> None:
     """Refuse a LoRA trained on another major.minor base (e.g. LTX-2 19B on 2.3): it loads silently
-    elsewhere and ruins the output because the latent space changed."""
+    elsewhere and ruins the output because the latent space changed. `override` is the caller's flag
+    that sets `force`, named in the error."""
     trained_on = lora.metadata.get("base_model_version")
     if trained_on is None:
         if not force:
             raise LoRAFileError(
                 f"{lora.path} does not say which base model it was trained on (no base_model_version "
-                "metadata); pass force=True / --force if you are sure it fits"
+                f"metadata); pass {override} if you are sure it fits"
             )
         return
     if major_minor(trained_on) != major_minor(base_model_version) and not force:
         raise LoRAFileError(
             f"{lora.path} was trained on base model version {trained_on}, but the base is "
             f"{base_model_version}: major.minor differ, so the latent spaces do not match. "
-            "Pass force=True / --force to load it anyway."
+            f"Pass {override} to load it anyway."
         )
 
 
@@ -195,9 +233,21 @@ def import_lora(
 
 @torch.no_grad()
 def merge_lora_file_into_state_dict(
-    state_dict: dict[str, torch.Tensor], lora: LoRAFile, strength: float = 1.0, prefix: str = ""
+    state_dict: dict[str, torch.Tensor],
+    lora: LoRAFile,
+    strength: float = 1.0,
+    prefix: str = "",
+    *,
+    base: str | Path = "the base",
 ) -> int:
-    """W += strength * B @ A for every adapted module of a base state dict; returns how many."""
+    """W += strength * B @ A for every adapted module of a base state dict; returns how many.
+
+    A weight stored in the official FP8 layout (float8 data with a `.weight_scale` sibling) is read back
+    as data * scale, the delta added in float32, and quantized again at the same scale granularity (a new
+    scale: the sum's range differs); its `.input_scale`, a calibration of the activations, is kept. Adding
+    the delta to the raw fp8 values instead would lose it (they are ~1/scale times too large)."""
+    from ltxdist.quant.formats import dequantize, is_quantized_dtype, quantize_fp8
+
     merged = 0
     for name in lora.modules:
         key = f"{prefix}{name}.weight"
@@ -207,6 +257,20 @@ def merge_lora_file_into_state_dict(
         delta = lora.tensors[name + _B_SUFFIX].float() @ lora.tensors[name + _A_SUFFIX].float()
         if delta.shape != w.shape:
             raise LoRAFileError(f"{lora.path}: {name} delta {tuple(delta.shape)} != base {tuple(w.shape)}")
-        state_dict[key] = (w.float() + strength * delta).to(w.dtype)
+        scale_key = f"{prefix}{name}.weight_scale"
+        if scale_key in state_dict and w.dtype == torch.float8_e4m3fn:
+            scale = state_dict[scale_key]
+            row_scale = scale.reshape(-1, 1) if scale.numel() > 1 else scale
+            full = dequantize(w, row_scale, torch.float32) + strength * delta
+            qdata, new_scale = quantize_fp8(full, per_row=scale.numel() > 1)
+            state_dict[key] = qdata
+            state_dict[scale_key] = new_scale.reshape(scale.shape).to(scale.dtype)
+        elif is_quantized_dtype(w.dtype) or not w.is_floating_point():
+            raise ValueError(
+                f"{base}: {key} is stored as {w.dtype} without a .weight_scale beside it, a layout this "
+                "merge cannot add a delta to exactly; merge into the bf16 checkpoint instead"
+            )
+        else:
+            state_dict[key] = (w.float() + strength * delta).to(w.dtype)
         merged += 1
     return merged

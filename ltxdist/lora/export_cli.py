@@ -2,6 +2,9 @@
 
 ltxdist-export inspect LORA                         metadata, modules, ranks
 ltxdist-export merge --base CKPT --lora LORA [--strength S] --out MERGED   full checkpoint with W += S*B@A
+                                                    (bf16, or the official FP8 layout re-quantized);
+                                                    --force replaces an existing --out,
+                                                    --ignore-base-version takes a LoRA of another base
 ltxdist-export convert --lora IN --out OUT          rewrite keys to the ComfyUI layout (fixes a
                                                     'model.diffusion_model.' prefix), bf16
 """
@@ -80,12 +83,20 @@ def cmd_merge(args: argparse.Namespace) -> None:
 
     info = read_checkpoint_info(args.base)
     lora = read_lora_file(args.lora)
-    check_base_version(lora, info.model_version, force=args.force)
+    check_base_version(
+        lora, info.model_version, force=args.ignore_base_version, override="--ignore-base-version"
+    )
     with safe_open(str(info.path), framework="pt") as f:
         sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    n = merge_lora_file_into_state_dict(sd, lora, strength=args.strength, prefix=TRANSFORMER_PREFIX)
+    n = merge_lora_file_into_state_dict(
+        sd, lora, strength=args.strength, prefix=TRANSFORMER_PREFIX, base=info.path
+    )
     metadata = dict(info.metadata)
-    metadata["merged_loras"] = json.dumps([{"path": str(lora.path), "strength": args.strength}])
+    # A base that is itself a merge keeps the record of what was merged into it before.
+    merged_before = json.loads(metadata.get("merged_loras", "[]"))
+    metadata["merged_loras"] = json.dumps(
+        [*merged_before, {"path": str(lora.path), "strength": args.strength}]
+    )
     save_safetensors_atomic(sd, args.out, metadata=metadata)  # a temporary file, renamed when complete
     print(f"merged {n} adapters into {args.out}")
 
@@ -137,10 +148,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
-        "--force",
+        "--force", action="store_true", help="replace an existing --out (never --base or --lora themselves)"
+    )
+    p.add_argument(
+        "--ignore-base-version",
         action="store_true",
-        help="replace an existing --out, and merge even if the base model version differs (--out is "
-        "never allowed to be --base or --lora)",
+        help="merge a LoRA trained on another base model version (major.minor) or one that names none",
     )
     p.set_defaults(fn=cmd_merge)
     p = sub.add_parser("convert")
@@ -153,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args.fn(args)
-    except (LoRAFileError, ValueError, FileNotFoundError) as exc:
+    except (LoRAFileError, ValueError, OSError) as exc:  # OSError: a missing file, a full disk
         print(f"ltxdist-export: error: {exc}", file=sys.stderr)
         sys.exit(2)
 

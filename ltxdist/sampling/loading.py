@@ -11,6 +11,7 @@ Two ways to apply a LoRA, both checked against the base model version first:
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +25,15 @@ from ltxdist._ltx_core import (
     SingleGPUModelBuilder,
 )
 from ltxdist.lora import LoRAFileError, LoRASpec, check_base_version, import_lora, inject_lora, read_lora_file
-from ltxdist.lora.comfy_format import LoRAFile
+from ltxdist.lora.comfy_format import LoRAFile, check_lora_fits, merge_lora_file_into_state_dict
 from ltxdist.lora.inject import lora_modules
-from ltxdist.models import build_meta_transformer, read_checkpoint_info
+from ltxdist.models import build_meta_transformer, load_transformer, read_checkpoint_info
 from ltxdist.models.checkpoint_file import CheckpointInfo
 from ltxdist.models.loader import check_transformer_keys
+from ltxdist.quant.checkpoint import has_weight_scales
+
+# transformer_blocks.{i}.{module}: what per-block injection (targets x blocks) can reproduce.
+_BLOCK_MODULE = re.compile(r"transformer_blocks\.\d+\..+")
 
 
 @dataclass(frozen=True)
@@ -60,15 +65,21 @@ def read_checked_loras(
 
 
 def _check_modules_exist(model: torch.nn.Module, loras: list[LoRAFile]) -> None:
-    # ltx-core's fusion silently skips adapter keys that match no weight: fail loudly instead.
-    linears = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     for lora in loras:
-        unknown = [m for m in lora.modules if m not in linears]
-        if unknown:
-            raise LoRAFileError(
-                f"{lora.path}: {len(unknown)} adapters name no Linear of this base model, e.g. {unknown[:3]} "
-                "(a LoRA for another architecture?)"
-            )
+        check_lora_fits(lora, linears)
+
+
+def _fold_loras(model: torch.nn.Module, files: list[LoRAFile], loras: list[LoRAChoice], path: Path) -> None:
+    """W += strength * B @ A in the loaded model's own weights, with the merge's arithmetic."""
+    weights = {name: param for name, param in model.named_parameters() if name.endswith(".weight")}
+    folded = dict(weights)
+    for lora, choice in zip(files, loras, strict=True):
+        merge_lora_file_into_state_dict(folded, lora, choice.strength, base=path)
+    with torch.no_grad():
+        for name, value in folded.items():
+            if value is not weights[name]:
+                weights[name].copy_(value)
 
 
 def fused_transformer(
@@ -85,6 +96,13 @@ def fused_transformer(
     meta = build_meta_transformer(info.config)
     check_transformer_keys(meta, info.path)  # ltx-core loads with strict=False
     _check_modules_exist(meta, files)
+    if has_weight_scales(info.path):
+        # The official FP8 layout: ltx-core's builder would cast the fp8 data without its scale (and its
+        # scaled-fp8 fusion expects weights it transposed itself). ltxdist's loader reads data * scale;
+        # the LoRAs are then folded in with the merge's arithmetic.
+        model = load_transformer(info.path, device=device, dtype=dtype).model
+        _fold_loras(model, files, loras, info.path)
+        return model.eval(), info, files
     builder = SingleGPUModelBuilder(
         model_class_configurator=LTXModelConfigurator,
         model_path=str(info.path),
@@ -117,6 +135,12 @@ def inject_lora_file(
         raise LoRAFileError(f"{lora.path}: mixed ranks {sorted(ranks)}; use the fused path (ltxdist-sample)")
     rank = ranks.pop()
     _check_modules_exist(model, [lora])
+    outside = [m for m in lora.modules if not _BLOCK_MODULE.fullmatch(m)]
+    if outside:
+        raise LoRAFileError(
+            f"{lora.path}: adapters outside the transformer blocks ({outside[:3]}) cannot be injected "
+            "per block; sample it with `ltxdist-sample generate`, which fuses any Linear"
+        )
     inner = sorted({m.split(".", 2)[2] for m in lora.modules})
     blocks = sorted({int(m.split(".")[1]) for m in lora.modules})
     dtype = next(model.parameters()).dtype

@@ -143,6 +143,29 @@ def test_injected_strength_equals_ltx_core_fusion(tiny_full, lora_file):
         inject_lora_file(load_transformer(tiny_full.checkpoint).model, lora, base_model_version="2.0.0")
 
 
+def test_grid_refuses_a_lora_outside_the_blocks_and_names_the_way_that_fuses_it(tiny_full, tmp_path):
+    """Per-block injection (the grid) cannot reproduce an adapter on `proj_out`: an error naming the file
+    and `generate`, not an IndexError; ltx-core's fusion (`generate`) does take it."""
+    from safetensors.torch import save_file
+
+    model = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model
+    out = model.proj_out
+    path = tmp_path / "proj_out.safetensors"
+    g = torch.Generator().manual_seed(0)
+    save_file(
+        {
+            "diffusion_model.proj_out.lora_A.weight": torch.randn(2, out.in_features, generator=g),
+            "diffusion_model.proj_out.lora_B.weight": torch.randn(out.out_features, 2, generator=g),
+        },
+        str(path),
+        metadata={"base_model_version": "2.3.0"},
+    )
+    with pytest.raises(LoRAFileError, match=r"proj_out\.safetensors.*ltxdist-sample generate"):
+        inject_lora_file(model, read_lora_file(path), base_model_version="2.3.0")
+    fused, _, _ = fused_transformer(tiny_full.checkpoint, [LoRAChoice(path)], device=CPU, dtype=torch.float32)
+    assert not torch.equal(fused.proj_out.weight, out.weight)
+
+
 def test_remove_trigger():
     assert remove_trigger("sks dog running, sks style", "sks") == "dog running, style"
     assert remove_trigger("a photo of ohwx man", "ohwx") == "a photo of man"
