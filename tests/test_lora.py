@@ -413,21 +413,79 @@ def test_merge_force_only_overwrites_and_the_version_check_has_its_own_flag(tiny
 
 def test_merge_reports_a_failed_write_as_an_error_line(tiny_ckpt, tmp_path, capsys, monkeypatch):
     """A full disk during a 44 GB merge: one error line naming the output, no traceback, no partial file."""
-    import ltxdist.io
+    from ltxdist.io import SafetensorsWriter
 
     model = load_transformer(tiny_ckpt, dtype=torch.float32).model
     inject_lora(model, LoRASpec(rank=2, alpha=2, targets=("attn1.to_q",)))
     lora = _export(model, tmp_path / "l.safetensors")
     out = tmp_path / "merged.safetensors"
+    written: list[str] = []
 
-    def full_disk(*args, **kwargs):
-        raise OSError(28, "No space left on device", str(out))
+    def full_disk_after_two(self, name, tensor):
+        written.append(name)
+        if len(written) > 2:
+            raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ltxdist.io, "save_safetensors_atomic", full_disk)
+    monkeypatch.setattr(SafetensorsWriter, "write", full_disk_after_two)
     assert _merge_cli("--base", str(tiny_ckpt), "--lora", str(lora), "--out", str(out)) == 2
     err = capsys.readouterr().err
     assert err.startswith("ltxdist-export: error:") and "No space left" in err and str(out) in err
-    assert not out.exists()
+    assert not out.exists() and [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_merge_streams_the_base_one_tensor_at_a_time(tiny_ckpt, tmp_path, monkeypatch):
+    """A 22B base is 44 GB: the merge reads each base tensor once, holds at most two of them at a time (an
+    FP8 weight and its scale), and writes what the in-memory merge of the whole state dict gives."""
+    import weakref
+
+    import safetensors
+
+    from ltxdist.lora.merge_file import merge_lora_into_checkpoint, merge_lora_into_state_dict
+
+    model = load_transformer(tiny_ckpt, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=2, alpha=2, targets=("attn_ff",)))
+    _randomise_lora(model)
+    lora = read_lora_file(_export(model, tmp_path / "l.safetensors"))
+    reads: list[str] = []
+    held: list[int] = []
+    refs: list[weakref.ref] = []
+    real_open = safetensors.safe_open
+
+    class CountingOpen:
+        def __init__(self, *args, **kwargs):
+            self._f = real_open(*args, **kwargs)
+
+        def __enter__(self):
+            self._inner = self._f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+        def get_tensor(self, key):
+            reads.append(key)
+            held.append(sum(ref() is not None for ref in refs))  # base tensors still alive at this read
+            tensor = self._inner.get_tensor(key)
+            refs.append(weakref.ref(tensor))
+            return tensor
+
+        def __getattr__(self, attr):
+            return getattr(self._inner, attr)
+
+    import ltxdist.lora.merge_file as merge_file
+
+    monkeypatch.setattr(merge_file, "safe_open", CountingOpen)
+    out = tmp_path / "merged.safetensors"
+    prefix = "model.diffusion_model."
+    assert merge_lora_into_checkpoint(tiny_ckpt, lora, out, strength=0.5, prefix=prefix) == len(lora.modules)
+    base = load_file(str(tiny_ckpt))
+    assert sorted(reads) == sorted(base)  # every tensor read exactly once
+    assert max(held) <= 1, max(held)  # bf16 base: the previous tensor at most (FP8 pairs: 2)
+    expected = dict(base)
+    merge_lora_into_state_dict(expected, lora, 0.5, prefix)
+    got = load_file(str(out))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in expected)
+    assert sum(not torch.equal(got[k], base[k]) for k in base) == len(lora.modules)
 
 
 def test_lora_files_with_inconsistent_or_foreign_shapes_are_errors_naming_the_file(tiny_ckpt, tmp_path):

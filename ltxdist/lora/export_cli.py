@@ -75,10 +75,10 @@ def check_output_path(out: Path, inputs: dict[str, Path], force: bool) -> None:
 
 def cmd_merge(args: argparse.Namespace) -> None:
     check_output_path(args.out, {"--base": args.base, "--lora": args.lora}, args.force)
-    from safetensors import safe_open
+    from tqdm import tqdm
 
-    from ltxdist.io import save_safetensors_atomic
-    from ltxdist.lora.comfy_format import check_base_version, merge_lora_file_into_state_dict, read_lora_file
+    from ltxdist.lora.comfy_format import check_base_version, read_lora_file
+    from ltxdist.lora.merge_file import merge_lora_into_checkpoint
     from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX, read_checkpoint_info
 
     info = read_checkpoint_info(args.base)
@@ -86,18 +86,23 @@ def cmd_merge(args: argparse.Namespace) -> None:
     check_base_version(
         lora, info.model_version, force=args.ignore_base_version, override="--ignore-base-version"
     )
-    with safe_open(str(info.path), framework="pt") as f:
-        sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    n = merge_lora_file_into_state_dict(
-        sd, lora, strength=args.strength, prefix=TRANSFORMER_PREFIX, base=info.path
-    )
     metadata = dict(info.metadata)
     # A base that is itself a merge keeps the record of what was merged into it before.
     merged_before = json.loads(metadata.get("merged_loras", "[]"))
     metadata["merged_loras"] = json.dumps(
         [*merged_before, {"path": str(lora.path), "strength": args.strength}]
     )
-    save_safetensors_atomic(sd, args.out, metadata=metadata)  # a temporary file, renamed when complete
+    # A bar on a terminal only (disable=None): a 22B merge reads and writes 44 GB.
+    with tqdm(total=info.path.stat().st_size, unit="B", unit_scale=True, desc="merge", disable=None) as bar:
+        n = merge_lora_into_checkpoint(
+            info.path,
+            lora,
+            args.out,
+            strength=args.strength,
+            prefix=TRANSFORMER_PREFIX,
+            metadata=metadata,
+            on_tensor=bar.update,
+        )
     print(f"merged {n} adapters into {args.out}")
 
 

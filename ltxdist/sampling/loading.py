@@ -25,8 +25,9 @@ from ltxdist._ltx_core import (
     SingleGPUModelBuilder,
 )
 from ltxdist.lora import LoRAFileError, LoRASpec, check_base_version, import_lora, inject_lora, read_lora_file
-from ltxdist.lora.comfy_format import LoRAFile, check_lora_fits, merge_lora_file_into_state_dict
+from ltxdist.lora.comfy_format import LoRAFile, check_lora_fits
 from ltxdist.lora.inject import lora_modules
+from ltxdist.lora.merge_file import merge_lora_into_state_dict
 from ltxdist.models import build_meta_transformer, load_transformer, read_checkpoint_info
 from ltxdist.models.checkpoint_file import CheckpointInfo
 from ltxdist.models.loader import check_transformer_keys
@@ -75,7 +76,7 @@ def _fold_loras(model: torch.nn.Module, files: list[LoRAFile], loras: list[LoRAC
     weights = {name: param for name, param in model.named_parameters() if name.endswith(".weight")}
     folded = dict(weights)
     for lora, choice in zip(files, loras, strict=True):
-        merge_lora_file_into_state_dict(folded, lora, choice.strength, base=path)
+        merge_lora_into_state_dict(folded, lora, choice.strength, base=path)
     with torch.no_grad():
         for name, value in folded.items():
             if value is not weights[name]:
