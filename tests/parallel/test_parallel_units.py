@@ -399,6 +399,26 @@ def test_launch_dry_run_prints_config_layout_and_command(tiny_ckpt, tmp_path):
     assert bad.returncode != 0 and "parallel=ddp" in bad.stderr  # the error names the flag to fix
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["lora.rnak=4"], "config error: lora.rnak: not an option of lora (did you mean lora.rank?)"),
+        (["parallel=fsdp3"], "config error: parallel=fsdp3: not an option of parallel (choices: "),
+        (["data=shards"], "config error: data.path: no value given; set data.path=..."),
+    ],
+)
+def test_dry_run_config_mistakes_are_one_line_as_in_training(overrides, expected, capsys):
+    """The dry run (launch/train.sh --dry-run) explains a misspelt key, an unknown option and a missing
+    mandatory value as ltxdist-train does: one line, no Hydra traceback or search path."""
+    from ltxdist.parallel.layout import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(overrides)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(expected) and len(err.strip().splitlines()) == 1, err
+    assert "+lora" not in err and "search path" not in err.lower()
+
+
 def test_slurm_multinode_dry_run_renders_torchrun_for_2_nodes(tmp_path):
     slurm_env = {
         **env(),
