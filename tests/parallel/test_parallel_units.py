@@ -444,7 +444,8 @@ def test_slurm_multinode_dry_run_renders_torchrun_for_2_nodes(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node=1" in out
+    # the job's CPUs reach the task (Slurm >= 22.05's srun does not inherit --cpus-per-task)
+    assert "srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node=1 --cpus-per-task=64 env" in out
     assert "2 node(s) x 8 process(es) = 16" in out
     # parallel=hsdp: one replica per node, the base sharded over the node's 8 GPUs
     assert "replicate 2 x shard 8 x sequence 1" in out and "HSDP" in out
@@ -455,11 +456,12 @@ def test_slurm_multinode_dry_run_renders_torchrun_for_2_nodes(tmp_path):
     assert out.rstrip().endswith("parallel.devices=8 parallel.num_nodes=2")
     one = subprocess.run(
         ["bash", str(SLURM / "train_1node.sbatch"), "parallel=deepspeed_zero3", f"data.path={tmp_path}"],
-        env={**slurm_env, "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu07"},
+        env={**slurm_env, "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu07", "SLURM_CPUS_PER_TASK": "32"},
         capture_output=True,
         text=True,
     )
     assert one.returncode == 0, one.stderr
+    assert "srun --kill-on-bad-exit=1 --nodes=1 --ntasks=1 --cpus-per-task=32 env" in one.stdout
     assert "1 node(s) x 8 process(es) = 8" in one.stdout and "--standalone" in one.stdout
     # The SLURM directives that make preemption work are there.
     for name in ("train_1node.sbatch", "train_multinode.sbatch"):
