@@ -40,7 +40,8 @@ class ModelConfig:
     fp8_scale: str = "row"  # fp8 quantized on load: one scale per output row (row) or per tensor (tensor)
     fp8_matmul: bool = False  # fp8 base on Hopper: fp8 matmuls (torch._scaled_mm), forward + input grad
     # Frozen weights of this many transformer blocks stay in host memory and are copied in one block ahead
-    # (block swap, parallel/offload.py); needs gradient_checkpointing. 0 = off.
+    # (block swap, parallel/offload.py); swapped blocks are always recomputed, so it needs
+    # parallel.activation_checkpointing other than off (auto: gradient_checkpointing=true). 0 = off.
     offload_blocks: int = 0
 
 
@@ -212,9 +213,10 @@ class ParallelConfig:
     # when memory_budget_gib is set, else model.gradient_checkpointing) | off | full | attention (keep the
     # attention outputs, recompute the rest) | every_k (every k-th block) | budget
     activation_checkpointing: str = "auto"
-    activation_checkpointing_every: int = 2  # the k of every_k
+    activation_checkpointing_every: int = 2  # the k of every_k (refused with another mode)
     # GPU memory one process may use (GiB): budget mode picks, per step shape, the least recompute whose
-    # predicted peak fits (the activation memory model of parallel/activation_memory.py)
+    # predicted peak fits (the activation memory model of parallel/activation_memory.py); only with
+    # activation_checkpointing auto or budget
     memory_budget_gib: float | None = None
     # Ulysses sequence parallelism: groups of this many consecutive processes share each sample, every
     # process holding 1/N of its tokens (parallel/sequence_parallel.py; docs/distributed.md). 1 = off.

@@ -224,6 +224,16 @@ def test_layout_sizes(overrides, dims, tmp_path):
     assert got.hsdp == (got.engine == "fsdp" and dims[0] > 1)
 
 
+def test_zero_with_sequence_parallel_is_described_over_every_process(tmp_path):
+    """DeepSpeed (no mpu) partitions over the whole world, sequence-parallel ranks included."""
+    from ltxdist.parallel.dims import ParallelDims
+
+    overrides = ["parallel=deepspeed_zero3", "parallel.devices=4", "parallel.sequence_parallel=2"]
+    dims = ParallelDims.from_config(_compose([*overrides, f"data.path={tmp_path}"]).parallel)
+    assert dims.describe() == "deepspeed_zero3: ZeRO-3 over 4 process(es)"
+    assert dims.data_parallel_size == 2  # the data position still counts 2 groups of 2 ranks
+
+
 @pytest.mark.parametrize(
     ("overrides", "flag"),
     [
