@@ -342,3 +342,41 @@ def test_ltxdist_train_prints_a_config_mistake_as_one_line(tmp_path):
         "ltxdist-train: config error: lora.rnak: not an option of lora (did you mean lora.rank?)"
     ]
     assert not (tmp_path / "run").exists()  # nothing started
+
+
+# -- data=synthetic (the default data group) is not silently used for real training data --------------
+def _data_inputs(tiny_ckpt, data, *overrides):
+    from ltxdist.training.train import _prepare_inputs
+
+    cfg = _compose([f"model.checkpoint={tiny_ckpt}", f"data.path={data}", *overrides])
+    _prepare_inputs(cfg)
+
+
+def test_a_forgotten_data_shards_is_an_error_naming_data_path(tiny_ckpt, tiny_data, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    # A mistyped or empty data.path with a real model: no random latents written and trained on.
+    typo = tmp_path / "shrads"
+    with pytest.raises(ConfigError, match=rf"^data\.path: {typo} holds no shards.*add data=shards"):
+        _data_inputs(tiny_ckpt, typo, "model=ltx23_22b")
+    assert not typo.exists()
+    # Shards prepared by ltxdist-prepare (no synthetic mark) under data=synthetic, whatever the model.
+    prepared = tmp_path / "prepared"
+    shutil.copytree(tiny_data, prepared)
+    index = json.loads((prepared / "index.json").read_text())
+    del index["synthetic"]
+    (prepared / "index.json").write_text(json.dumps(index))
+    for model in ("tiny", "ltx23_22b"):
+        with pytest.raises(ConfigError, match=rf"^data\.path: {prepared} holds prepared .*add data=shards"):
+            _data_inputs(tiny_ckpt, prepared, f"model={model}")
+    _data_inputs(tiny_ckpt, prepared, "model=ltx23_22b", "data=shards")  # the fixed command
+    # What the demo, tests and benchmarks rely on still works: synthetic shards with any model, new
+    # synthetic data for the tiny model anywhere, and at the group's default folder for any model.
+    _data_inputs(tiny_ckpt, tiny_data, "model=ltx23_22b", "data.synthetic_if_missing=false")
+    _data_inputs(tiny_ckpt, tmp_path / "new", "model=tiny", "data.synthetic_num_samples=4")
+    monkeypatch.chdir(tmp_path)
+    _data_inputs(tiny_ckpt, "data/synthetic-tiny", "model=ltx23_22b", "data.synthetic_num_samples=4")
+    assert (tmp_path / "new" / "index.json").is_file() and (
+        tmp_path / "data/synthetic-tiny/index.json"
+    ).is_file()

@@ -74,6 +74,46 @@ def test_offload_moves_each_block_once_per_pass_and_changes_nothing(tiny_ckpt, t
     assert torch.equal(loss, loss_ref)
 
 
+@pytest.mark.parametrize(
+    "ac",
+    [
+        ("parallel.activation_checkpointing=attention",),
+        ("parallel.activation_checkpointing=every_k", "parallel.activation_checkpointing_every=2"),
+        ("parallel.activation_checkpointing=budget", "parallel.memory_budget_gib=100"),
+    ],
+    ids=["attention", "every_k", "budget"],
+)
+def test_offload_under_each_block_mode_recomputes_the_swapped_blocks(tiny_ckpt, tiny_data, ac):
+    """The per-block modes would leave a swapped block `off` (budget: a roomy budget plans every block off;
+    every_k=2: block 1) or recompute it where the swap's weights are gone (attention): swapped blocks are
+    always fully recomputed, each copied once per forward and once per recompute, with the gradients of the
+    run without swap; the budget planner counts their device copies in flight as resident."""
+    common = ("model.dtype=float32", *ac)
+    batch = _batch(tiny_data)
+    ref = _module(tiny_ckpt, tiny_data, *common)
+    module = _module(tiny_ckpt, tiny_data, *common, "model.offload_blocks=2")
+    loss_ref, grads_ref = _step(ref, batch)
+    loss, grads = _step(module, batch)
+    offloader = module.block_offloader
+    assert dict(offloader.transfers) == {0: 2, 1: 2}  # forward + recompute: neither block is `off`
+    assert torch.equal(loss, loss_ref)
+    assert all(torch.equal(a, b) for a, b in zip(grads, grads_ref, strict=True))
+    planner = module.transformer.__dict__["ltxdist_ac_planner"]
+    assert planner.modes == ["full", "full"]
+    if "budget" in ac[0]:
+        assert ref.transformer.__dict__["ltxdist_ac_planner"].last_counts == {
+            "off": 2,
+            "attention": 0,
+            "full": 0,
+        }
+        assert planner.last_counts == {"off": 0, "attention": 0, "full": 2}
+        # Both blocks swapped, both in flight at once: the same device bytes as without swap.
+        assert offloader.in_flight_bytes() == offloader.host_bytes() > 0
+        assert planner.resident(module.transformer) == ref.transformer.__dict__[
+            "ltxdist_ac_planner"
+        ].resident(ref.transformer)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_with_fp8_base_and_offload_match_one_process(tiny_ckpt, tmp_path):
     # As test_train_e2e's DDP check, on an fp8 base with one of the two blocks swapped: DDP must not try

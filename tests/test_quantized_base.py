@@ -202,6 +202,15 @@ def test_8bit_base_config_errors_name_the_flag(tiny_ckpt, tiny_data):
     assert check("model.base_precision=fp8", "parallel=fsdp2").startswith("model.base_precision")
     assert check("model.base_precision=int8", "parallel=deepspeed_zero2").startswith("model.base_precision")
     assert check("model.offload_blocks=1").startswith("model.offload_blocks")  # no checkpointing
+    # The resolved parallel.activation_checkpointing decides, not model.gradient_checkpointing alone.
+    assert check(
+        "model=ltx23_22b", "model.offload_blocks=8", "parallel.activation_checkpointing=off"
+    ).startswith("model.offload_blocks")
+    for ac in ("full", "attention", "every_k"):
+        ok = ("model.offload_blocks=1", f"parallel.activation_checkpointing={ac}")
+        validate_config(
+            compose_train_config([f"model.checkpoint={tiny_ckpt}", f"data.path={tiny_data}", *ok])
+        )
     with_ac = ("model.offload_blocks=1", "model.gradient_checkpointing=true")
     assert check(*with_ac, "parallel=fsdp2").startswith("model.offload_blocks")
     assert check(*with_ac, "parallel.compile=true").startswith("model.offload_blocks")

@@ -40,7 +40,8 @@ class ModelConfig:
     fp8_scale: str = "row"  # fp8 quantized on load: one scale per output row (row) or per tensor (tensor)
     fp8_matmul: bool = False  # fp8 base on Hopper: fp8 matmuls (torch._scaled_mm), forward + input grad
     # Frozen weights of this many transformer blocks stay in host memory and are copied in one block ahead
-    # (block swap, parallel/offload.py); needs gradient_checkpointing. 0 = off.
+    # (block swap, parallel/offload.py); swapped blocks are always recomputed, so it needs
+    # parallel.activation_checkpointing other than off (auto: gradient_checkpointing=true). 0 = off.
     offload_blocks: int = 0
 
 
@@ -212,9 +213,10 @@ class ParallelConfig:
     # when memory_budget_gib is set, else model.gradient_checkpointing) | off | full | attention (keep the
     # attention outputs, recompute the rest) | every_k (every k-th block) | budget
     activation_checkpointing: str = "auto"
-    activation_checkpointing_every: int = 2  # the k of every_k
+    activation_checkpointing_every: int = 2  # the k of every_k (refused with another mode)
     # GPU memory one process may use (GiB): budget mode picks, per step shape, the least recompute whose
-    # predicted peak fits (the activation memory model of parallel/activation_memory.py)
+    # predicted peak fits (the activation memory model of parallel/activation_memory.py); only with
+    # activation_checkpointing auto or budget
     memory_budget_gib: float | None = None
     # Ulysses sequence parallelism: groups of this many consecutive processes share each sample, every
     # process holding 1/N of its tokens (parallel/sequence_parallel.py; docs/distributed.md). 1 = off.
@@ -440,7 +442,6 @@ def validate_config(cfg: Any) -> None:
     _require(
         cfg.model.kernels in ("auto", "triton", "torch"), "model.kernels", "must be auto, triton or torch"
     )
-    validate_base_precision(cfg.model, cfg.parallel)
     _require(cfg.lora.rank >= 1, "lora.rank", f"must be >= 1, got {cfg.lora.rank}")
     _require(cfg.lora.alpha > 0, "lora.alpha", f"must be > 0, got {cfg.lora.alpha}")
     _require(0 <= cfg.lora.dropout < 1, "lora.dropout", f"must be in [0, 1), got {cfg.lora.dropout}")
@@ -540,26 +541,8 @@ def validate_config(cfg: Any) -> None:
         "parallel.accelerator",
         f"must be auto, cpu or gpu, got {cfg.parallel.accelerator!r}",
     )
-    _require(
-        cfg.parallel.activation_checkpointing in ("auto", "off", "full", "attention", "every_k", "budget"),
-        "parallel.activation_checkpointing",
-        "must be auto, off, full, attention, every_k or budget",
-    )
-    _require(
-        cfg.parallel.activation_checkpointing != "budget" or cfg.parallel.memory_budget_gib is not None,
-        "parallel.memory_budget_gib",
-        "parallel.activation_checkpointing=budget needs a budget: set parallel.memory_budget_gib=<GiB>",
-    )
-    _require(
-        cfg.parallel.memory_budget_gib is None or cfg.parallel.memory_budget_gib > 0,
-        "parallel.memory_budget_gib",
-        f"must be > 0 GiB, got {cfg.parallel.memory_budget_gib}",
-    )
-    _require(
-        cfg.parallel.activation_checkpointing_every >= 1,
-        "parallel.activation_checkpointing_every",
-        f"must be >= 1, got {cfg.parallel.activation_checkpointing_every}",
-    )
+    validate_activation_checkpointing(cfg.parallel)
+    validate_base_precision(cfg.model, cfg.parallel)  # after: block swap checks the resolved policy
     if "reduce_dtype" in cfg.parallel:  # the FSDP2 options (fsdp2, hsdp)
         _require(
             cfg.parallel.reduce_dtype in ("float32", "bfloat16"),
@@ -601,6 +584,45 @@ def validate_config(cfg: Any) -> None:
         validate_validation_config(cfg.validation, cfg.strategy.name)
 
 
+def validate_activation_checkpointing(p: Any) -> None:
+    """parallel.activation_checkpointing / activation_checkpointing_every / memory_budget_gib: valid, and
+    none set where the selected mode ignores it (parallel/activation_checkpointing.py)."""
+    mode = p.activation_checkpointing
+    _require(
+        mode in ("auto", "off", "full", "attention", "every_k", "budget"),
+        "parallel.activation_checkpointing",
+        "must be auto, off, full, attention, every_k or budget",
+    )
+    _require(
+        mode != "budget" or p.memory_budget_gib is not None,
+        "parallel.memory_budget_gib",
+        "parallel.activation_checkpointing=budget needs a budget: set parallel.memory_budget_gib=<GiB>",
+    )
+    _require(
+        p.memory_budget_gib is None or p.memory_budget_gib > 0,
+        "parallel.memory_budget_gib",
+        f"must be > 0 GiB, got {p.memory_budget_gib}",
+    )
+    _require(
+        p.memory_budget_gib is None or mode in ("auto", "budget"),
+        "parallel.memory_budget_gib",
+        f"only parallel.activation_checkpointing=budget (or auto) plans to a budget; {mode} ignores it: drop "
+        "parallel.memory_budget_gib or set parallel.activation_checkpointing=budget",
+    )
+    _require(
+        p.activation_checkpointing_every >= 1,
+        "parallel.activation_checkpointing_every",
+        f"must be >= 1, got {p.activation_checkpointing_every}",
+    )
+    default_every = ParallelConfig.activation_checkpointing_every
+    _require(
+        mode == "every_k" or p.activation_checkpointing_every == default_every,
+        "parallel.activation_checkpointing_every",
+        f"the k of parallel.activation_checkpointing=every_k; {mode} ignores it: drop it or set "
+        "parallel.activation_checkpointing=every_k",
+    )
+
+
 def validate_base_precision(m: Any, parallel: Any) -> None:
     """model.base_precision / fp8_* / offload_blocks (ltxdist/quant, parallel/offload.py)."""
     _require(m.base_precision in ("bf16", "fp8", "int8"), "model.base_precision", "must be bf16, fp8 or int8")
@@ -612,11 +634,16 @@ def validate_base_precision(m: Any, parallel: Any) -> None:
     )
     _require(m.offload_blocks >= 0, "model.offload_blocks", f"must be >= 0, got {m.offload_blocks}")
     if m.offload_blocks > 0:
+        from ltxdist.parallel.activation_checkpointing import checkpointing_policy
+
+        # The resolved policy decides (auto: model.gradient_checkpointing, or budget with a budget).
+        policy = checkpointing_policy(parallel, gradient_checkpointing=m.gradient_checkpointing)
         _require(
-            m.gradient_checkpointing,
+            policy.mode != "off",
             "model.offload_blocks",
-            "needs model.gradient_checkpointing=true (without it backward keeps every block's weights on the "
-            "device, so offloading would save nothing)",
+            "swapped blocks must be recomputed in backward (without it autograd keeps every swapped block's "
+            "weights on the device, so swapping saves nothing): set parallel.activation_checkpointing to "
+            "full, attention, every_k or budget instead of off (auto: model.gradient_checkpointing=true)",
         )
         _require(
             not parallel.compile,

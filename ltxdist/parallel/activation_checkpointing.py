@@ -15,6 +15,10 @@ Modes (`parallel.activation_checkpointing`):
   auto       budget when `parallel.memory_budget_gib` is set, else full or off by
              `model.gradient_checkpointing`
 
+Blocks swapped from host memory (`model.offload_blocks`, parallel/offload.py) are always fully
+recomputed, whatever the mode says for other blocks (Planner.require_recompute); `off` itself is refused
+with block swap (config/schema.py).
+
 The non-full modes wrap each block's forward in place (an instance attribute, so parameter names,
 FSDP2 units and `Module.compile` see the same module tree); the decision for each block is taken in
 its forward, so the recompute in backward re-runs exactly what the forward ran.
@@ -40,6 +44,7 @@ from ltxdist.parallel.activation_memory import (
     to_gib,
     trace_block_memory,
 )
+from ltxdist.parallel.offload import SWAP_HOOKS
 
 MODES = ("auto", "off", "full", "attention", "every_k", "budget")
 _BLOCK_MODES = ("off", "attention", "full")
@@ -98,11 +103,13 @@ def plan_for_budget(
     budget_bytes: float,
     recompute: dict[str, float],
     gradients: int = 0,
+    recomputed: int = 0,
 ) -> dict[str, int]:
     """Blocks per mode with the least recompute whose peak (with allocator overhead) fits the budget;
-    `gradients`: bytes of the adapters' gradients (predicted_peak_bytes)."""
+    `gradients`: bytes of the adapters' gradients (predicted_peak_bytes); `recomputed`: how many blocks
+    must be `full` (the swapped ones, Planner.require_recompute)."""
     best: tuple[float, int, dict[str, int]] | None = None
-    for full in range(blocks + 1):
+    for full in range(recomputed, blocks + 1):
         for attention in range(blocks + 1 - full):
             counts = {"off": blocks - full - attention, "attention": attention, "full": full}
             peak = predicted_peak_bytes(memory, counts, resident, gradients)
@@ -122,13 +129,20 @@ def plan_for_budget(
     return best[2]
 
 
-def block_modes(counts: dict[str, int]) -> list[str]:
-    """One mode per block: fully checkpointed blocks first, then attention-selective, then none."""
-    return (
+def block_modes(counts: dict[str, int], swapped: frozenset[int] = frozenset()) -> list[str]:
+    """One mode per block: fully checkpointed blocks first, then attention-selective, then none; the
+    `swapped` blocks take the `full` ones before the others do (counts["full"] leaves them room)."""
+    blocks = sum(counts.values())
+    order = sorted(range(blocks), key=lambda i: (i not in swapped, i))
+    ranked = (
         ["full"] * counts.get("full", 0)
         + ["attention"] * counts.get("attention", 0)
         + (["off"] * counts.get("off", 0))
     )
+    modes = [""] * blocks
+    for index, mode in zip(order, ranked, strict=True):
+        modes[index] = mode
+    return modes
 
 
 @dataclass
@@ -142,6 +156,9 @@ class Planner:
     _plans: dict[tuple, list[str]] = field(default_factory=dict)
     last_counts: dict[str, int] = field(default_factory=dict)
     last_memory: BlockMemory | None = None
+    # Block swap (parallel/offload.py): the swapped blocks, and the bytes of their device copies in flight.
+    swapped: frozenset[int] = frozenset()
+    swapped_in_flight_bytes: int = 0
 
     def __post_init__(self) -> None:
         if self.policy.mode == "every_k":
@@ -150,14 +167,29 @@ class Planner:
             self.modes = [self.policy.mode] * self.blocks
         else:
             self.modes = ["full"] * self.blocks  # budget: until the first step is planned
+        self.modes = ["full" if i in self.swapped else mode for i, mode in enumerate(self.modes)]
+
+    def require_recompute(self, swapped: list[int], in_flight_bytes: int) -> None:
+        """Swapped blocks are always `full`. Why forced recompute, rather than counting a swapped block's
+        weights as resident when the budget plan leaves it off: an `off` block's frozen weights stay on
+        the device until its backward (autograd saves them for the input gradient), so a swapped block
+        left off holds its weights and all its activations and is copied for nothing, while the same
+        `off` slot given to a resident block costs its activations only (its weights are there anyway):
+        at the same recompute cost, recomputing the swapped blocks always needs less memory. `full`, not
+        `attention`: the selective recompute replays only the ops its forward recorded, and the swap's
+        weight copy in the recompute is not one of them (torch refuses it)."""
+        self.swapped, self.swapped_in_flight_bytes = frozenset(swapped), in_flight_bytes
+        self._plans.clear()
+        self.__post_init__()
 
     def mode(self, index: int) -> str:
         return self.modes[index]
 
     def resident(self, model: torch.nn.Module) -> int:
-        """resident_bytes, plus the two whole blocks FSDP2 holds gathered (the running one, the prefetched
-        next) when the parameters are sharded."""
-        total = resident_bytes(model)
+        """resident_bytes (without the swapped blocks' weights, which are on the host), plus the swapped
+        blocks' device copies in flight, plus the two whole blocks FSDP2 holds gathered (the running one,
+        the prefetched next) when the parameters are sharded."""
+        total = resident_bytes(model) + self.swapped_in_flight_bytes
         if self.template is not None and any(hasattr(p, "to_local") for p in model.parameters()):
             block = self.template.transformer_blocks[0]
             total += 2 * sum(p.numel() * p.element_size() for p in block.parameters())
@@ -177,9 +209,15 @@ class Planner:
             recompute = block_recompute_flops(self.template, video, audio)
             budget = self.policy.budget_gib * 2**30
             counts = plan_for_budget(
-                memory, self.blocks, self.resident(model), budget, recompute, gradient_bytes(model)
+                memory,
+                self.blocks,
+                self.resident(model),
+                budget,
+                recompute,
+                gradient_bytes(model),
+                recomputed=len(self.swapped),
             )
-            self._plans[key] = block_modes(counts)
+            self._plans[key] = block_modes(counts, self.swapped)
             self.last_memory, self.last_counts = memory, counts
         self.modes = self._plans[key]
         return self.modes
@@ -214,7 +252,29 @@ class _CheckpointedForward:
         if mode == "off":
             return forward(*args, **kwargs)
         extra = {"context_fn": _attention_contexts} if mode == "attention" else {}
-        return checkpoint(forward, *args, use_reentrant=False, **extra, **kwargs)
+        return checkpoint(_Recomputable(block, forward), *args, use_reentrant=False, **extra, **kwargs)
+
+
+class _Recomputable:
+    """A block's plain forward for `checkpoint`. Its first run is inside the block's module call, whose
+    hooks ran around it; a later run is the recompute in backward, outside any module call, so block
+    swap's hooks (parallel/offload.py: copy the block's weights to the device, drop them after) run around
+    it here, as they do when ltx-core's full mode checkpoints the whole module call."""
+
+    def __init__(self, block: torch.nn.Module, forward: Any):
+        self.block, self.forward, self.runs = block, forward, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.runs += 1
+        swap_hooks = self.block.__dict__.get(SWAP_HOOKS)
+        if self.runs == 1 or swap_hooks is None:
+            return self.forward(*args, **kwargs)
+        before, after = swap_hooks
+        before(self.block, args)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            after(self.block, args, None)
 
 
 class _PlanStep:
@@ -262,3 +322,19 @@ def apply_activation_checkpointing(model: torch.nn.Module, policy: Checkpointing
             _PlanStep(planner), with_kwargs=True
         )
     model.__dict__["ltxdist_ac_planner"] = planner
+
+
+def require_recompute(model: torch.nn.Module, swapped: list[int], in_flight_bytes: int) -> None:
+    """Make sure the `swapped` blocks (block swap, parallel/offload.py) are recomputed in backward: without
+    that autograd keeps each swapped block's device copy until backward and swapping saves nothing.
+    `in_flight_bytes`: their device copies alive at once, which the budget planner counts as resident."""
+    if not swapped:
+        return
+    planner = model.__dict__.get("ltxdist_ac_planner")
+    if planner is not None:  # every_k, attention, budget
+        planner.require_recompute(swapped, in_flight_bytes)
+    elif not getattr(model, "_enable_gradient_checkpointing", False):  # ltx-core's switch: full
+        raise ValueError(
+            "model.offload_blocks: the swapped blocks must be recomputed in backward; set "
+            "parallel.activation_checkpointing to anything but off (or model.gradient_checkpointing=true)"
+        )

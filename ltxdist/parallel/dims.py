@@ -95,7 +95,10 @@ class ParallelDims:
         elif engine == "ddp":
             replicate, shard = groups, 1  # every process holds everything
         elif engine == "deepspeed":
-            replicate, shard = 1, groups  # ZeRO partitions over every data-parallel process
+            # Data parallelism over every group; ZeRO itself (deepspeed.initialize without an mpu) takes the
+            # whole world as its data-parallel group, sequence-parallel ranks included: it partitions over
+            # all processes, and sequence_parallel.loss_scale undoes its extra average over them.
+            replicate, shard = 1, groups
         else:
             if world != 1:
                 raise LayoutError(
@@ -161,7 +164,7 @@ class ParallelDims:
         what = {
             "single": "one process",
             "ddp": "every process holds the whole frozen base; LoRA gradients all-reduced",
-            "deepspeed": f"ZeRO-{self.zero_stage} over {self.shard} process(es)",
+            "deepspeed": f"ZeRO-{self.zero_stage} over {self.shard * self.sequence} process(es)",
         }.get(self.engine)
         if what is None:
             if self.hsdp:
@@ -174,7 +177,9 @@ class ParallelDims:
         return f"{self.name}: {what}"
 
     def as_record(self) -> dict[str, Any]:
-        """JSON for checkpoints: the layout a checkpoint was written under."""
+        """JSON for checkpoints: the layout a checkpoint was written under. `shard` counts data-parallel
+        groups (what the data position depends on); FSDP2 and ZeRO split the weights over
+        `shard` x `sequence` processes."""
         return {
             "name": self.name,
             "engine": self.engine,

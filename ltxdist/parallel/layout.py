@@ -44,21 +44,26 @@ def describe_layout(cfg: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hydra import compose, initialize_config_dir
+    from omegaconf.errors import OmegaConfBaseException
 
+    from ltxdist.config.hydra_errors import explain_read_error
     from ltxdist.config.schema import ConfigError, validate_config
-    from ltxdist.config.store import CONF_DIR, register_configs
+    from ltxdist.config.store import compose_train_config
 
     overrides = list(sys.argv[1:] if argv is None else argv)
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
     try:
+        # As ltxdist-train reads its config: composing explains a misspelt key or option in one line,
+        # reading explains a missing value (`???`, e.g. data=shards without data.path).
+        cfg = compose_train_config(overrides)
         validate_config(cfg)
-    except ConfigError as err:
-        sys.exit(f"config error: {err}")
+        resolved = OmegaConf.to_yaml(cfg, resolve=True)
+    except (ConfigError, OmegaConfBaseException) as err:
+        if isinstance(err, OmegaConfBaseException):
+            err = explain_read_error(err)
+        print(f"config error: {err}", file=sys.stderr)
+        sys.exit(2)
     print("# resolved config")
-    print(OmegaConf.to_yaml(cfg, resolve=True))
+    print(resolved)
     print("# world layout")
     print(describe_layout(cfg))
 

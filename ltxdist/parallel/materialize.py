@@ -14,6 +14,7 @@ import torch
 
 from ltxdist.lora.inject import lora_modules, reset_lora
 from ltxdist.models.loader import copy_base_weights
+from ltxdist.parallel.activation_checkpointing import require_recompute
 from ltxdist.parallel.dims import ParallelDims
 from ltxdist.parallel.materialize_report import MaterializeReport
 from ltxdist.parallel.offload import (
@@ -70,7 +71,11 @@ def materialize_transformer(
         else:
             reset_lora(model, lora_init_seed)
     report.write()
-    return install_block_offload(model, offload_blocks, device)
+    offloader = install_block_offload(model, offload_blocks, device)
+    if offloader is not None:
+        # Swapping saves memory only if the swapped blocks are recomputed (parallel/activation_checkpointing).
+        require_recompute(model, offloader.indices, offloader.in_flight_bytes())
+    return offloader
 
 
 def _materialize_zero3(

@@ -30,6 +30,11 @@ from typing import Any
 import torch
 
 _ADAPTER_SUFFIXES = ("lora_A", "lora_B")
+# Swapped blocks on the device at once: the one running, the one prefetched, and the one whose backward
+# autograd is finishing when the next recompute starts.
+BLOCKS_IN_FLIGHT = 3
+# Instance attribute of a swapped block: its (forward pre-hook, forward hook), see BlockOffloader.
+SWAP_HOOKS = "ltxdist_swap_hooks"
 
 
 def offloaded_block_indices(num_blocks: int, count: int) -> list[int]:
@@ -92,8 +97,12 @@ class BlockOffloader:
                 slots.append(_Slot(owner, attr, host))
                 owner._parameters[attr] = None  # between uses the block has no frozen weights at all
             self.slots[i] = slots
-            self._handles.append(blocks[i].register_forward_pre_hook(self._pre_hook(i)))
-            self._handles.append(blocks[i].register_forward_hook(self._post_hook(i), always_call=True))
+            pre, post = self._pre_hook(i), self._post_hook(i)
+            self._handles.append(blocks[i].register_forward_pre_hook(pre))
+            self._handles.append(blocks[i].register_forward_hook(post, always_call=True))
+            # For a recompute outside the module call (activation_checkpointing's per-block modes run it
+            # on the block's plain forward): the same two hooks, to run around it.
+            blocks[i].__dict__[SWAP_HOOKS] = (pre, post)
 
     # -- bookkeeping --------------------------------------------------------------------------------
     def block_bytes(self, i: int) -> int:
@@ -101,6 +110,10 @@ class BlockOffloader:
 
     def host_bytes(self) -> int:
         return sum(self.block_bytes(i) for i in self.indices)
+
+    def in_flight_bytes(self) -> int:
+        """The most device memory the swapped blocks' copies take at once (BLOCKS_IN_FLIGHT largest)."""
+        return sum(sorted((self.block_bytes(i) for i in self.indices), reverse=True)[:BLOCKS_IN_FLIGHT])
 
     def reset_counts(self) -> None:
         self.transfers.clear()
@@ -166,6 +179,8 @@ class BlockOffloader:
             handle.remove()
         self._handles.clear()
         self._pending.clear()
+        for i in self.indices:
+            self.blocks[i].__dict__.pop(SWAP_HOOKS, None)
         for slots in self.slots.values():
             for slot in slots:
                 slot.owner._parameters[slot.name] = torch.nn.Parameter(slot.host, requires_grad=False)

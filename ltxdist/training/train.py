@@ -51,7 +51,8 @@ log = logging.getLogger("ltxdist")
 
 
 def _prepare_inputs(cfg: Any) -> None:
-    """Demo conveniences: a tiny checkpoint and synthetic data when asked for and missing."""
+    """Demo conveniences: a tiny checkpoint and synthetic data when asked for and missing; with
+    data=synthetic, refuses prepared shards and new random data for a real model (a forgotten data=shards)."""
     ckpt = Path(cfg.model.checkpoint)
     # Options of model=tiny and data=synthetic only (the closed config has them nowhere else).
     if not ckpt.is_file() and not cfg.model.get("create_if_missing", False):
@@ -65,10 +66,16 @@ def _prepare_inputs(cfg: Any) -> None:
 
         write_random_checkpoint(ckpt)
         log.info("model.create_if_missing: wrote a tiny random checkpoint %s", ckpt)
-    if cfg.data.path is None or not cfg.data.get("synthetic_if_missing", False):
+    if "synthetic_if_missing" not in cfg.data:  # data=shards
+        return
+    for path in [cfg.data.path, *(m.path for m in cfg.data.mix)]:
+        if path is not None:
+            _refuse_prepared_shards_as_synthetic(Path(path))
+    if cfg.data.path is None or not cfg.data.synthetic_if_missing:
         return
     data = Path(cfg.data.path)
     if not (data / "index.json").is_file():
+        _refuse_random_data_for_a_real_model(data, cfg.model.name)
         from ltxdist.data.synthetic import write_synthetic_dataset
 
         write_synthetic_dataset(
@@ -81,6 +88,38 @@ def _prepare_inputs(cfg: Any) -> None:
             reference_audio_frames=cfg.data.synthetic_reference_audio_frames,
         )
         log.info("wrote synthetic dataset %s", data)
+
+
+_ADD_DATA_SHARDS = "add data=shards to the command (data=synthetic is the default data group)"
+
+
+def _refuse_prepared_shards_as_synthetic(data: Path) -> None:
+    """Shards from ltxdist-prepare under data=synthetic would train with the synthetic group's demo
+    settings (batch_size 2, num_workers 0, shuffle_buffer 16): almost always a forgotten data=shards."""
+    import json
+
+    try:
+        index = json.loads((data / "index.json").read_text())
+    except (OSError, ValueError):
+        return  # no readable index: nothing prepared here (the data stream reports a broken one)
+    if isinstance(index, dict) and not index.get("synthetic", False):
+        raise ConfigError(
+            f"data.path: {data} holds prepared (not synthetic) shards, but the data group is data=synthetic, "
+            f"whose demo settings would apply: {_ADD_DATA_SHARDS}"
+        )
+
+
+def _refuse_random_data_for_a_real_model(data: Path, model_name: str) -> None:
+    """Never random latents written and trained on because data.path is mistyped or empty (as for
+    model.checkpoint): only the tiny model, or the group's own default folder, gets new synthetic data."""
+    default = OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml").path
+    if model_name == "tiny" or Path(data) == Path(default):
+        return
+    raise ConfigError(
+        f"data.path: {data} holds no shards (no index.json), and data=synthetic would write random "
+        f"synthetic latents there and train model={model_name} on them; point data.path at the output of "
+        f"ltxdist-prepare and {_ADD_DATA_SHARDS}"
+    )
 
 
 def lora_extra_metadata(strategy_cfg: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ltxdist.parallel.activation_checkpointing import (
     CheckpointingPolicy,
     MemoryBudgetError,
     apply_activation_checkpointing,
+    block_modes,
     checkpointing_policy,
     plan_for_budget,
 )
@@ -96,6 +97,16 @@ def test_budget_plan_takes_the_least_recompute_that_fits() -> None:
     }
     with pytest.raises(MemoryBudgetError):
         plan_for_budget(memory, 4, 100, 125 * ALLOCATOR_OVERHEAD + 1e-6, recompute, gradients=40)
+    # Two swapped blocks (block swap) are always full, however much room there is; on blocks 1 and 3.
+    swapped = plan_for_budget(memory, 4, 100, 150 * ALLOCATOR_OVERHEAD + 1e-6, recompute, recomputed=2)
+    assert swapped == {"off": 2, "attention": 0, "full": 2}
+    assert block_modes(swapped, frozenset({1, 3})) == ["off", "full", "off", "full"]
+    assert block_modes({"off": 1, "attention": 2, "full": 1}, frozenset({2})) == [
+        "attention",
+        "attention",
+        "full",
+        "off",
+    ]
 
 
 def _modality(tokens: int, axes: int, ctx_dim: int, dtype: torch.dtype = torch.bfloat16) -> Modality:
@@ -236,6 +247,28 @@ def test_budget_mode_mixes_modes_to_fit_and_keeps_the_gradients(one_thread) -> N
         (["parallel.memory_budget_gib=0"], "parallel.memory_budget_gib"),
         (["parallel.activation_checkpointing=sometimes"], "parallel.activation_checkpointing"),
         (["parallel.activation_checkpointing_every=0"], "parallel.activation_checkpointing_every"),
+        # Flags the selected mode ignores are refused, not silently dropped.
+        (
+            ["parallel.activation_checkpointing=full", "parallel.memory_budget_gib=40"],
+            "parallel.memory_budget_gib",
+        ),
+        (
+            ["parallel.activation_checkpointing=off", "parallel.memory_budget_gib=40"],
+            "parallel.memory_budget_gib",
+        ),
+        (
+            ["parallel.activation_checkpointing=every_k", "parallel.memory_budget_gib=40"],
+            "parallel.memory_budget_gib",
+        ),
+        (["parallel.activation_checkpointing_every=3"], "parallel.activation_checkpointing_every"),
+        (
+            [
+                "parallel.activation_checkpointing=budget",
+                "parallel.memory_budget_gib=40",
+                "parallel.activation_checkpointing_every=4",
+            ],
+            "parallel.activation_checkpointing_every",
+        ),
     ],
 )
 def test_config_errors_name_the_flag(overrides, flag, tiny_ckpt, tmp_path) -> None:
@@ -245,3 +278,20 @@ def test_config_errors_name_the_flag(overrides, flag, tiny_ckpt, tmp_path) -> No
     cfg = compose_train_config([*overrides, f"model.checkpoint={tiny_ckpt}", f"data.path={tmp_path}"])
     with pytest.raises(ConfigError, match=rf"^{re.escape(flag)}"):
         validate_config(cfg)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["parallel.memory_budget_gib=40"],  # auto: budget
+        ["parallel.activation_checkpointing=budget", "parallel.memory_budget_gib=40"],
+        ["parallel.activation_checkpointing=every_k", "parallel.activation_checkpointing_every=3"],
+    ],
+)
+def test_flags_their_mode_uses_are_accepted(overrides, tiny_ckpt, tmp_path) -> None:
+    from ltxdist.config.schema import validate_config
+    from ltxdist.config.store import compose_train_config
+
+    validate_config(
+        compose_train_config([*overrides, f"model.checkpoint={tiny_ckpt}", f"data.path={tmp_path}"])
+    )

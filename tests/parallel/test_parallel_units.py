@@ -224,6 +224,16 @@ def test_layout_sizes(overrides, dims, tmp_path):
     assert got.hsdp == (got.engine == "fsdp" and dims[0] > 1)
 
 
+def test_zero_with_sequence_parallel_is_described_over_every_process(tmp_path):
+    """DeepSpeed (no mpu) partitions over the whole world, sequence-parallel ranks included."""
+    from ltxdist.parallel.dims import ParallelDims
+
+    overrides = ["parallel=deepspeed_zero3", "parallel.devices=4", "parallel.sequence_parallel=2"]
+    dims = ParallelDims.from_config(_compose([*overrides, f"data.path={tmp_path}"]).parallel)
+    assert dims.describe() == "deepspeed_zero3: ZeRO-3 over 4 process(es)"
+    assert dims.data_parallel_size == 2  # the data position still counts 2 groups of 2 ranks
+
+
 @pytest.mark.parametrize(
     ("overrides", "flag"),
     [
@@ -399,6 +409,26 @@ def test_launch_dry_run_prints_config_layout_and_command(tiny_ckpt, tmp_path):
     assert bad.returncode != 0 and "parallel=ddp" in bad.stderr  # the error names the flag to fix
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["lora.rnak=4"], "config error: lora.rnak: not an option of lora (did you mean lora.rank?)"),
+        (["parallel=fsdp3"], "config error: parallel=fsdp3: not an option of parallel (choices: "),
+        (["data=shards"], "config error: data.path: no value given; set data.path=..."),
+    ],
+)
+def test_dry_run_config_mistakes_are_one_line_as_in_training(overrides, expected, capsys):
+    """The dry run (launch/train.sh --dry-run) explains a misspelt key, an unknown option and a missing
+    mandatory value as ltxdist-train does: one line, no Hydra traceback or search path."""
+    from ltxdist.parallel.layout import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(overrides)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(expected) and len(err.strip().splitlines()) == 1, err
+    assert "+lora" not in err and "search path" not in err.lower()
+
+
 def test_slurm_multinode_dry_run_renders_torchrun_for_2_nodes(tmp_path):
     slurm_env = {
         **env(),
@@ -424,7 +454,8 @@ def test_slurm_multinode_dry_run_renders_torchrun_for_2_nodes(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node=1" in out
+    # the job's CPUs reach the task (Slurm >= 22.05's srun does not inherit --cpus-per-task)
+    assert "srun --kill-on-bad-exit=1 --nodes=2 --ntasks-per-node=1 --cpus-per-task=64 env" in out
     assert "2 node(s) x 8 process(es) = 16" in out
     # parallel=hsdp: one replica per node, the base sharded over the node's 8 GPUs
     assert "replicate 2 x shard 8 x sequence 1" in out and "HSDP" in out
@@ -435,11 +466,12 @@ def test_slurm_multinode_dry_run_renders_torchrun_for_2_nodes(tmp_path):
     assert out.rstrip().endswith("parallel.devices=8 parallel.num_nodes=2")
     one = subprocess.run(
         ["bash", str(SLURM / "train_1node.sbatch"), "parallel=deepspeed_zero3", f"data.path={tmp_path}"],
-        env={**slurm_env, "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu07"},
+        env={**slurm_env, "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu07", "SLURM_CPUS_PER_TASK": "32"},
         capture_output=True,
         text=True,
     )
     assert one.returncode == 0, one.stderr
+    assert "srun --kill-on-bad-exit=1 --nodes=1 --ntasks=1 --cpus-per-task=32 env" in one.stdout
     assert "1 node(s) x 8 process(es) = 8" in one.stdout and "--standalone" in one.stdout
     # The SLURM directives that make preemption work are there.
     for name in ("train_1node.sbatch", "train_multinode.sbatch"):
