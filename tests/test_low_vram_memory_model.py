@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from ltxdist.bench.memory_model import (
-    BLOCKS_IN_FLIGHT,
     GIB,
     Workload,
     activation_counts,
@@ -17,6 +16,7 @@ from ltxdist.bench.memory_model import (
     offload_needed,
     peak_bytes,
 )
+from ltxdist.parallel.offload import BLOCKS_IN_FLIGHT
 
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "fullsize_1xh200_2026-12-04.json"
 # The benchmark's standard workload: 3,570 video, 51 audio, 1,024 text tokens.
@@ -74,6 +74,21 @@ def test_block_swap_moves_weights_to_the_host_and_keeps_three_in_flight(acts, co
         largest = max(fp8.block_base_bytes) / GIB
         assert peak["base_in_flight"] <= min(swapped, BLOCKS_IN_FLIGHT) * largest + 1e-9
         assert peak["total"] < whole["total"] or swapped < BLOCKS_IN_FLIGHT
+
+
+def test_swapped_blocks_are_counted_recomputed_whatever_the_mode(acts, counts) -> None:
+    """Training recomputes swapped blocks fully in every mode and refuses `off` with block swap; the model
+    says the same: with every block swapped the mode of the others is moot, and `off` has no peak."""
+    fp8 = counts["fp8"]
+    every_block = len(fp8.block_base_bytes)
+    attention = peak_bytes(fp8, acts, offload_blocks=every_block, checkpointing="attention")
+    full = peak_bytes(fp8, acts, offload_blocks=every_block, checkpointing="full")
+    assert attention["activations_or_grads"] == pytest.approx(full["activations_or_grads"])
+    some = peak_bytes(fp8, acts, offload_blocks=16, checkpointing="attention")
+    unswapped = peak_bytes(fp8, acts, offload_blocks=0, checkpointing="attention")
+    assert full["activations_or_grads"] < some["activations_or_grads"] < unswapped["activations_or_grads"]
+    with pytest.raises(ValueError, match="recomputed"):
+        peak_bytes(fp8, acts, offload_blocks=1, checkpointing="off")
 
 
 def test_offload_needed_is_the_fewest_blocks_that_fit(acts, counts) -> None:

@@ -32,9 +32,6 @@ from ltxdist.parallel.activation_memory import (
 GIB = 2**30
 # CUDA context and cuBLAS / cuDNN workspaces, outside the allocator (torch 2.x with lazy module loading).
 CUDA_CONTEXT_GIB = 0.5
-# Offloaded blocks on the device at once: the one running, the one prefetched, and the one whose backward
-# autograd is finishing when the next recompute starts.
-BLOCKS_IN_FLIGHT = 3
 
 
 @dataclass(frozen=True)
@@ -164,16 +161,25 @@ def peak_bytes(
     """Peak GiB by component; `allocated` is what `torch.cuda.max_memory_allocated` would report (the sum
     of the parts), `total` what the card needs: allocated x ALLOCATOR_OVERHEAD + the CUDA context.
     Adapters are fp32 with AdamW (4 bytes + `optimizer_bytes_per_param`); their gradients (4 bytes) replace
-    the saved activations during backward. `checkpointing`: the mode of every block."""
-    from ltxdist.parallel.offload import offloaded_block_indices
+    the saved activations during backward. `checkpointing`: the mode of every block but the offloaded
+    ones, which training always recomputes fully (Planner.require_recompute); `off` with offloaded blocks
+    is refused there too (config/schema.py)."""
+    from ltxdist.parallel.offload import BLOCKS_IN_FLIGHT, offloaded_block_indices
 
+    if offload_blocks > 0 and checkpointing == "off":
+        raise ValueError(
+            "offloaded blocks must be recomputed in backward: no peak for checkpointing='off' with "
+            f"offload_blocks={offload_blocks} (training refuses that configuration)"
+        )
     n = len(counts.block_base_bytes)
     offloaded = set(offloaded_block_indices(n, offload_blocks))
     resident = sum(b for i, b in enumerate(counts.block_base_bytes) if i not in offloaded)
     in_flight = sorted((counts.block_base_bytes[i] for i in offloaded), reverse=True)[:BLOCKS_IN_FLIGHT]
     # Activations or the adapters' fp32 gradients, whichever backward holds more of (predicted_peak_bytes
     # with nothing resident), plus the layers outside the blocks and one block's backward.
-    activations = predicted_peak_bytes(acts.block, {checkpointing: n}, 0, counts.adapter_params * 4)
+    modes = {checkpointing: n - len(offloaded)}
+    modes["full"] = modes.get("full", 0) + len(offloaded)
+    activations = predicted_peak_bytes(acts.block, modes, 0, counts.adapter_params * 4)
     parts = {
         "base_resident": resident + counts.outer_base_bytes,
         "base_in_flight": sum(in_flight),
