@@ -21,6 +21,17 @@ KNOWN_COLUMNS = frozenset({*VIDEO_COLUMNS, "caption", *REFERENCE_COLUMNS})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"})
 
 
+def printable(text: str) -> str:
+    """`text` as it can be written as UTF-8 (JSON records, the terminal). A file name that is not UTF-8
+    reaches Python with its bad bytes as surrogate escapes (os.fsdecode), which no UTF-8 write accepts:
+    they become `\\xNN` (any other lone surrogate `\\uNNNN`). For messages and records; files are opened
+    by their real path."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 class ManifestError(ValueError):
     """The manifest as a whole cannot be used; the message names the file and row."""
 
@@ -91,7 +102,7 @@ def _read_json(path: Path) -> list[tuple[str, Any]]:
         raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, list):
         raise ManifestError(f"{path}: expected a JSON list of objects, one per clip")
-    return [(f"{path.name} row {i}", rec) for i, rec in enumerate(data)]
+    return [(f"{printable(path.name)} row {i}", rec) for i, rec in enumerate(data)]
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
@@ -100,7 +111,7 @@ def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            out.append((f"{path.name} line {lineno}", json.loads(line)))
+            out.append((f"{printable(path.name)} line {lineno}", json.loads(line)))
         except (json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(f"{path} line {lineno}: not valid JSON ({exc})") from exc
     return out
@@ -129,7 +140,9 @@ def _csv_rows(path: Path, reader: csv.DictReader) -> list[tuple[str, Any]]:
         if None in rec:
             raise ManifestError(f"{path} line {reader.line_num}: more values than header columns")
         # line_num counts physical lines, so a caption with a newline inside quotes still points right.
-        rows.append((f"{path.name} line {reader.line_num}", {k.strip(): v for k, v in rec.items()}))
+        rows.append(
+            (f"{printable(path.name)} line {reader.line_num}", {k.strip(): v for k, v in rec.items()})
+        )
     return rows
 
 
@@ -140,7 +153,7 @@ def _read_folder(folder: Path) -> list[ManifestRow]:
     rows = []
     for i, clip in enumerate(clips):
         sidecar = clip.with_suffix(".txt")
-        where = str(clip.relative_to(folder))
+        where = printable(str(clip.relative_to(folder)))
         caption, problem = None, None
         try:
             caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None

@@ -3,6 +3,7 @@ reported without shifting any other clip's caption; --strict stops; nothing alre
 
 import itertools
 import json
+import os
 
 import pytest
 from data_helpers import clip, prepare_opts, read_samples
@@ -189,3 +190,27 @@ def test_prepare_has_no_silent_defaults(tmp_path, tiny_model, capsys):
     assert prepare_main([str(tmp_path / "rows.jsonl"), *base, "--buckets", "64x64x17"]) == 1
     err = capsys.readouterr().err
     assert "holds no samples: every one of its 1 rows was skipped" in err and "missing.mp4" in err
+
+
+def test_a_file_name_that_is_not_utf8_is_prepared_and_named(tmp_path, tiny_model, capsys):
+    """A Latin-1 file name (bytes b'caf\\xe9' on Linux) reaches Python as surrogate escapes, which no
+    UTF-8 write accepts: the sample's JSON record raised UnicodeEncodeError and stopped the whole run
+    without naming the file. Now the clip is prepared and its name is recorded as caf\\xe9."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    clip(raw, "good.mp4", caption="plain name", concept=0)
+    clip(raw, "latin1.mp4", caption="latin-1 name", concept=1)
+    (raw / "broken.mp4").write_bytes(b"\x00garbage" * 100)
+    (raw / "broken.txt").write_text("a corrupt clip")
+    for stem, new_stem in ((b"latin1", b"caf\xe9"), (b"broken", b"cass\xe9")):
+        for ext in (b".mp4", b".txt"):
+            os.rename(os.fsencode(raw) + b"/" + stem + ext, os.fsencode(raw) + b"/" + new_stem + ext)
+    argv = [str(raw), "--out", str(out), "--checkpoint", str(tiny_model.checkpoint)]
+    argv += ["--gemma", str(tiny_model.gemma), "--buckets", "64x64x17", "--no-progress"]
+    assert prepare_main(argv) == 0
+    samples = {s.meta["caption"]: s for s in read_samples(out).values()}
+    assert samples.keys() == {"plain name", "latin-1 name"}
+    assert samples["latin-1 name"].meta["source"] == f"{raw}/caf\\xe9.mp4"
+    printed = capsys.readouterr().out
+    assert "skipped cass\\xe9.mp4: cass\\xe9.mp4: " in printed and "cannot open as media" in printed
+    (skipped,) = json.loads((out / "prepare_report.json").read_text())["skipped"]
+    assert skipped["where"] == "cass\\xe9.mp4" and skipped["source"] == f"{raw}/cass\\xe9.mp4"

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ltxdist.data.manifest import ManifestRow, read_manifest
+from ltxdist.data.manifest import ManifestRow, printable, read_manifest
 from ltxdist.data.prepare.plan import (
     PreparePlan,
     existing_units,
@@ -174,7 +174,12 @@ def _encode_unit(
                 raise PrepareError(f"{exc} (--strict: stopping; finished shards are kept)") from exc
             log.warning("skipping %s", exc)
             skipped.append(
-                {"row": row.index, "where": row.where, "source": str(row.video), "reason": str(exc)}
+                {
+                    "row": row.index,
+                    "where": row.where,
+                    "source": printable(str(row.video)),
+                    "reason": printable(str(exc)),
+                }
             )
         bar.update(1)
     return samples, skipped

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ltxdist.data.buckets import Bucket, choose_bucket
-from ltxdist.data.manifest import REFERENCE_COLUMNS, ManifestRow
+from ltxdist.data.manifest import REFERENCE_COLUMNS, ManifestRow, printable
 from ltxdist.data.media import MediaError, NoAudioError, probe_video, read_audio, read_frames, read_image
 from ltxdist.data.prepare.options import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES
 from ltxdist.data.sample import CachedSample
@@ -184,7 +184,7 @@ class SampleBuilder:
             "bucket": bucket.name,
             "fps": fps,
             "caption": caption,
-            "source": str(video_path),
+            "source": printable(str(video_path)),  # a non-UTF-8 name: \\xNN escapes
             "row": row.index,
             "num_frames": bucket.frames,
         }
