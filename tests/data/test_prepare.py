@@ -376,3 +376,21 @@ def test_the_empty_caption_follows_the_text_settings(tmp_path, tiny_model, monke
 
     monkeypatch.setattr("ltxdist.data.prepare.pipeline.EncoderSet.load", no_loading)
     assert prepare_dataset(prepare_opts(raw, out, tiny_model)).encoded == 0
+
+
+def test_a_clip_added_first_to_a_folder_is_refused_with_the_reason(tmp_path, tiny_model):
+    """Folder rows are numbered in sorted path order: a clip that sorts first shifts every other clip
+    to another row, so no finished shard matches. The refusal said "another dataset"; it now says the
+    folder listing shifted and what to do."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for name in ("c1.mp4", "c2.mp4"):
+        clip(raw, name, caption=name)
+    assert prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1)).complete
+    clip(raw, "c3.mp4", caption="sorts last")  # appended: only its own unit is encoded
+    assert prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1)).encoded == 1
+    clip(raw, "a0.mp4", caption="sorts first")
+    with pytest.raises(PrepareError) as refused:
+        prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1))
+    message = str(refused.value)
+    assert f"{raw} is a folder: its clips are numbered in sorted path order" in message
+    assert "Name new clips so they sort after the existing ones" in message and "--overwrite" in message

@@ -5,7 +5,8 @@ Work is cut into fixed units of `samples_per_shard` consecutive manifest rows; u
 temporary name, then renamed) and then its `.unit.json` record (counts, skipped rows, the inputs it was
 made from) are on disk, so a rerun skips finished units, works with another world size, and an
 interrupted unit is simply redone. Which finished units are still up to date is decided per unit from
-its inputs (plan.py): a fixed or appended row re-encodes only its unit. `index.json` is written once
+its inputs (plan.py): a fixed or appended row re-encodes only its unit (a folder's clip inserted before
+others shifts the rows after it). `index.json` is written once
 every unit is finished, by whichever rank sees that last; all ranks would write identical bytes, and
 each write is atomic.
 """
