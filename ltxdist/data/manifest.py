@@ -18,6 +18,9 @@ from typing import Any
 VIDEO_COLUMNS = ("video_path", "video")
 REFERENCE_COLUMNS = ("reference_video", "reference_image", "reference_audio")
 KNOWN_COLUMNS = frozenset({*VIDEO_COLUMNS, "caption", *REFERENCE_COLUMNS})
+# UTF-8, with or without the byte-order mark that Excel ("CSV UTF-8") and Windows Notepad put first: read
+# as plain UTF-8, the mark became part of the first column's name (or caption) or broke the JSON.
+TEXT_ENCODING = "utf-8-sig"
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"})
 
 
@@ -97,7 +100,7 @@ def _row(index: int, where: str, base: Path, record: dict[str, Any], source: Pat
 
 def _read_json(path: Path) -> list[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding=TEXT_ENCODING))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting
         raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, list):
@@ -119,13 +122,13 @@ def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=TEXT_ENCODING)
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text ({exc})") from exc
 
 
 def _read_csv(path: Path) -> list[tuple[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding=TEXT_ENCODING) as f:
         try:
             return _csv_rows(path, csv.DictReader(f))
         except (UnicodeDecodeError, csv.Error) as exc:
@@ -156,7 +159,7 @@ def _read_folder(folder: Path) -> list[ManifestRow]:
         where = printable(str(clip.relative_to(folder)))
         caption, problem = None, None
         try:
-            caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+            caption = sidecar.read_text(encoding=TEXT_ENCODING).strip() if sidecar.is_file() else None
         except UnicodeDecodeError as exc:
             problem = f"{where}: caption file {sidecar.name} is not UTF-8 text ({exc})"
         else:
