@@ -394,3 +394,22 @@ def test_a_clip_added_first_to_a_folder_is_refused_with_the_reason(tmp_path, tin
     message = str(refused.value)
     assert f"{raw} is a folder: its clips are numbered in sorted path order" in message
     assert "Name new clips so they sort after the existing ones" in message and "--overwrite" in message
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("a dog", "sks a dog"),
+        ("sks a dog", "sks a dog"),
+        ("sks, a dog", "sks, a dog"),  # was "sks sks, a dog": only "sks " and "sks" counted
+        ("sks: a dog", "sks: a dog"),
+        ("sks", "sks"),
+        ("sksdog runs", "sks sksdog runs"),  # another word that only starts like the trigger
+        ("sks_dog runs", "sks sks_dog runs"),
+    ],
+)
+def test_the_trigger_word_is_prepended_once(caption, expected):
+    from ltxdist.data.prepare.samples import with_trigger
+
+    assert with_trigger(caption, "sks") == expected
+    assert with_trigger(caption, None) == caption

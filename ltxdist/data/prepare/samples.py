@@ -79,10 +79,18 @@ class SampleSpec:
             raise ValueError(f"--reference-audio-seconds must be > 0, got {self.reference_audio_seconds}")
 
 
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
 def with_trigger(caption: str, trigger: str | None) -> str:
-    if not trigger or caption == trigger or caption.startswith(trigger + " "):
-        return caption
-    return f"{trigger} {caption}"
+    """`trigger` prepended to `caption`, unless the caption already starts with it as a whole word
+    ("sks dog", "sks, a dog", "sks: a dog" keep theirs; "sksdog" does not start with the word "sks")."""
+    if not trigger or not caption.startswith(trigger):
+        return f"{trigger} {caption}" if trigger else caption
+    after = caption[len(trigger) : len(trigger) + 1]
+    continues_the_word = bool(after) and _is_word_char(trigger[-1]) and _is_word_char(after)
+    return f"{trigger} {caption}" if continues_the_word else caption
 
 
 class SampleBuilder:
