@@ -214,3 +214,17 @@ def test_a_file_name_that_is_not_utf8_is_prepared_and_named(tmp_path, tiny_model
     assert "skipped cass\\xe9.mp4: cass\\xe9.mp4: " in printed and "cannot open as media" in printed
     (skipped,) = json.loads((out / "prepare_report.json").read_text())["skipped"]
     assert skipped["where"] == "cass\\xe9.mp4" and skipped["source"] == f"{raw}/cass\\xe9.mp4"
+
+
+def test_decode_stops_reading_once_it_has_its_samples(synthetic_shards, tiny_model, tmp_path):
+    """`--decode --num-samples N` read every shard to the end (the break left only the inner loop):
+    minutes on a large dataset, and an error from a shard it never needed. A later shard that cannot
+    be read must now not matter."""
+    from ltxdist.data.prepare.decode import decode_shards
+
+    later = synthetic_shards / load_index(synthetic_shards).shards[1]["name"]
+    later.write_bytes(b"not a tar at all" * 64)
+    written = decode_shards(
+        synthetic_shards, tiny_model.checkpoint, tmp_path / "videos", num_samples=1, progress=False
+    )
+    assert [p.name for p in written] == ["sample-000000.mp4"] and written[0].is_file()
