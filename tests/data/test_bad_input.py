@@ -228,3 +228,34 @@ def test_decode_stops_reading_once_it_has_its_samples(synthetic_shards, tiny_mod
         synthetic_shards, tiny_model.checkpoint, tmp_path / "videos", num_samples=1, progress=False
     )
     assert [p.name for p in written] == ["sample-000000.mp4"] and written[0].is_file()
+
+
+def test_an_unwritable_out_or_a_full_disk_is_an_error_line(tmp_path, tiny_model, capsys, monkeypatch):
+    """Only FileNotFoundError was caught: an --out that cannot be created, or a full disk while a shard
+    is written (AtomicWriteError, an OSError), ended in a traceback instead of the one error line."""
+    import errno
+
+    from ltxdist.io import AtomicWriteError
+
+    clip(tmp_path / "raw", "c.mp4", caption="a clip")
+    (tmp_path / "a_file").write_text("not a directory")
+    args = ["--checkpoint", str(tiny_model.checkpoint), "--gemma", str(tiny_model.gemma)]
+    args += ["--buckets", "64x64x17", "--no-progress", str(tmp_path / "raw")]
+    assert prepare_main([*args, "--out", str(tmp_path / "a_file" / "shards")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ltxdist-prepare: error: ") and f"{tmp_path / 'a_file'}" in err
+
+    def disk_full(path, samples):
+        raise AtomicWriteError(errno.ENOSPC, path, "No space left on device")
+
+    monkeypatch.setattr("ltxdist.data.prepare.pipeline.write_shard", disk_full)
+    assert prepare_main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the encoders' loading bars
+    assert (
+        err.startswith("ltxdist-prepare: error: ") and "could not write " in err and "shard-000000.tar" in err
+    )
+    assert "the disk or quota is full" in err
+    # --decode of a directory that is no prepared dataset: the same one line.
+    decode = ["--decode", str(tmp_path / "raw"), "--checkpoint", str(tiny_model.checkpoint)]
+    assert prepare_main([*decode, "--out", str(tmp_path / "videos")]) == 2
+    assert capsys.readouterr().err.startswith(f"ltxdist-prepare: error: no index.json in {tmp_path / 'raw'}")
