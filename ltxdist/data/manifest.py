@@ -18,7 +18,21 @@ from typing import Any
 VIDEO_COLUMNS = ("video_path", "video")
 REFERENCE_COLUMNS = ("reference_video", "reference_image", "reference_audio")
 KNOWN_COLUMNS = frozenset({*VIDEO_COLUMNS, "caption", *REFERENCE_COLUMNS})
+# UTF-8, with or without the byte-order mark that Excel ("CSV UTF-8") and Windows Notepad put first: read
+# as plain UTF-8, the mark became part of the first column's name (or caption) or broke the JSON.
+TEXT_ENCODING = "utf-8-sig"
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".gif"})
+
+
+def printable(text: str) -> str:
+    """`text` as it can be written as UTF-8 (JSON records, the terminal). A file name that is not UTF-8
+    reaches Python with its bad bytes as surrogate escapes (os.fsdecode), which no UTF-8 write accepts:
+    they become `\\xNN` (any other lone surrogate `\\uNNNN`). For messages and records; files are opened
+    by their real path."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is no escaped byte
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 class ManifestError(ValueError):
@@ -86,12 +100,12 @@ def _row(index: int, where: str, base: Path, record: dict[str, Any], source: Pat
 
 def _read_json(path: Path) -> list[tuple[str, Any]]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding=TEXT_ENCODING))
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: nesting
         raise ManifestError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(data, list):
         raise ManifestError(f"{path}: expected a JSON list of objects, one per clip")
-    return [(f"{path.name} row {i}", rec) for i, rec in enumerate(data)]
+    return [(f"{printable(path.name)} row {i}", rec) for i, rec in enumerate(data)]
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
@@ -100,7 +114,7 @@ def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
         if not line.strip():
             continue
         try:
-            out.append((f"{path.name} line {lineno}", json.loads(line)))
+            out.append((f"{printable(path.name)} line {lineno}", json.loads(line)))
         except (json.JSONDecodeError, RecursionError) as exc:
             raise ManifestError(f"{path} line {lineno}: not valid JSON ({exc})") from exc
     return out
@@ -108,13 +122,13 @@ def _read_jsonl(path: Path) -> list[tuple[str, Any]]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding=TEXT_ENCODING)
     except UnicodeDecodeError as exc:
         raise ManifestError(f"{path}: not UTF-8 text ({exc})") from exc
 
 
 def _read_csv(path: Path) -> list[tuple[str, Any]]:
-    with open(path, newline="", encoding="utf-8") as f:
+    with open(path, newline="", encoding=TEXT_ENCODING) as f:
         try:
             return _csv_rows(path, csv.DictReader(f))
         except (UnicodeDecodeError, csv.Error) as exc:
@@ -129,7 +143,9 @@ def _csv_rows(path: Path, reader: csv.DictReader) -> list[tuple[str, Any]]:
         if None in rec:
             raise ManifestError(f"{path} line {reader.line_num}: more values than header columns")
         # line_num counts physical lines, so a caption with a newline inside quotes still points right.
-        rows.append((f"{path.name} line {reader.line_num}", {k.strip(): v for k, v in rec.items()}))
+        rows.append(
+            (f"{printable(path.name)} line {reader.line_num}", {k.strip(): v for k, v in rec.items()})
+        )
     return rows
 
 
@@ -140,10 +156,10 @@ def _read_folder(folder: Path) -> list[ManifestRow]:
     rows = []
     for i, clip in enumerate(clips):
         sidecar = clip.with_suffix(".txt")
-        where = str(clip.relative_to(folder))
+        where = printable(str(clip.relative_to(folder)))
         caption, problem = None, None
         try:
-            caption = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+            caption = sidecar.read_text(encoding=TEXT_ENCODING).strip() if sidecar.is_file() else None
         except UnicodeDecodeError as exc:
             problem = f"{where}: caption file {sidecar.name} is not UTF-8 text ({exc})"
         else:

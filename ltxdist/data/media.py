@@ -66,7 +66,38 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MediaError(f"{path}: cannot open as media ({exc})") from exc
 
 
+def _quarter_turns(path: Path, frame: av.VideoFrame) -> int:
+    """How many quarter turns counterclockwise (torch.rot90's k) the file's display matrix asks for.
+
+    Phones store portrait clips as landscape frames plus a display matrix (the mp4 tkhd matrix); players
+    and ffmpeg's autorotate turn them upright. PyAV's `frame.rotation` is FFmpeg's
+    av_display_rotation_get: the angle the matrix rotates the frame counterclockwise, so -90 (a phone
+    held upright) means a quarter turn clockwise, what ffmpeg's autorotate does with transpose=clock.
+    Mirroring in the matrix is not applied (rare: some front cameras)."""
+    degrees = getattr(frame, "rotation", 0)  # a PyAV without frame.rotation: not applied
+    turns = round(degrees / 90)
+    if abs(degrees - 90 * turns) > 1:
+        raise MediaError(
+            f"{path}: its display matrix rotates the picture by {degrees} degrees, not a multiple of 90; "
+            "re-encode the file upright first (ffmpeg -i IN -c:a copy OUT applies the rotation)"
+        )
+    return turns % 4
+
+
+def _first_frame_turns(
+    path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> int:
+    """The display rotation, read from the first decoded frame (where PyAV exposes it); 0 when nothing
+    decodes (read_frames then reports the file)."""
+    try:
+        frame = next(container.decode(stream), None)
+    except (av.error.FFmpegError, OSError):
+        return 0
+    return 0 if frame is None else _quarter_turns(path, frame)
+
+
 def probe_video(path: str | Path) -> VideoInfo:
+    """Size as displayed: a clip stored landscape with a quarter-turn display rotation is portrait."""
     path = Path(path)
     with _open(path) as container:
         if not container.streams.video:
@@ -85,14 +116,10 @@ def probe_video(path: str | Path) -> VideoInfo:
         if not codec.width or not codec.height:
             raise MediaError(f"{path}: video stream has no size (corrupt header?)")
         _check_frame_size(path, codec.width, codec.height)
-        return VideoInfo(
-            path,
-            codec.width,
-            codec.height,
-            fps,
-            frames,
-            bool(container.streams.audio),
-        )
+        width, height = codec.width, codec.height
+        if _first_frame_turns(path, container, stream) % 2:
+            width, height = height, width
+        return VideoInfo(path, width, height, fps, frames, bool(container.streams.audio))
 
 
 def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -111,7 +138,8 @@ def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tenso
 
 
 def read_frames(path: str | Path, num_frames: int, width: int, height: int) -> torch.Tensor:
-    """The first `num_frames` frames, resized + centre-cropped to (width, height): uint8 (F, H, W, 3).
+    """The first `num_frames` frames, turned upright as the file's display matrix asks (probe_video's
+    size), resized + centre-cropped to (width, height): uint8 (F, H, W, 3).
 
     Fewer frames than asked means the clip is that long (decoding reached its end).
     """
@@ -124,10 +152,15 @@ def read_frames(path: str | Path, num_frames: int, width: int, height: int) -> t
         codec = _video_codec(path, stream)
         _check_frame_size(path, codec.width or 0, codec.height or 0)
         stream.thread_type = "AUTO"
+        turns = 0
         try:
             for frame in container.decode(stream):
                 _check_frame_size(path, frame.width, frame.height)  # a header may not have said
+                if not frames:
+                    turns = _quarter_turns(path, frame)
                 rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                if turns:
+                    rgb = torch.rot90(rgb, turns, dims=(0, 1))  # (H, W) plane: k > 0 is counterclockwise
                 frames.append(resize_crop(rgb, width, height))
                 if len(frames) == num_frames:
                     break

@@ -2,7 +2,9 @@
 
 A shard is written to a temporary name and renamed when complete, so a shard on disk is complete or
 absent. `index.json` lists shards with per-shard sample and bucket counts, the model version and the
-encoder fingerprints; it is rewritten atomically after each shard so an interrupted run can resume.
+encoder fingerprints; ltxdist-prepare writes it (atomically) once every shard is finished, and a reader
+takes its presence to mean the directory is a complete dataset. Resuming an interrupted preparation
+does not use it: each finished shard has its own record (`shard-*.unit.json`, prepare/plan.py).
 """
 
 from __future__ import annotations
@@ -121,13 +123,35 @@ def load_index(directory: str | Path) -> ShardIndex:
 
 
 def save_empty_caption(
-    directory: Path, video_context: torch.Tensor, audio_context: torch.Tensor, context_mask: torch.Tensor
+    directory: Path,
+    video_context: torch.Tensor,
+    audio_context: torch.Tensor,
+    context_mask: torch.Tensor,
+    made_with: dict[str, str] | None = None,
 ) -> None:
-    """The cached embedding of the empty prompt, used for caption dropout."""
+    """The cached embedding of the empty prompt, used for caption dropout. `made_with` (the text
+    settings and encoders it was encoded with) is kept in the file's safetensors metadata, so a rerun
+    with other settings knows to encode it again (`empty_caption_metadata`)."""
     save_safetensors_atomic(
         {"video_context": video_context, "audio_context": audio_context, "context_mask": context_mask},
         directory / EMPTY_CAPTION_NAME,
+        metadata=made_with,
     )
+
+
+def empty_caption_metadata(directory: Path) -> dict[str, str] | None:
+    """The `made_with` metadata of the cached empty caption (header only, no tensors read); None when
+    the file is missing, unreadable, or was written without it (an older ltxdist-prepare)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = directory / EMPTY_CAPTION_NAME
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or None
+    except (OSError, SafetensorError):  # cut short, or not safetensors at all: encode it again
+        return None
 
 
 def load_empty_caption(directory: str | Path) -> dict[str, torch.Tensor]:

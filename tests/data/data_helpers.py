@@ -78,3 +78,22 @@ def read_samples(directory: Path) -> dict:
             sample = decode_sample(record, where=shard["name"])
             out[sample.key] = sample
     return out
+
+
+def rotate_display(path: Path, degrees_clockwise: int) -> Path:
+    """Give an mp4 a display rotation the way phones do: frames stay as stored, the track header's
+    (tkhd) matrix says how to turn them for display. Rewrites the matrix in place (a version-0 tkhd, as
+    PyAV/FFmpeg write); players and FFmpeg then show the picture turned `degrees_clockwise`."""
+    import math
+    import struct
+
+    data = bytearray(path.read_bytes())
+    box = data.find(b"tkhd") - 4  # the box starts with its 4-byte size
+    assert box >= 0 and data[box + 8] == 0, "expected a version-0 tkhd box"
+    # ISO 14496-12: [x' y'] = [x y] [[a b] [c d]] in 16.16 fixed point, w = 1.0 in 2.30; with y pointing
+    # down, a clockwise turn by t is a = d = cos t, b = sin t, c = -sin t.
+    t = math.radians(degrees_clockwise)
+    cos, sin = round(math.cos(t)) << 16, round(math.sin(t)) << 16
+    struct.pack_into(">9i", data, box + 48, cos, sin, 0, -sin, cos, 0, 0, 0, 1 << 30)
+    path.write_bytes(bytes(data))
+    return path

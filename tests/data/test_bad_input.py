@@ -3,6 +3,7 @@ reported without shifting any other clip's caption; --strict stops; nothing alre
 
 import itertools
 import json
+import os
 
 import pytest
 from data_helpers import clip, prepare_opts, read_samples
@@ -189,3 +190,72 @@ def test_prepare_has_no_silent_defaults(tmp_path, tiny_model, capsys):
     assert prepare_main([str(tmp_path / "rows.jsonl"), *base, "--buckets", "64x64x17"]) == 1
     err = capsys.readouterr().err
     assert "holds no samples: every one of its 1 rows was skipped" in err and "missing.mp4" in err
+
+
+def test_a_file_name_that_is_not_utf8_is_prepared_and_named(tmp_path, tiny_model, capsys):
+    """A Latin-1 file name (bytes b'caf\\xe9' on Linux) reaches Python as surrogate escapes, which no
+    UTF-8 write accepts: the sample's JSON record raised UnicodeEncodeError and stopped the whole run
+    without naming the file. Now the clip is prepared and its name is recorded as caf\\xe9."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    clip(raw, "good.mp4", caption="plain name", concept=0)
+    clip(raw, "latin1.mp4", caption="latin-1 name", concept=1)
+    (raw / "broken.mp4").write_bytes(b"\x00garbage" * 100)
+    (raw / "broken.txt").write_text("a corrupt clip")
+    for stem, new_stem in ((b"latin1", b"caf\xe9"), (b"broken", b"cass\xe9")):
+        for ext in (b".mp4", b".txt"):
+            os.rename(os.fsencode(raw) + b"/" + stem + ext, os.fsencode(raw) + b"/" + new_stem + ext)
+    argv = [str(raw), "--out", str(out), "--checkpoint", str(tiny_model.checkpoint)]
+    argv += ["--gemma", str(tiny_model.gemma), "--buckets", "64x64x17", "--no-progress"]
+    assert prepare_main(argv) == 0
+    samples = {s.meta["caption"]: s for s in read_samples(out).values()}
+    assert samples.keys() == {"plain name", "latin-1 name"}
+    assert samples["latin-1 name"].meta["source"] == f"{raw}/caf\\xe9.mp4"
+    printed = capsys.readouterr().out
+    assert "skipped cass\\xe9.mp4: cass\\xe9.mp4: " in printed and "cannot open as media" in printed
+    (skipped,) = json.loads((out / "prepare_report.json").read_text())["skipped"]
+    assert skipped["where"] == "cass\\xe9.mp4" and skipped["source"] == f"{raw}/cass\\xe9.mp4"
+
+
+def test_decode_stops_reading_once_it_has_its_samples(synthetic_shards, tiny_model, tmp_path):
+    """`--decode --num-samples N` read every shard to the end (the break left only the inner loop):
+    minutes on a large dataset, and an error from a shard it never needed. A later shard that cannot
+    be read must now not matter."""
+    from ltxdist.data.prepare.decode import decode_shards
+
+    later = synthetic_shards / load_index(synthetic_shards).shards[1]["name"]
+    later.write_bytes(b"not a tar at all" * 64)
+    written = decode_shards(
+        synthetic_shards, tiny_model.checkpoint, tmp_path / "videos", num_samples=1, progress=False
+    )
+    assert [p.name for p in written] == ["sample-000000.mp4"] and written[0].is_file()
+
+
+def test_an_unwritable_out_or_a_full_disk_is_an_error_line(tmp_path, tiny_model, capsys, monkeypatch):
+    """Only FileNotFoundError was caught: an --out that cannot be created, or a full disk while a shard
+    is written (AtomicWriteError, an OSError), ended in a traceback instead of the one error line."""
+    import errno
+
+    from ltxdist.io import AtomicWriteError
+
+    clip(tmp_path / "raw", "c.mp4", caption="a clip")
+    (tmp_path / "a_file").write_text("not a directory")
+    args = ["--checkpoint", str(tiny_model.checkpoint), "--gemma", str(tiny_model.gemma)]
+    args += ["--buckets", "64x64x17", "--no-progress", str(tmp_path / "raw")]
+    assert prepare_main([*args, "--out", str(tmp_path / "a_file" / "shards")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ltxdist-prepare: error: ") and f"{tmp_path / 'a_file'}" in err
+
+    def disk_full(path, samples):
+        raise AtomicWriteError(errno.ENOSPC, path, "No space left on device")
+
+    monkeypatch.setattr("ltxdist.data.prepare.pipeline.write_shard", disk_full)
+    assert prepare_main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the encoders' loading bars
+    assert (
+        err.startswith("ltxdist-prepare: error: ") and "could not write " in err and "shard-000000.tar" in err
+    )
+    assert "the disk or quota is full" in err
+    # --decode of a directory that is no prepared dataset: the same one line.
+    decode = ["--decode", str(tmp_path / "raw"), "--checkpoint", str(tiny_model.checkpoint)]
+    assert prepare_main([*decode, "--out", str(tmp_path / "videos")]) == 2
+    assert capsys.readouterr().err.startswith(f"ltxdist-prepare: error: no index.json in {tmp_path / 'raw'}")

@@ -86,3 +86,26 @@ def test_structural_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ManifestError, match="no video files"):
         read_manifest(tmp_path / "empty")
+
+
+def test_a_byte_order_mark_is_ignored(tmp_path):
+    """Excel's "CSV UTF-8" and Windows Notepad start the file with a UTF-8 byte-order mark: it became
+    part of the first column's name ("unknown column '\\ufeffvideo_path'") or broke the JSON."""
+    records = [{"video_path": "a.mp4", "caption": "first"}, {"video_path": "b.mp4", "caption": "second"}]
+    texts = {
+        "d.json": json.dumps(records),
+        "d.jsonl": "\n".join(json.dumps(r) for r in records),
+        "d.csv": "video_path,caption\na.mp4,first\nb.mp4,second\n",
+    }
+    for name, text in texts.items():
+        (tmp_path / name).write_text(text, encoding="utf-8-sig")
+        rows = read_manifest(tmp_path / name)
+        assert [(r.video, r.caption, r.problem) for r in rows] == [
+            (tmp_path / "a.mp4", "first", None),
+            (tmp_path / "b.mp4", "second", None),
+        ], name
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    (folder / "a.mp4").write_bytes(b"")
+    (folder / "a.txt").write_text("a caption from Notepad", encoding="utf-8-sig")
+    assert read_manifest(folder)[0].caption == "a caption from Notepad"

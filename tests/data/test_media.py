@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from data_helpers import clip
+from data_helpers import clip, rotate_display
 
 from ltxdist.data.media import (
     MediaError,
@@ -183,3 +183,50 @@ def test_a_reference_still_is_looped_into_a_static_video(tmp_path, encoders, mon
     assert all(torch.equal(frame, reference_frames[0]) for frame in reference_frames)
     assert (reference_frames[0].float() - still[0].float()).abs().mean() < 4  # and it is the still
     assert sample.tensors["reference_video_latents"].shape == (128, 3, 1, 1)
+
+
+def _corner_clip(path, width=96, height=64, frames=9):
+    """A dark clip with one bright corner (top-left as stored): shows which way a picture was turned."""
+    pixels = torch.zeros(frames, height, width, 3, dtype=torch.uint8)
+    pixels[:, :16, :16] = 255
+    return write_video(path, pixels, 24.0)
+
+
+def _bright_corner(frame_HWC):
+    h, w = frame_HWC.shape[:2]
+    corners = {"top-left": (0, 0), "top-right": (0, w - 8), "bottom-left": (h - 8, 0)}
+    corners["bottom-right"] = (h - 8, w - 8)
+    return [name for name, (y, x) in corners.items() if frame_HWC[y : y + 8, x : x + 8].float().mean() > 128]
+
+
+@pytest.mark.parametrize(
+    ("clockwise", "size", "corner"),
+    [
+        (0, (96, 64), "top-left"),
+        (90, (64, 96), "top-right"),
+        (180, (96, 64), "bottom-right"),
+        (270, (64, 96), "bottom-left"),
+    ],
+)
+def test_a_display_rotation_is_applied(tmp_path, clockwise, size, corner):
+    """Phones store portrait clips as landscape frames plus a display matrix; it used to be ignored, so
+    they were bucketed landscape and trained sideways. Sizes and pixels are now as a player shows them
+    (for 90 degrees, FFmpeg's autorotate (transpose=clock) gave the same pixels, checked by hand)."""
+    path = rotate_display(_corner_clip(tmp_path / "phone.mp4"), clockwise)
+    info = probe_video(path)
+    assert (info.width, info.height) == size
+    frames = read_frames(path, 9, *size)
+    assert frames.shape == (9, size[1], size[0], 3)
+    assert _bright_corner(frames[0]) == [corner] and _bright_corner(frames[-1]) == [corner]
+
+
+def test_a_portrait_phone_clip_goes_to_the_portrait_bucket(tmp_path, encoders, monkeypatch):
+    from ltxdist.data.buckets import parse_buckets
+    from ltxdist.data.manifest import ManifestRow
+    from ltxdist.data.prepare.samples import SampleBuilder, SampleSpec
+
+    path = rotate_display(_corner_clip(tmp_path / "phone.mp4", frames=17), 90)
+    seen = _spy_video_encoder(encoders, monkeypatch)
+    spec = SampleSpec(buckets=tuple(parse_buckets("96x64x17;64x96x17")), audio="off")
+    sample = SampleBuilder(spec, encoders).build(ManifestRow(0, "phone row", path, "held upright"))
+    assert sample.bucket == "64x96x17" and _bright_corner(seen[0][0]) == ["top-right"]

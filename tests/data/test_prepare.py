@@ -351,3 +351,65 @@ def test_cli_demo_flow_and_decode(tmp_path, tiny_model, capsys):
     w, h, f = (int(v) for v in sample.bucket.split("x"))
     assert (info.width, info.height, info.num_frames, info.has_audio) == (w, h, f, True)
     assert read_audio(decoded[0], 48000).shape[1] > 0.5 * 48000 * f / sample.meta["fps"]
+
+
+def test_the_empty_caption_follows_the_text_settings(tmp_path, tiny_model, monkeypatch):
+    """Caption dropout swaps in the cached empty caption: it must come from the text settings of this
+    run. It used to be kept whenever the file existed, unless a unit record showed a change: a run
+    killed before its first unit finished (no record), then rerun with another --text-tokens, left the
+    old one, and training failed with a shape mismatch hours later."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    clip(raw, "c0.mp4", caption="clip 0")
+    prepare_dataset(prepare_opts(raw, out, tiny_model, text_tokens=256))
+    assert load_empty_caption(out)["video_context"].shape == (256, 64)
+    for path in out.iterdir():  # what a run killed while encoding its first unit leaves
+        if path.name != "empty_caption.safetensors":
+            path.unlink()
+    done = prepare_dataset(prepare_opts(raw, out, tiny_model))  # --text-tokens: the default, 128
+    assert done.complete and load_index(out).extra["text_tokens"] == 128
+    empty = load_empty_caption(out)
+    assert empty["video_context"].shape == (128, 64) and empty["context_mask"].shape == (128,)
+
+    # A run with nothing to do loads no encoder for it (it reads the file's header only).
+    def no_loading(*args, **kwargs):
+        raise AssertionError("encoders loaded for a finished dataset")
+
+    monkeypatch.setattr("ltxdist.data.prepare.pipeline.EncoderSet.load", no_loading)
+    assert prepare_dataset(prepare_opts(raw, out, tiny_model)).encoded == 0
+
+
+def test_a_clip_added_first_to_a_folder_is_refused_with_the_reason(tmp_path, tiny_model):
+    """Folder rows are numbered in sorted path order: a clip that sorts first shifts every other clip
+    to another row, so no finished shard matches. The refusal said "another dataset"; it now says the
+    folder listing shifted and what to do."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for name in ("c1.mp4", "c2.mp4"):
+        clip(raw, name, caption=name)
+    assert prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1)).complete
+    clip(raw, "c3.mp4", caption="sorts last")  # appended: only its own unit is encoded
+    assert prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1)).encoded == 1
+    clip(raw, "a0.mp4", caption="sorts first")
+    with pytest.raises(PrepareError) as refused:
+        prepare_dataset(prepare_opts(raw, out, tiny_model, samples_per_shard=1))
+    message = str(refused.value)
+    assert f"{raw} is a folder: its clips are numbered in sorted path order" in message
+    assert "Name new clips so they sort after the existing ones" in message and "--overwrite" in message
+
+
+@pytest.mark.parametrize(
+    ("caption", "expected"),
+    [
+        ("a dog", "sks a dog"),
+        ("sks a dog", "sks a dog"),
+        ("sks, a dog", "sks, a dog"),  # was "sks sks, a dog": only "sks " and "sks" counted
+        ("sks: a dog", "sks: a dog"),
+        ("sks", "sks"),
+        ("sksdog runs", "sks sksdog runs"),  # another word that only starts like the trigger
+        ("sks_dog runs", "sks sks_dog runs"),
+    ],
+)
+def test_the_trigger_word_is_prepended_once(caption, expected):
+    from ltxdist.data.prepare.samples import with_trigger
+
+    assert with_trigger(caption, "sks") == expected
+    assert with_trigger(caption, None) == caption

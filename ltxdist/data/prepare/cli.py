@@ -122,6 +122,11 @@ def _need(args: argparse.Namespace, parser: argparse.ArgumentParser, mode: str, 
         parser.error(f"{mode} needs {', '.join(missing)}")
 
 
+def _error(exc: BaseException) -> int:
+    print(f"ltxdist-prepare: error: {exc}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -148,16 +153,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.decode is not None:
         _need(args, parser, "--decode", "checkpoint", "out")
         from ltxdist.data.prepare.decode import decode_shards
+        from ltxdist.data.shards import ShardReadError
 
-        paths = decode_shards(
-            args.decode,
-            args.checkpoint,
-            args.out,
-            num_samples=args.num_samples,
-            device=args.device,
-            dtype=args.dtype,
-            progress=not args.no_progress,
-        )
+        try:
+            paths = decode_shards(
+                args.decode,
+                args.checkpoint,
+                args.out,
+                num_samples=args.num_samples,
+                device=args.device,
+                dtype=args.dtype,
+                progress=not args.no_progress,
+            )
+        except (ValueError, OSError, ShardReadError) as exc:
+            return _error(exc)
         print(f"wrote {len(paths)} videos to {args.out}")
         return 0
 
@@ -206,9 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         result = prepare_dataset(opts)
-    except (ManifestError, PrepareError, FileNotFoundError, ValueError) as exc:
-        print(f"ltxdist-prepare: error: {exc}", file=sys.stderr)
-        return 2
+    except (ManifestError, PrepareError, ValueError, OSError) as exc:
+        # OSError: --out not writable, a full disk (AtomicWriteError names the file), a missing
+        # --checkpoint; finished shards stay on disk and the same command resumes.
+        return _error(exc)
     replaced = (
         f", {result.replaced_units} of them re-encoded because their rows or inputs changed"
         if result.replaced_units

@@ -5,7 +5,8 @@ Work is cut into fixed units of `samples_per_shard` consecutive manifest rows; u
 temporary name, then renamed) and then its `.unit.json` record (counts, skipped rows, the inputs it was
 made from) are on disk, so a rerun skips finished units, works with another world size, and an
 interrupted unit is simply redone. Which finished units are still up to date is decided per unit from
-its inputs (plan.py): a fixed or appended row re-encodes only its unit. `index.json` is written once
+its inputs (plan.py): a fixed or appended row re-encodes only its unit (a folder's clip inserted before
+others shifts the rows after it). `index.json` is written once
 every unit is finished, by whichever rank sees that last; all ranks would write identical bytes, and
 each write is atomic.
 """
@@ -22,7 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from ltxdist.data.manifest import ManifestRow, read_manifest
+from ltxdist.data.manifest import ManifestRow, printable, read_manifest
 from ltxdist.data.prepare.plan import (
     PreparePlan,
     existing_units,
@@ -38,6 +39,7 @@ from ltxdist.data.shards import (
     EMPTY_CAPTION_NAME,
     INDEX_NAME,
     ShardIndex,
+    empty_caption_metadata,
     save_empty_caption,
     shard_name,
     write_shard,
@@ -97,6 +99,16 @@ def preparation_options(opts: PrepareOptions, text_tokens: int) -> dict[str, Any
     return described
 
 
+def empty_caption_settings(plan: PreparePlan, text_encoder_precision: str) -> dict[str, str]:
+    """What the cached empty-caption embedding depends on, as kept in its safetensors metadata: the
+    encoders (Gemma's fingerprint includes the text length) and the precision Gemma ran in."""
+    return {
+        "encoder_fingerprints": json.dumps(plan.encoder_fingerprints, sort_keys=True),
+        "text_tokens": str(plan.options["text_tokens"]),
+        "text_encoder_precision": text_encoder_precision,
+    }
+
+
 def _device_for_rank(name: str, rank: int) -> torch.device:
     device = pick_device(name)
     if device.type == "cuda" and name == "auto":
@@ -113,21 +125,37 @@ def _read_index(out: Path) -> dict[str, Any] | None:
         return None
 
 
-def _check_existing(out: Path, plan: PreparePlan, overwrite: bool) -> bool:
+# Folder rows are numbered in sorted path order, and a row's number is part of what its shard is keyed by.
+FOLDER_SHIFT_HINT = (
+    "{input} is a folder: its clips are numbered in sorted path order, so a clip added or removed "
+    "anywhere but at the end of that order shifts every later clip to another row (and sample id) and "
+    "their shards no longer match. Name new clips so they sort after the existing ones (or list the clips "
+    "in a manifest file and append rows), or pass --overwrite to re-encode the shifted shards (another "
+    "dataset: choose another --out)"
+)
+
+
+def _check_existing(out: Path, plan: PreparePlan, opts: PrepareOptions) -> None:
     """Refuse to mix with, or silently replace, a cache written by other encoders, with other options
-    or for another manifest; returns whether every shard is stale (other encoders, model or options)."""
+    or for another manifest."""
+    if opts.overwrite:
+        return
     reasons, other_dataset = stale_reasons(out, plan, _read_index(out))
-    if reasons and not overwrite:
+    if reasons:
         raise PrepareError(
             f"{out} already holds shards from another preparation ({reasons[0]}). Re-encoding is needed; "
             "pass --overwrite to replace them (shards already up to date are kept), or choose another --out."
         )
-    if other_dataset and not overwrite:
+    if other_dataset:
+        what_to_do = (
+            FOLDER_SHIFT_HINT.format(input=opts.input)
+            if Path(opts.input).is_dir()
+            else "Choose another --out, or pass --overwrite to replace them"
+        )
         raise PrepareError(
             f"{out} holds finished shards, none of them made from any row of this manifest (another "
-            "dataset, or every file replaced?). Choose another --out, or pass --overwrite to replace them."
+            f"dataset, or every file replaced?). {what_to_do}."
         )
-    return bool(reasons)
 
 
 def _remove_unit(out: Path, unit: int) -> None:
@@ -147,7 +175,12 @@ def _encode_unit(
                 raise PrepareError(f"{exc} (--strict: stopping; finished shards are kept)") from exc
             log.warning("skipping %s", exc)
             skipped.append(
-                {"row": row.index, "where": row.where, "source": str(row.video), "reason": str(exc)}
+                {
+                    "row": row.index,
+                    "where": row.where,
+                    "source": printable(str(row.video)),
+                    "reason": printable(str(exc)),
+                }
             )
         bar.update(1)
     return samples, skipped
@@ -219,11 +252,7 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
         preparation_options(opts, text_tokens),
     )
     mine = [u for u in range(plan.num_units) if u % opts.world_size == opts.rank]
-    everything_stale = _check_existing(out, plan, opts.overwrite)
-    if everything_stale and opts.rank == 0:
-        # Other encoders or options: the cached empty caption is stale too (units are replaced one by
-        # one below, each only if its inputs changed).
-        (out / EMPTY_CAPTION_NAME).unlink(missing_ok=True)
+    _check_existing(out, plan, opts)
     _remove_stale_temporaries(out, mine, opts.rank)
 
     result = PrepareResult(complete=False, index=None)
@@ -233,7 +262,11 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
     if todo:
         # Until every unit is current again the directory is not a complete dataset.
         (out / INDEX_NAME).unlink(missing_ok=True)
-    if todo or not (out / EMPTY_CAPTION_NAME).is_file():
+    # The empty caption (caption dropout) is checked on its own: a run killed before its first unit
+    # finished leaves it without any unit record that would show it stale.
+    empty_caption_wanted = empty_caption_settings(plan, opts.text_encoder_precision)
+    empty_caption_stale = empty_caption_metadata(out) != empty_caption_wanted
+    if todo or empty_caption_stale:
         device = _device_for_rank(opts.device, opts.rank)
         encoders = EncoderSet.load(
             opts.checkpoint,
@@ -244,13 +277,14 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
             text_precision=opts.text_encoder_precision,
         )
         assert encoders.fingerprints == plan.encoder_fingerprints
-        if not (out / EMPTY_CAPTION_NAME).is_file():
+        if empty_caption_stale:
             empty = encoders.text.encode("")
             save_empty_caption(
                 out,
                 empty.video_context.to(torch.bfloat16),
                 empty.audio_context.to(torch.bfloat16),
                 empty.context_mask,
+                made_with=empty_caption_wanted,
             )
         result.encoded = _encode_units(out, todo, SampleBuilder(opts.spec, encoders), plan, opts)
     index, skipped = _finalize(out, rows, plan, opts, text_tokens)

@@ -5,7 +5,9 @@ Work is cut into fixed units of `samples_per_shard` consecutive manifest rows; u
 from: the model version and encoder fingerprints, the preparation options, and a digest of its own rows
 (every manifest field plus the size and modification time of each file the row names). So:
 
-- a fixed or appended row changes only its unit's digest: that unit alone is encoded again;
+- a fixed or appended row changes only its unit's digest: that unit alone is encoded again (a folder's
+  rows are its clips in sorted path order: a clip inserted before others shifts them all, and every
+  unit from there on changes);
 - other encoders, another model version or other options change every unit: refused unless
   `--overwrite` (a whole-dataset re-encode must be asked for), which then replaces exactly the units
   whose inputs changed and keeps those that are up to date;

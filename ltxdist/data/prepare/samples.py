@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ltxdist.data.buckets import Bucket, choose_bucket
-from ltxdist.data.manifest import REFERENCE_COLUMNS, ManifestRow
+from ltxdist.data.manifest import REFERENCE_COLUMNS, ManifestRow, printable
 from ltxdist.data.media import MediaError, NoAudioError, probe_video, read_audio, read_frames, read_image
 from ltxdist.data.prepare.options import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES
 from ltxdist.data.sample import CachedSample
@@ -79,10 +79,18 @@ class SampleSpec:
             raise ValueError(f"--reference-audio-seconds must be > 0, got {self.reference_audio_seconds}")
 
 
+def _is_word_char(char: str) -> bool:
+    return char.isalnum() or char == "_"
+
+
 def with_trigger(caption: str, trigger: str | None) -> str:
-    if not trigger or caption == trigger or caption.startswith(trigger + " "):
-        return caption
-    return f"{trigger} {caption}"
+    """`trigger` prepended to `caption`, unless the caption already starts with it as a whole word
+    ("sks dog", "sks, a dog", "sks: a dog" keep theirs; "sksdog" does not start with the word "sks")."""
+    if not trigger or not caption.startswith(trigger):
+        return f"{trigger} {caption}" if trigger else caption
+    after = caption[len(trigger) : len(trigger) + 1]
+    continues_the_word = bool(after) and _is_word_char(trigger[-1]) and _is_word_char(after)
+    return f"{trigger} {caption}" if continues_the_word else caption
 
 
 class SampleBuilder:
@@ -184,7 +192,7 @@ class SampleBuilder:
             "bucket": bucket.name,
             "fps": fps,
             "caption": caption,
-            "source": str(video_path),
+            "source": printable(str(video_path)),  # a non-UTF-8 name: \\xNN escapes
             "row": row.index,
             "num_frames": bucket.frames,
         }
