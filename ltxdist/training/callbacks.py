@@ -53,8 +53,8 @@ class CheckpointAndExport(pl.Callback):
     command that resumes, then the process exits with 128 + signal (0 after Ctrl-C: the user asked to
     stop and nothing is lost); after SIGUSR1 inside a SLURM job rank 0 first requeues the job, which
     resumes from that checkpoint (run.resume=auto). A second Ctrl-C stops at once, without a checkpoint
-    (exit status 130). The handler only sets a flag: the checkpoint is written by the training loop, never from inside a
-    signal handler.
+    (exit status 130). The handler only sets a flag: the checkpoint is written by the training loop,
+    never from inside a signal handler.
     """
 
     def __init__(
