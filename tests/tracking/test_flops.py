@@ -103,11 +103,15 @@ def test_flop_model_matches_hand_count():
     assert 0 < video_only.model < got.model
 
 
-@pytest.mark.parametrize("mode", ["off", "full", "every_k", "attention"])
-def test_hardware_flops_follow_the_applied_checkpointing_plan(mode):
+@pytest.mark.parametrize(
+    "mode, shares",
+    [("off", {}), ("full", {"full": 1.0}), ("attention", {"attention": 1.0}), ("every_k", None)],
+)
+def test_hardware_flops_follow_the_applied_checkpointing_plan(mode, shares):
     """parallel.activation_checkpointing modes other than full / off recompute only some blocks, or all
     of a block but its attention cores: HFU counts the plan as applied to the model (recompute_shares),
-    not model.gradient_checkpointing's all-or-none. Checked against what torch counts in a real step."""
+    not model.gradient_checkpointing's all-or-none. every_k is checked against what torch counts in a
+    real step (off and full: the test above, with the same shares)."""
     model = _model()
     model.train()
     apply_activation_checkpointing(model, CheckpointingPolicy(mode, every=2))
@@ -116,12 +120,13 @@ def test_hardware_flops_follow_the_applied_checkpointing_plan(mode):
     tokens = tokens_of_forward(video, audio)[1]
     step = fm.step(batch=1, tokens=tokens, recompute=recompute_shares(model))
     full = fm.step(batch=1, tokens=tokens, activation_checkpointing=True)
-    if mode == "attention":
-        # On CPU the MATH backend's attention is plain matmuls, which the selective policy recomputes
-        # (on GPU the fused kernel's outputs are kept): check the plan's count without torch's.
-        assert recompute_shares(model) == {"attention": 1.0}
-        assert step.model < step.hardware < full.hardware
+    if shares is not None:
+        assert recompute_shares(model) == shares
+        if mode == "attention":  # every block's forward but its attention cores
+            assert step.model < step.hardware < full.hardware
         return
+    assert recompute_shares(model) == {"full": 0.5}  # the tiny model's 2 blocks: block 0 of every 2
+    assert step.model < step.hardware < full.hardware
     in_place = {torch.ops.aten.addmm_: _addmm_flop}
     counting = FlopCounterMode(display=False, depth=None, custom_mapping=in_place)
     with sdpa_kernel(SDPBackend.MATH), counting as counter:
@@ -129,8 +134,6 @@ def test_hardware_flops_follow_the_applied_checkpointing_plan(mode):
         (vx.square().mean() + ax.square().mean()).backward()
     measured = counter.get_total_flops() - _adaln_and_patchify_backward(counter)
     assert measured == step.hardware
-    if mode == "every_k":
-        assert step.model < step.hardware < full.hardware  # some blocks recomputed, not all
 
 
 def _adaln_and_patchify_backward(counter: FlopCounterMode) -> float:
