@@ -146,6 +146,39 @@ def test_incomplete_checkpoints_are_ignored_and_resume_rules(tmp_path):
     assert read_train_state(tmp_path / "checkpoints" / "step-000008").step == 8
 
 
+def test_keep_last_k_deletes_only_this_branch_and_a_kill_mid_delete_leaves_no_damaged_checkpoint(
+    tmp_path, monkeypatch
+):
+    from ltxdist.training import run_dir
+    from ltxdist.training.callbacks import CheckpointAndExport
+    from ltxdist.training.run_dir import remove_partial_files
+
+    m, opt = _trained()
+    for step in (2, 4, 6, 8):
+        save_checkpoint(
+            tmp_path / "checkpoints" / f"step-{step:06d}", TorchTrainable(m, opt), TrainState(step=step)
+        )
+    keeper = CheckpointAndExport(tmp_path, every_n_steps=2, keep_last_k=1, strategy_name="text_to_video")
+
+    def killed_halfway(path, ignore_errors=False):  # the process dies after removing one file
+        next(p for p in sorted(path.iterdir()) if p.suffix == ".safetensors").unlink()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_dir.shutil, "rmtree", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        keeper._keep_last_k(4)  # this run just wrote step 4; 6 and 8 are not its own
+    monkeypatch.undo()
+    # The half-deleted step 2 is under a temporary name: not a checkpoint, and removed at the next start.
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [4, 6, 8]
+    assert not (tmp_path / "checkpoints" / "step-000002").exists()
+    remove_partial_files(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "step-000004",
+        "step-000006",
+        "step-000008",
+    ]
+
+
 def test_a_damaged_file_is_named_and_the_previous_checkpoint_loads_instead(tmp_path):
     m, opt = _trained()
     older, newer = tmp_path / "step-000004", tmp_path / "step-000008"

@@ -108,3 +108,25 @@ def test_curriculum_under_deepspeed_is_refused_before_any_stage_trains(tmp_path)
     cfg.run.dir = str(tmp_path / "run")
     with pytest.raises(WarmStartError, match=r"lora\.init_from=.*parallel=deepspeed_zero2"):
         fit(cfg)
+
+
+@pytest.mark.parametrize(
+    "bad, named",
+    [
+        ("lora.rank=0", "lora.rank"),
+        ("optim.schedule.name=cosin", "optim.schedule.name"),
+        ("lora.rnak=4", "rnak"),
+    ],
+)
+def test_a_bad_override_in_the_last_stage_fails_before_the_first_stage_trains(tmp_path, bad, named):
+    from ltxdist.config.schema import ConfigError
+    from ltxdist.config.store import compose_train_config
+    from ltxdist.training.train import train
+
+    cfg = compose_train_config(["experiment=staged_curriculum_tiny", f"run.dir={tmp_path / 'run'}"])
+    last = len(cfg.stages) - 1
+    assert last >= 2  # the guide's curriculum: earlier stages would train first
+    cfg.stages[last].overrides = [*cfg.stages[last].overrides, bad]
+    with pytest.raises(ConfigError, match=rf"stages\[{last}\] \({cfg.stages[last].name}\).*{named}"):
+        train(cfg)
+    assert not (tmp_path / "run").exists(), "nothing trained, nothing written"

@@ -9,6 +9,7 @@ train state.
 
 from ltxdist.checkpoint.checkpointer import (
     CheckpointContents,
+    check_checkpoint,
     load_checkpoint,
     load_newest,
     read_checkpoint,
@@ -31,6 +32,7 @@ __all__ = [
     "TorchTrainable",
     "TrainState",
     "Trainable",
+    "check_checkpoint",
     "is_complete_checkpoint",
     "load_checkpoint",
     "load_newest",

@@ -85,13 +85,21 @@ def _raise_together(error: OSError | None, path: Path) -> None:
         raise AtomicWriteError(shared[0] or errno.EIO, path, f"rank 0: {shared[1]}", "directory ")
 
 
-def load_checkpoint(path: str | Path, trainable: Trainable, *, with_train_state: bool = True) -> TrainState:
+def load_checkpoint(
+    path: str | Path,
+    trainable: Trainable,
+    *,
+    with_train_state: bool = True,
+    keep_hyperparameters: bool = False,
+) -> TrainState:
     """Read checkpoint `path` into `trainable` (adapters in place, optimizer state through its API).
 
     `with_train_state`: a resume, which also takes the optimizer's hyper-parameters (lr, ...) from the
-    checkpoint; without, a warm start: adapters and optimizer moments only, this run's own settings and
-    schedule kept. Returns the checkpoint's train state either way (the caller applies what it needs).
-    Raises `CheckpointFormatError` naming the file when a file is damaged, on every rank alike."""
+    checkpoint, unless `keep_hyperparameters` (a resume with changed settings on purpose: this run's
+    optimizer settings win); without, a warm start: adapters and optimizer moments only, this run's own
+    settings and schedule kept. Returns the checkpoint's train state either way (the caller applies
+    what it needs). Raises `CheckpointFormatError` naming the file when a file is damaged, on every rank
+    alike."""
     path = Path(path)
     manifest, state = _read_small_files(path)
     files = open_tensor_files(path, manifest.tensor_files)
@@ -100,9 +108,23 @@ def load_checkpoint(path: str | Path, trainable: Trainable, *, with_train_state:
         check_same_adapters(trainable.params, shapes, str(path))
         template = trainable.template(shapes)
         files.read_into(template)
-        trainable.apply(template, state.optimizer if with_train_state else None)
+        saved_settings = with_train_state and not keep_hyperparameters
+        trainable.apply(template, state.optimizer if saved_settings else None)
     finally:
         files.close()
+    return state
+
+
+def check_checkpoint(path: str | Path) -> TrainState:
+    """Everything `load_checkpoint` checks before reading tensor data, in this process and without a
+    model: meta.json (an old format raises LegacyCheckpointError with its convert command), every file
+    at its recorded size, train_state.json and each tensor file's header. Returns the train state;
+    raises `CheckpointFormatError` naming the damaged file. Lets rank 0 choose the checkpoint to resume
+    (and check its run identity) before any model exists, so the one checked is the one loaded."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    state = read_train_state(path)
+    open_tensor_files(path, manifest.tensor_files, distributed=False).close()
     return state
 
 

@@ -23,8 +23,11 @@ Backward, LoRA on a frozen base (what makes this differ from the usual "6 N" rul
 So model FLOPs = 2 F_base + 3 F_lora (+ 3 F_attention_core), the numerator of MFU. Autograd skips a
 few input gradients in front of the first adapter; the count ignores that, as the "6 N" rule does.
 
-HFU counts what the hardware executes: with activation checkpointing every transformer block's forward
-runs a second time during backward, so hardware FLOPs = model FLOPs + F_blocks.
+HFU counts what the hardware executes: with activation checkpointing a block's forward runs a second
+time during backward. Per block, by its mode (parallel.activation_checkpointing): `full` repeats its
+whole forward, `attention` all of it except the attention cores (kept), `off` nothing. So hardware
+FLOPs = model FLOPs + share_full * F_blocks + share_attention * (F_blocks - F_block_cores), the shares
+being the fractions of blocks in each mode (`recompute_shares` reads them from the model).
 
 Token roles: `v` video tokens, `a` audio tokens, `vt` / `at` the video / audio text-context tokens.
 """
@@ -32,6 +35,7 @@ Token roles: `v` video tokens, `a` audio tokens, `vt` / `at` the video / audio t
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -155,15 +159,25 @@ class FlopModel:
         return cls(tuple(linears), tuple(attentions))
 
     def step(
-        self, *, batch: int, tokens: dict[str, int], activation_checkpointing: bool = False
+        self,
+        *,
+        batch: int,
+        tokens: dict[str, int],
+        activation_checkpointing: bool = False,
+        recompute: Mapping[str, float] | None = None,
     ) -> StepFlops:
         """FLOPs of one forward + backward over `batch` samples with `tokens[role]` tokens each
-        (roles v, a, vt, at; a missing role means that stream is absent)."""
+        (roles v, a, vt, at; a missing role means that stream is absent). `recompute`: the fraction of
+        blocks per checkpointing mode ("full", "attention"; `recompute_shares`);
+        `activation_checkpointing=True` is every block `full`."""
+        shares = dict(recompute or {})
+        if activation_checkpointing:
+            shares = {"full": 1.0}
 
         def present(roles: frozenset[str]) -> bool:
             return all(tokens.get(r, 0) > 0 for r in roles)
 
-        forward = model = block_forward = 0.0
+        forward = model = block_forward = block_cores = 0.0
         for t in self.linears:
             if not present(t.runs_if):
                 continue
@@ -181,8 +195,27 @@ class FlopModel:
             forward += core
             model += 3.0 * core
             block_forward += core
-        hardware = model + (block_forward if activation_checkpointing else 0.0)
+            block_cores += core  # every attention is inside a block
+        recomputed = shares.get("full", 0.0) * block_forward
+        recomputed += shares.get("attention", 0.0) * (block_forward - block_cores)
+        hardware = model + recomputed
         return StepFlops(forward=forward, model=model, hardware=hardware)
+
+
+def recompute_shares(model: torch.nn.Module) -> dict[str, float]:
+    """The fraction of the transformer's blocks per checkpointing mode that its next training forward
+    runs with, as applied by ltxdist.parallel.activation_checkpointing: per block (attention, every_k,
+    budget: its planner, whose modes a budget plan sets per step before the blocks run), or ltx-core's
+    own switch for `full`. {} when nothing is recomputed."""
+    planner = model.__dict__.get("ltxdist_ac_planner")
+    if planner is not None and planner.modes:
+        n = len(planner.modes)
+        return {
+            mode: planner.modes.count(mode) / n for mode in ("full", "attention") if mode in planner.modes
+        }
+    if getattr(model, "_enable_gradient_checkpointing", False):
+        return {"full": 1.0}
+    return {}
 
 
 def tokens_of_forward(video: Any, audio: Any) -> tuple[int, dict[str, int]]:

@@ -42,7 +42,13 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from ltxdist.tracking.flops import FlopModel, StepFlops, peak_flops_per_device, tokens_of_forward
+from ltxdist.tracking.flops import (
+    FlopModel,
+    StepFlops,
+    peak_flops_per_device,
+    recompute_shares,
+    tokens_of_forward,
+)
 
 PEAK_TFLOPS_ENV = "LTXDIST_PEAK_TFLOPS"
 _GIB = 2**30
@@ -119,13 +125,17 @@ class TrainingMetrics(pl.Callback):
 
     Must be the FIRST callback (its `on_train_batch_end` closes the step's timer), with its
     `StepBoundary` the LAST one.
+
+    `activation_checkpointing`: None (the training entry point) reads what each forward recomputes from
+    the model itself (flops.recompute_shares: the parallel.activation_checkpointing plan as applied,
+    per block and, for `budget`, per step); True / False: every block or none (tests, tools).
     """
 
     def __init__(
         self,
         *,
         bucket_edges: tuple[float, ...],
-        activation_checkpointing: bool,
+        activation_checkpointing: bool | None = None,
         peak_tflops: float | None = None,
     ):
         self.buckets = tuple(f"{lo:.1f}-{hi:.1f}" for lo, hi in itertools.pairwise(bucket_edges))
@@ -191,9 +201,11 @@ class TrainingMetrics(pl.Callback):
             # Sequence parallel: this rank holds 1/P of each stream's tokens and attends over whole
             # sequences with 1/P of the heads, i.e. it does 1/P of the whole sequence's FLOPs.
             tokens = {role: n * sp if role in ("v", "a") else n for role, n in tokens.items()}
-        step = self._flop_model.step(
-            batch=batch, tokens=tokens, activation_checkpointing=self.activation_checkpointing
-        )
+        if self.activation_checkpointing is None:
+            shares = recompute_shares(module)  # the model's pre-hooks (a budget plan) ran before this one
+        else:
+            shares = {"full": 1.0} if self.activation_checkpointing else {}
+        step = self._flop_model.step(batch=batch, tokens=tokens, recompute=shares)
         if sp > 1:
             step = StepFlops(step.forward / sp, step.model / sp, step.hardware / sp)
         self._sums.flops = self._sums.flops + step

@@ -10,6 +10,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ltxdist.io import TMP_MARKER
 from ltxdist.lora import read_lora_file
 
 
@@ -39,15 +40,24 @@ def build_wandb_logger(cfg: Any, run_dir: Path, run_name: str, resolved_config: 
 
 
 def _stable_run_id(run_dir: Path) -> str:
-    # Same run directory -> same W&B run, so a resumed job continues its curves.
+    """Same run directory -> same W&B run, so a resumed job continues its curves. Every rank of a job
+    calls this at once: the id file is created whole or not at all (a complete temporary file linked
+    to the name, which fails if it exists), so the first rank's id wins and the others read it."""
+    import uuid
+
     id_file = run_dir / "wandb_run_id"
     if id_file.is_file():
         return id_file.read_text().strip()
-    import uuid
-
-    run_id = uuid.uuid4().hex[:12]
     id_file.parent.mkdir(parents=True, exist_ok=True)
-    id_file.write_text(run_id)
+    run_id = uuid.uuid4().hex[:12]
+    tmp = id_file.with_name(f"{id_file.name}{TMP_MARKER}{uuid.uuid4().hex}")
+    tmp.write_text(run_id)
+    try:
+        os.link(tmp, id_file)  # atomic create-if-absent, and the file is never seen empty
+    except FileExistsError:
+        run_id = id_file.read_text().strip()  # another rank was first
+    finally:
+        tmp.unlink(missing_ok=True)
     return run_id
 
 
@@ -70,6 +80,19 @@ class WandbLoRAArtifacts(pl.Callback):
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: Any) -> None:
         self._log(trainer)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: Any, exception: BaseException) -> None:
+        # A stop signal ends training from inside CheckpointAndExport right after it wrote the step's
+        # LoRA (SystemExit), before this callback's batch-end hook: log that file now, and flush the
+        # W&B run before the process exits (as a finished fit does).
+        if not isinstance(exception, SystemExit) or not trainer.is_global_zero:
+            return
+        self._log(trainer)
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
 
     def _log(self, trainer: pl.Trainer) -> None:
         from ltxdist.training.run_dir import lora_path  # here: training imports this module

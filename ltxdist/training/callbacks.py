@@ -8,7 +8,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -24,13 +23,20 @@ from ltxdist.io import AtomicWriteError, write_bytes_atomic
 from ltxdist.lora import export_lora
 from ltxdist.lora.targets import expand_targets
 from ltxdist.parallel.gather import gather_to_rank0
-from ltxdist.training.checkpointing import capture_train_state, resume, trainable_state, warm_start
-from ltxdist.training.run_dir import checkpoint_path, complete_checkpoints, lora_path
+from ltxdist.training.checkpointing import (
+    ResumePlan,
+    capture_train_state,
+    resume,
+    trainable_state,
+    warm_start,
+)
+from ltxdist.training.run_dir import checkpoint_path, complete_checkpoints, delete_checkpoint, lora_path
 
 log = logging.getLogger("ltxdist")
 # Ctrl-C (SIGINT) stops like SIGTERM, with a checkpoint at the next step, then exits 0; a second Ctrl-C
-# stops at once.
+# stops at once, with the status of a process interrupted by Ctrl-C.
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT)
+INTERRUPTED_STATUS = 128 + signal.SIGINT  # 130
 
 
 class CheckpointAndExport(pl.Callback):
@@ -40,15 +46,15 @@ class CheckpointAndExport(pl.Callback):
 
     `resume` is run.resume (training/checkpointing.py); `init_from` is lora.init_from (a warm start of a
     fresh run); `extra` is stored in every checkpoint's train state (callers' own fields, e.g. a run
-    identity).
+    identity); `resume_plan` is the checkpoint the training entry point chose (and checked) for it.
 
     SIGUSR1, SIGTERM (SLURM's warning before the time limit, preemption, `kill`) or SIGINT (Ctrl-C) on
     any rank: at the next optimizer-step boundary every rank writes the checkpoint, rank 0 prints the
     command that resumes, then the process exits with 128 + signal (0 after Ctrl-C: the user asked to
     stop and nothing is lost); after SIGUSR1 inside a SLURM job rank 0 first requeues the job, which
-    resumes from that checkpoint (run.resume=auto). A second Ctrl-C stops at once, without a checkpoint.
-    The handler only sets a flag: the checkpoint is written by the training loop, never from inside a
-    signal handler.
+    resumes from that checkpoint (run.resume=auto). A second Ctrl-C stops at once, without a checkpoint
+    (exit status 130). The handler only sets a flag: the checkpoint is written by the training loop,
+    never from inside a signal handler.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class CheckpointAndExport(pl.Callback):
         resume: str = "never",
         init_from: str | None = None,
         extra: dict[str, Any] | None = None,
+        resume_plan: ResumePlan | None = None,
     ):
         self.run_dir = run_dir
         self.resume_command = resume_command  # printed when a signal stops the run
@@ -79,6 +86,7 @@ class CheckpointAndExport(pl.Callback):
         self.extra_metadata = extra_metadata or {}
         self.resume_mode = resume
         self.init_from = init_from
+        self.resume_plan = resume_plan
         self.extra = extra if extra is not None else {}  # may be filled in before the first save
         self._last_saved_step = -1
         self._last_checked_step = -1
@@ -87,7 +95,7 @@ class CheckpointAndExport(pl.Callback):
         self._previous_handlers: dict[int, Any] = {}
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        resumed = resume(trainer, pl_module, self.run_dir, self.resume_mode)
+        resumed = resume(trainer, pl_module, self.run_dir, self.resume_mode, self.resume_plan)
         if resumed is None and self.init_from:
             warm_start(trainer, pl_module, self.init_from)
 
@@ -135,7 +143,9 @@ class CheckpointAndExport(pl.Callback):
             self._interrupts += 1
             if self._interrupts > 1:
                 _say("\nsecond Ctrl-C: stopping now, without a checkpoint of the current step\n")
-                raise KeyboardInterrupt
+                # Not KeyboardInterrupt: Lightning turns that into sys.exit(1). SystemExit unwinds through
+                # the same teardown and keeps the status of an interrupted process.
+                raise SystemExit(INTERRUPTED_STATUS)
             _say("\nCtrl-C: stopping after this step, with a checkpoint (Ctrl-C again stops at once)\n")
         self._signal = max(self._signal, int(signum))
 
@@ -221,10 +231,17 @@ class CheckpointAndExport(pl.Callback):
             capture_train_state(trainer, pl_module, self.extra),
         )
         if trainer.is_global_zero:
-            for _, old in complete_checkpoints(self.run_dir)[: -self.keep_last_k]:
-                shutil.rmtree(old, ignore_errors=True)
+            self._keep_last_k(step)
         trainer.strategy.barrier("ltxdist-checkpoint")
         self._last_saved_step = step
+
+    def _keep_last_k(self, step: int) -> None:
+        """Delete all but the newest `keep_last_k` checkpoints of this run's branch: steps up to the one
+        just written. A later step in the folder is never this branch's (the entry point moves an
+        abandoned branch aside before training) and is never deleted here."""
+        own = [path for s, path in complete_checkpoints(self.run_dir) if s <= step]
+        for old in own[: -self.keep_last_k]:
+            delete_checkpoint(old)
 
 
 def _signal_slot(sig: signal.Signals) -> str:
@@ -275,6 +292,9 @@ class MetricsJsonl(pl.Callback):
         self._last_step = -1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The starting step has its line already (a resumed run) or none (step 0): the micro-batches of
+        # the first step under gradient accumulation end at this step and must not write one.
+        self._last_step = trainer.global_step
         if not trainer.is_global_zero or not self.path.exists():
             return
         # On resume, drop lines from steps after the checkpoint (they will be trained again) and a line

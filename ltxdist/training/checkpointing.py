@@ -12,10 +12,12 @@ itself restores loops and schedulers.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 
 from ltxdist.checkpoint import (
     TorchTrainable,
@@ -68,15 +70,43 @@ def capture_train_state(trainer: pl.Trainer, module: Any, extra: dict[str, Any])
     )
 
 
-def restore_train_state(trainer: pl.Trainer, module: Any, state: TrainState) -> None:
+def restore_train_state(trainer: pl.Trainer, module: Any, state: TrainState, *, forced: bool = False) -> None:
+    """`forced` (run.resume=force): the schedule's position comes from the checkpoint, its learning
+    rates from this run's config (optim.lr and the schedule), as the forced settings say."""
     module.load_train_state(state)  # data position (converted to this layout), counters
     schedulers = trainer.lr_scheduler_configs
     if schedulers and state.scheduler is not None:
-        schedulers[0].scheduler.load_state_dict(state.scheduler)
+        scheduler = schedulers[0].scheduler
+        if forced:
+            base_lrs = [group["initial_lr"] for group in scheduler.optimizer.param_groups]
+        scheduler.load_state_dict(state.scheduler)
+        if forced:
+            _continue_schedule_with(scheduler, base_lrs)
     if state.loops is not None:
         # Lightning's step counters (global_step, batch progress); Lightning's own restore does the same
         # at this point of fit.
         trainer.fit_loop.load_state_dict(state.loops)
+
+
+def _continue_schedule_with(scheduler: Any, base_lrs: list[float]) -> None:
+    """Put this run's base learning rates into a scheduler restored from a checkpoint (which brought
+    the old ones) and set each group's lr for the restored step, as the scheduler's own step would."""
+    scheduler.base_lrs = list(base_lrs)
+    if not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        return  # ltxdist builds LambdaLR (training/optim.py); another scheduler sets lr at its next step
+    lrs = [base * fn(scheduler.last_epoch) for base, fn in zip(base_lrs, scheduler.lr_lambdas, strict=True)]
+    for group, lr in zip(scheduler.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    scheduler._last_lr = lrs  # what get_last_lr() reports (torch's own attribute)
+
+
+@dataclass
+class ResumePlan:
+    """Rank 0's choice of checkpoint (the training entry point's RunPreparation, which checks its run
+    identity before any model is built), handed to `resume`, so the checkpoint checked is the one loaded."""
+
+    decided: bool = False
+    checkpoint: Path | None = None  # None: a fresh run
 
 
 def resume_candidates(run_dir: Path, resume: str) -> list[Path]:
@@ -99,11 +129,19 @@ def resume_candidates(run_dir: Path, resume: str) -> list[Path]:
     return [path]
 
 
-def resume(trainer: pl.Trainer, module: Any, run_dir: Path, mode: str) -> tuple[Path, TrainState] | None:
-    """Collective: resume from the newest complete checkpoint that loads (a damaged one is named and
-    the previous one tried), or None for a fresh run. Rank 0 decides which checkpoints exist."""
+def resume(
+    trainer: pl.Trainer, module: Any, run_dir: Path, mode: str, plan: ResumePlan | None = None
+) -> tuple[Path, TrainState] | None:
+    """Collective: resume from the checkpoint `plan` names when rank 0 decided one (exactly that one),
+    else from the newest complete checkpoint that loads (a damaged one is named and the previous one
+    tried), or None for a fresh run. Rank 0 decides which checkpoints exist. run.resume=force keeps this
+    run's optimizer settings (optim.*), everything else comes from the checkpoint."""
     found: list[Path] | str
-    if trainer.is_global_zero:
+    fall_back = mode in ("auto", "must", "force")
+    if trainer.is_global_zero and plan is not None and plan.decided:
+        found = [plan.checkpoint] if plan.checkpoint is not None else []
+        fall_back = False  # chosen, read and identity-checked already: no other one instead
+    elif trainer.is_global_zero:
         remove_partial_files(run_dir)  # before looking: what a killed writer left is not a checkpoint
         try:
             found = resume_candidates(run_dir, mode)
@@ -111,7 +149,7 @@ def resume(trainer: pl.Trainer, module: Any, run_dir: Path, mode: str) -> tuple[
             found = str(err)
     else:
         found = []
-    found = collectives.broadcast(found)
+    found, fall_back = collectives.broadcast((found, fall_back))
     if isinstance(found, str):
         raise ResumeError(found)
     if not found:
@@ -121,10 +159,10 @@ def resume(trainer: pl.Trainer, module: Any, run_dir: Path, mode: str) -> tuple[
     def load(path: Path) -> TrainState:
         if trainer.is_global_zero:
             log.info("resuming from %s", path)
-        return load_checkpoint(path, trainable, with_train_state=True)
+        return load_checkpoint(path, trainable, with_train_state=True, keep_hyperparameters=mode == "force")
 
-    path, state = load_newest(found, load, fall_back=mode in ("auto", "must", "force"))
-    restore_train_state(trainer, module, state)
+    path, state = load_newest(found, load, fall_back=fall_back)
+    restore_train_state(trainer, module, state, forced=mode == "force")
     return path, state
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from ltxdist.config.schema import ConfigError, validate_config
 from ltxdist.io import atomic_file, write_json_atomic
 from ltxdist.parallel.dims import ParallelDims
 from ltxdist.training.checkpointing import check_warm_start_supported
@@ -35,7 +36,7 @@ def stage_config(cfg: Any, index: int, previous: Path | None) -> Any:
     try:
         merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(stage.overrides)))
     except Exception as exc:  # OmegaConf names the bad key in its message
-        raise ValueError(
+        raise ConfigError(
             f"stages[{index}] ({stage.name}): bad override in {list(stage.overrides)}: {exc}"
         ) from exc
     merged.stages = []
@@ -44,6 +45,19 @@ def stage_config(cfg: Any, index: int, previous: Path | None) -> Any:
     merged.run.resume = "force" if cfg.run.resume == "force" else "auto"  # force reaches every stage
     merged.lora.init_from = str(previous) if previous is not None else cfg.lora.init_from
     return merged
+
+
+def validate_stages(cfg: Any) -> None:
+    """Every stage's config as it will train (the command line with the stage's overrides), checked
+    before the first stage trains: a bad override in stage 4 must not wait for stages 1-3 to finish.
+    The error names the stage."""
+    for index, stage in enumerate(cfg.stages):
+        try:
+            validate_config(stage_config(cfg, index, None))
+        except ConfigError as exc:
+            if str(exc).startswith(f"stages[{index}]"):
+                raise
+            raise ConfigError(f"stages[{index}] ({stage.name}): {exc}") from exc
 
 
 def run_curriculum(cfg: Any, train_one: Any) -> Path:

@@ -24,7 +24,7 @@ from ltxdist.parallel import lightning_strategy
 from ltxdist.quant.base import base_precision_metadata
 from ltxdist.tracking.metrics import TrainingMetrics
 from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl
-from ltxdist.training.checkpointing import check_warm_start_supported, resume_candidates
+from ltxdist.training.checkpointing import ResumePlan, check_warm_start_supported, resume_candidates
 from ltxdist.training.console import (
     ProgressReporter,
     end_summary,
@@ -35,7 +35,13 @@ from ltxdist.training.console import (
 )
 from ltxdist.training.datamodule import CachedLatentDataModule
 from ltxdist.training.module import SIGMA_BUCKET_EDGES, LTXLoRAModule
-from ltxdist.training.run_dir import lora_path, remove_partial_files
+from ltxdist.training.run_dir import (
+    abandon_later_steps,
+    complete_checkpoints,
+    lora_dir,
+    lora_path,
+    remove_partial_files,
+)
 from ltxdist.training.run_identity import (
     IDENTITY_KEY,
     LoRAShapeMismatchError,
@@ -218,33 +224,57 @@ class RunPreparation(pl.Callback):
     The resume decision (training/run_identity.py): `run.resume=auto` continues the newest checkpoint
     only if it records the same run; it is decided before anything in the run folder changes
     (config.yaml is written after it), and the identity goes into `checkpoint_extra`, which
-    CheckpointAndExport stores in every checkpoint's train state."""
+    CheckpointAndExport stores in every checkpoint's train state.
 
-    def __init__(self, cfg: Any, run_dir: Path, resolved: Any, checkpoint_extra: dict[str, Any]):
+    The checkpoint checked is the one loaded: it is chosen here as the newest that reads (meta.json,
+    every file's size, train_state.json, tensor headers; a damaged one is named and the previous one
+    taken under auto / must / force, an old format fails with its convert command) and handed to
+    CheckpointAndExport through `resume_plan`. Resuming at a step below later checkpoints of the folder
+    (an explicit older checkpoint, a damaged newest one) moves those aside into RUN/abandoned/
+    (run_dir.abandon_later_steps): nothing is deleted and no later auto-resume continues them."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        run_dir: Path,
+        resolved: Any,
+        checkpoint_extra: dict[str, Any],
+        resume_plan: ResumePlan | None = None,
+    ):
         self.cfg, self.run_dir, self.resolved = cfg, run_dir, resolved
         self.checkpoint_extra = checkpoint_extra
+        self.resume_plan = resume_plan if resume_plan is not None else ResumePlan()
 
     def _decide_resume(self) -> None:
+        from ltxdist.checkpoint import check_checkpoint, load_newest
+
         cfg = self.cfg
+        mode = cfg.run.resume
         remove_partial_files(self.run_dir)  # what a killed writer left is not a checkpoint
-        candidates = resume_candidates(self.run_dir, cfg.run.resume)
-        newest = candidates[-1] if candidates else None
+        if mode == "never":
+            refuse_to_start_over(self.run_dir, new_run_flag(cfg.run))
+        candidates = resume_candidates(self.run_dir, mode)
+        chosen, state = None, None
+        if candidates:
+            chosen, state = load_newest(
+                candidates, check_checkpoint, fall_back=mode in ("auto", "must", "force")
+            )
         identity = compute_run_identity(cfg)
-        decision = decide_resume(newest, cfg.run.resume, identity, new_run_flag(cfg.run))
-        forced = record_forced_resume(identity, decision, cfg.run.resume)
+        decision = decide_resume(chosen, mode, identity, new_run_flag(cfg.run))
+        forced = record_forced_resume(identity, decision, mode)
         if forced:
             log.warning(forced)
         if decision.unrecorded:
-            log.warning("%s records no run settings: not checked", newest)
-        elif decision.checkpoint is not None:
-            from ltxdist.checkpoint import read_train_state
-
-            state = read_train_state(decision.checkpoint)  # its identity is recorded (not `unrecorded`)
+            log.warning("%s records no run settings: not checked", chosen)
+        elif state is not None:
             longer = schedule_length_change(state.extra.get(IDENTITY_KEY), cfg, state.step)
             if longer:
                 log.warning(longer)
+        if state is not None:
+            abandon_later_steps(self.run_dir, state.step)  # after every refusal: those change nothing
         log.info(startup_summary(cfg, identity, decision.describe()))
         self.checkpoint_extra[IDENTITY_KEY] = identity
+        self.resume_plan.checkpoint, self.resume_plan.decided = chosen, True
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         failure: Exception | None = None
@@ -265,6 +295,22 @@ class RunPreparation(pl.Callback):
             raise RuntimeError(f"rank 0 could not prepare the run: {message}")
 
 
+def refuse_to_start_over(run_dir: Path, new_run: str) -> None:
+    """run.resume=never in a folder that already holds a run's checkpoints or LoRA files: starting over
+    there would let keep-last-k and metrics.jsonl mix the two runs (and lose the older one's files), so
+    refuse, naming the folder and the flag that gives the new run a folder of its own."""
+    steps = [s for s, _ in complete_checkpoints(run_dir)]
+    loras = sorted(lora_dir(run_dir).glob("*.safetensors")) if lora_dir(run_dir).is_dir() else []
+    if not steps and not loras:
+        return
+    held = f"checkpoints of steps {steps}" if steps else f"{len(loras)} LoRA file(s) in {lora_dir(run_dir)}"
+    raise ResumeRefusedError(
+        f"run.resume=never: {run_dir} already holds a run ({held}); starting over in it would mix the two "
+        f"runs and lose the older one's files. Start the new run in a folder of its own: add {new_run}; "
+        f"or continue the existing run with run.resume=auto, or move {run_dir} away yourself"
+    )
+
+
 @dataclass(frozen=True)
 class FitResult:
     lora: Path  # the final LoRA file
@@ -275,8 +321,9 @@ def train(cfg: Any) -> Path:
     """Train from a composed config; returns the path of the final LoRA file."""
     validate_config(cfg)
     if cfg.stages:
-        from ltxdist.training.curriculum import run_curriculum
+        from ltxdist.training.curriculum import run_curriculum, validate_stages
 
+        validate_stages(cfg)  # every stage, before the first one trains
         return run_curriculum(cfg, _validated_fit)
     return fit(cfg).lora
 
@@ -300,12 +347,13 @@ def fit(cfg: Any) -> FitResult:
     # Metrics before checkpoints: a step's metrics line exists before its checkpoint does, so a run
     # killed right after checkpoint N and resumed from it has no gap in metrics.jsonl.
     # TrainingMetrics first (it closes each step's timer) and its boundary marker last (see metrics.py).
-    metrics = TrainingMetrics(
-        bucket_edges=SIGMA_BUCKET_EDGES, activation_checkpointing=cfg.model.gradient_checkpointing
-    )
+    # What each step recomputes (HFU) is read from the model: the resolved parallel.activation_checkpointing
+    # plan (off / full / attention / every_k / budget), not model.gradient_checkpointing alone.
+    metrics = TrainingMetrics(bucket_edges=SIGMA_BUCKET_EDGES)
     checkpoint_extra: dict[str, Any] = {}  # the run identity, filled in by RunPreparation (rank 0)
+    resume_plan = ResumePlan()  # the checkpoint RunPreparation chose (rank 0), loaded by CheckpointAndExport
     callbacks: list[pl.Callback] = [
-        RunPreparation(cfg, run_dir, resolved, checkpoint_extra),
+        RunPreparation(cfg, run_dir, resolved, checkpoint_extra, resume_plan),
         metrics,
         MetricsJsonl(run_dir / "metrics.jsonl", metrics=metrics),
         CheckpointAndExport(
@@ -319,6 +367,7 @@ def fit(cfg: Any) -> FitResult:
             resume=cfg.run.resume,
             init_from=cfg.lora.init_from,
             extra=checkpoint_extra,
+            resume_plan=resume_plan,
         ),
     ]
     progress = ProgressReporter(metrics, show=cfg.trainer.progress_bar)

@@ -104,3 +104,37 @@ def test_resolve_wandb_mode(monkeypatch, mode, key, expected):
     else:
         monkeypatch.setenv("WANDB_API_KEY", key)
     assert resolve_wandb_mode(mode) == expected
+
+
+def _run_id_at_barrier(run_dir, barrier, out) -> None:
+    from ltxdist.tracking.wandb_setup import _stable_run_id
+
+    barrier.wait()
+    out.put(_stable_run_id(run_dir))
+
+
+def test_ranks_starting_together_agree_on_one_wandb_run_id(tmp_path, monkeypatch):
+    """Every rank of a job asks for the run's W&B id at the same moment (fit runs on every rank): one id
+    wins, every rank gets it, and the file holds it."""
+    import multiprocessing
+    import uuid
+
+    draw = uuid.uuid4
+
+    def slow_uuid4() -> uuid.UUID:
+        time.sleep(0.05)  # every rank is between "no file yet" and writing one: the race, every time
+        return draw()
+
+    monkeypatch.setattr(uuid, "uuid4", slow_uuid4)  # the forked ranks inherit it
+    ctx = multiprocessing.get_context("fork")
+    for trial in range(3):
+        run_dir = tmp_path / str(trial)
+        barrier, out = ctx.Barrier(4), ctx.Queue()
+        ranks = [ctx.Process(target=_run_id_at_barrier, args=(run_dir, barrier, out)) for _ in range(4)]
+        for p in ranks:
+            p.start()
+        ids = {out.get(timeout=30) for _ in ranks}
+        for p in ranks:
+            p.join()
+        assert ids == {(run_dir / "wandb_run_id").read_text()}, f"trial {trial}: {ids}"
+        assert len(ids.pop()) == 12

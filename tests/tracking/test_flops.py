@@ -12,8 +12,9 @@ from ltxdist._ltx_core import BatchedPerturbationConfig, LTXModelConfigurator, M
 from ltxdist.lora import LoRASpec, inject_lora
 from ltxdist.models.init import init_transformer_weights
 from ltxdist.models.presets import transformer_config
+from ltxdist.parallel.activation_checkpointing import CheckpointingPolicy, apply_activation_checkpointing
 from ltxdist.strategies.positions import audio_positions, video_positions
-from ltxdist.tracking.flops import FlopModel, peak_flops_per_device, tokens_of_forward
+from ltxdist.tracking.flops import FlopModel, peak_flops_per_device, recompute_shares, tokens_of_forward
 from ltxdist.tracking.metrics import utilization
 
 TV, TA, S = 12, 9, 16  # video tokens (2 x 2 x 3 latent grid), audio tokens, text tokens
@@ -100,6 +101,39 @@ def test_flop_model_matches_hand_count():
     # video only: no audio stream, no cross-modal attention
     video_only = fm.step(batch=1, tokens={"v": TV, "vt": S})
     assert 0 < video_only.model < got.model
+
+
+@pytest.mark.parametrize(
+    "mode, shares",
+    [("off", {}), ("full", {"full": 1.0}), ("attention", {"attention": 1.0}), ("every_k", None)],
+)
+def test_hardware_flops_follow_the_applied_checkpointing_plan(mode, shares):
+    """parallel.activation_checkpointing modes other than full / off recompute only some blocks, or all
+    of a block but its attention cores: HFU counts the plan as applied to the model (recompute_shares),
+    not model.gradient_checkpointing's all-or-none. every_k is checked against what torch counts in a
+    real step (off and full: the test above, with the same shares)."""
+    model = _model()
+    model.train()
+    apply_activation_checkpointing(model, CheckpointingPolicy(mode, every=2))
+    fm = FlopModel.from_model(model)
+    video, audio = _inputs(requires_grad=True)
+    tokens = tokens_of_forward(video, audio)[1]
+    step = fm.step(batch=1, tokens=tokens, recompute=recompute_shares(model))
+    full = fm.step(batch=1, tokens=tokens, activation_checkpointing=True)
+    if shares is not None:
+        assert recompute_shares(model) == shares
+        if mode == "attention":  # every block's forward but its attention cores
+            assert step.model < step.hardware < full.hardware
+        return
+    assert recompute_shares(model) == {"full": 0.5}  # the tiny model's 2 blocks: block 0 of every 2
+    assert step.model < step.hardware < full.hardware
+    in_place = {torch.ops.aten.addmm_: _addmm_flop}
+    counting = FlopCounterMode(display=False, depth=None, custom_mapping=in_place)
+    with sdpa_kernel(SDPBackend.MATH), counting as counter:
+        vx, ax = model(video, audio, BatchedPerturbationConfig.empty(1))
+        (vx.square().mean() + ax.square().mean()).backward()
+    measured = counter.get_total_flops() - _adaln_and_patchify_backward(counter)
+    assert measured == step.hardware
 
 
 def _adaln_and_patchify_backward(counter: FlopCounterMode) -> float:
