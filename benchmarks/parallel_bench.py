@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -166,6 +167,9 @@ def bench_config(
     from ltxdist.bench.report import summarize
 
     run_dir, stats_dir = work / name, work / f"{name}-stats"
+    # The benchmark's own scratch run of an earlier invocation with this --work-dir: run.resume=never
+    # (a fresh, timed run) refuses a folder that holds checkpoints, so it goes first.
+    shutil.rmtree(run_dir, ignore_errors=True)
     stats_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         sys.executable,

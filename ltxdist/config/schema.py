@@ -299,9 +299,12 @@ class RunConfig:
     name: str = "run"
     dir: str = "runs/${run.name}"
     seed: int = 0
-    # auto | never | must | force | <checkpoint dir>. auto: the newest complete checkpoint if it belongs to
-    # the same run (same settings: training/run_identity.py), else a fresh start; force: continue it even
-    # with changed settings; must: fail when there is none
+    # auto | never | must | force | <checkpoint dir>. auto: the newest complete checkpoint, refused when
+    # it belongs to another run (other settings: training/run_identity.py), a fresh start when there is
+    # none; force: continue it even with changed settings (this run's optim.* apply); must: fail when
+    # there is none; never: a fresh start, refused in a folder that already holds checkpoints or LoRA
+    # files (use run.name=NEW); <checkpoint dir>: continue from it, the folder's later checkpoints moved
+    # to RUN/abandoned/
     resume: str = "auto"
 
 
