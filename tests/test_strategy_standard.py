@@ -73,6 +73,21 @@ def test_first_frame_conditioning_is_clean_timestep_zero_and_out_of_the_loss():
     assert (out.video_targets.loss_mask_BT[:, first:] == 1).all()
 
 
+def test_a_single_latent_frame_is_never_conditioned_away():
+    """With one latent frame every token is "frame 0": conditioning it would leave nothing to train while
+    the sample still counts in the batch mean. Multi-frame samples in the same run stay conditioned."""
+    batch = collate_samples([_sample(0, frames=1), _sample(1, frames=1)])
+    one = _prepare(batch, p=1.0)
+    assert (one.video_targets.loss_mask_BT == 1).all()
+    x0 = batch["video_latents"].flatten(2).transpose(1, 2)
+    assert not torch.isclose(one.video.latent, x0).all(dim=-1).any()  # no token kept clean
+    # The coin is still drawn: sigma and noise are the ones the same samples get with p=0.
+    unconditioned = _prepare(batch, p=0.0)
+    torch.testing.assert_close(one.video.latent, unconditioned.video.latent)
+    three = _prepare(collate_samples([_sample(0), _sample(1)]), p=1.0)
+    assert (three.video_targets.loss_mask_BT[:, :6] == 0).all()  # frame 0 of a 3-frame clip: conditioned
+
+
 def test_conditioning_is_decided_per_sample():
     batch = collate_samples([_sample(i) for i in range(16)])
     out = _prepare(batch, p=0.5, seed=1)
@@ -91,6 +106,19 @@ def test_independent_audio_sigma():
     batch = collate_samples([_sample(i) for i in range(4)])
     out = _prepare(batch, audio_sigma="independent")
     assert not torch.equal(out.audio.sigma, out.video.sigma)
+
+
+def test_independent_audio_sigma_follows_each_samples_own_audio_length():
+    """The shift comes from the sample's real audio length: batched with a longer clip (padding), a
+    sample draws the sigma it draws alone."""
+    short, long = _sample(0, audio_t=9), _sample(1, audio_t=126)
+    together = _prepare(collate_samples([short, long]), audio_sigma="independent")
+    alone = [_prepare(collate_samples([s]), audio_sigma="independent") for s in (short, long)]
+    torch.testing.assert_close(together.audio.sigma, torch.cat([a.audio.sigma for a in alone]))
+    sampler = SigmaSampler()
+    g = sample_generators(0, ["s0"], [0])[0]
+    at_padded_length = sampler.sample_one(126, g)
+    assert abs(at_padded_length - float(alone[0].audio.sigma[0])) > 1e-4  # the length matters here
 
 
 def test_draws_depend_on_the_sample_not_the_batch_layout():

@@ -216,3 +216,19 @@ def test_a_converted_position_without_cursors_restarts_at_the_samples_consumed(t
     state.layout = {"data_parallel_size": 2, "micro_batch_size": 3}  # 18 samples: 9 batches of 2
     module.load_train_state(state)
     assert module.batches_seen == 9
+
+
+def test_mixed_datasets_draw_their_own_noise_for_alike_sample_ids(tiny_ckpt, tiny_data):
+    """Every prepared dataset names its samples row00000000, ...: under data mixing (batch["source"]) the
+    draws are seeded by dataset and id, so row k of two characters gets its own sigma, noise and coins."""
+    module = _module(tiny_ckpt, tiny_data)
+    batch = _batch(tiny_data)
+
+    def loss(source):
+        with torch.no_grad():
+            mixed = dict(batch) if source is None else {**batch, "source": source}
+            return float(module.compute_loss(mixed)[0])
+
+    assert loss("character_a") == loss("character_a")
+    assert loss("character_a") != loss("character_b")
+    assert loss(None) not in (loss("character_a"), loss("character_b"))  # unmixed: the plain ids

@@ -66,7 +66,15 @@ class StandardStrategy:
     ) -> torch.Tensor:
         if self.audio_sigma == "shared":
             return video_sigma_B
-        return self.sigma_sampler.sample(batch["audio_latents"].shape[2], generators)
+        # Each sample's own audio length sets its shift, not the batch's padded length: a sample's draws
+        # never depend on what it is batched with (strategies/rng.py).
+        padded = batch["audio_latents"].shape[2]
+        lengths = batch.get("audio_lengths")
+        tokens = [padded] * len(generators) if lengths is None else [int(n) for n in lengths]
+        return torch.tensor(
+            [self.sigma_sampler.sample_one(n, g) for n, g in zip(tokens, generators, strict=True)],
+            dtype=torch.float32,
+        )
 
     def prepare(
         self,

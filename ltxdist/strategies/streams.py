@@ -60,6 +60,10 @@ def noised_video(
     t = x0_BTC.shape[1]
     # Draw order per sample (fixed so runs reproduce): conditioning coin, then noise.
     cond_B = rand_per_sample(generators) < first_frame_p
+    if lat_BCFHW.shape[2] == 1:
+        # One latent frame (an image, or a bucket of 1-8 pixel frames) is all "first frame": kept clean, the
+        # sample would train nothing yet count in the batch mean. The coin is still drawn (same streams).
+        cond_B = torch.zeros_like(cond_B)
     noise_BTC = randn_per_sample(tuple(x0_BTC.shape[1:]), generators).to(device)
     any_clean = bool(cond_B.any())
     clean_BT = torch.zeros(b, t, dtype=torch.bool, device=device)

@@ -40,7 +40,7 @@ from ltxdist.parallel.sequence_parallel import (
 from ltxdist.quant.base import check_fp8_matmul_device, prepare_quantized_base
 from ltxdist.strategies import StrategyOutput, build_strategy
 from ltxdist.strategies.attention_masks import set_attention_masks
-from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed
+from ltxdist.strategies.rng import rand_per_sample, sample_generators, sample_seed, stream_ids
 from ltxdist.tracking.metrics import TrainingMetrics
 from ltxdist.training.datamodule import empty_caption_dir
 from ltxdist.training.losses import masked_mse_per_sample, sigma_bucket_losses
@@ -188,7 +188,7 @@ class LTXLoRAModule(pl.LightningModule):
 
     def compute_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         assert self.transformer is not None
-        gens = sample_generators(self.cfg.run.seed, batch["ids"], batch["epochs"])
+        gens = sample_generators(self.cfg.run.seed, stream_ids(batch), batch["epochs"])
         batch = self._caption_dropout(batch, gens)
         out: StrategyOutput = self.strategy_impl.prepare(
             batch, dtype=self.dtype_compute, device=self.device, generators=gens
