@@ -192,7 +192,7 @@ def test_prepare_has_no_silent_defaults(tmp_path, tiny_model, capsys):
     assert "holds no samples: every one of its 1 rows was skipped" in err and "missing.mp4" in err
 
 
-def test_a_file_name_that_is_not_utf8_is_prepared_and_named(tmp_path, tiny_model, capsys):
+def test_a_file_name_that_is_not_utf8_is_prepared_and_named(tmp_path, tiny_model, capsys, caplog):
     """A Latin-1 file name (bytes b'caf\\xe9' on Linux) reaches Python as surrogate escapes, which no
     UTF-8 write accepts: the sample's JSON record raised UnicodeEncodeError and stopped the whole run
     without naming the file. Now the clip is prepared and its name is recorded as caf\\xe9."""
@@ -214,6 +214,10 @@ def test_a_file_name_that_is_not_utf8_is_prepared_and_named(tmp_path, tiny_model
     assert "skipped cass\\xe9.mp4: cass\\xe9.mp4: " in printed and "cannot open as media" in printed
     (skipped,) = json.loads((out / "prepare_report.json").read_text())["skipped"]
     assert skipped["where"] == "cass\\xe9.mp4" and skipped["source"] == f"{raw}/cass\\xe9.mp4"
+    # The log too (a UTF-8 stream: a surrogate there is a logging error, and breaks pytest-xdist).
+    assert any("cass\\xe9.mp4" in r.getMessage() for r in caplog.records)
+    for record in caplog.records:
+        record.getMessage().encode("utf-8")
 
 
 def test_decode_stops_reading_once_it_has_its_samples(synthetic_shards, tiny_model, tmp_path):

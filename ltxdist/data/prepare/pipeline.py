@@ -171,15 +171,16 @@ def _encode_unit(
         try:
             samples.append(builder.build(row))
         except ClipError as exc:
+            reason = printable(str(exc))  # a non-UTF-8 file name would break the log's UTF-8 stream
             if opts.strict:
-                raise PrepareError(f"{exc} (--strict: stopping; finished shards are kept)") from exc
-            log.warning("skipping %s", exc)
+                raise PrepareError(f"{reason} (--strict: stopping; finished shards are kept)") from exc
+            log.warning("skipping %s", reason)
             skipped.append(
                 {
                     "row": row.index,
                     "where": row.where,
                     "source": printable(str(row.video)),
-                    "reason": printable(str(exc)),
+                    "reason": reason,
                 }
             )
         bar.update(1)
