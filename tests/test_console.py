@@ -49,3 +49,18 @@ def test_start_progress_and_end_of_run_are_reported(tiny_ckpt, tiny_data, tmp_pa
         _train(overrides)  # the same command again: resumes at the end and says so
     assert f"{run}: resuming from {run / 'checkpoints' / 'step-000003'}" in caplog.text
     assert "nothing to train: the run is already at step 3 (trainer.max_steps=3)" in caplog.text
+
+
+def test_the_end_summary_names_a_sampling_command_that_runs_on_this_base(tmp_path):
+    """ltxdist-sample's default STG block is 29: a model with fewer blocks (the tiny one has 2) needs
+    --stg-blocks in the suggested command, or the command fails; the base is named, not a placeholder."""
+    from pathlib import Path
+
+    from ltxdist.training.console import ProgressReporter, end_summary
+
+    progress = ProgressReporter(metrics=None, interactive=False, show=False)
+    lora = Path("runs/x/lora/lora_weights_step_000002.safetensors")
+    tiny = end_summary(tmp_path, lora, 2, progress, 2, checkpoint="models/tiny.safetensors", num_blocks=2)
+    assert "ltxdist-sample --checkpoint models/tiny.safetensors" in tiny and "--stg-blocks 1 " in tiny
+    full = end_summary(tmp_path, lora, 2, progress, 2, checkpoint="ltx-2.3-22b.safetensors", num_blocks=48)
+    assert "--stg-blocks" not in full and f"--lora {lora}:1.0" in full

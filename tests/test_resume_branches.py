@@ -141,9 +141,11 @@ def test_force_trains_with_the_new_optimizer_settings_and_auto_with_the_checkpoi
     def expected(base: float, step: int) -> float:  # the lr a step trains with (the schedule at step - 1)
         return base * lr_multiplier(step - 1, cfg=schedule, base_lr=base, max_steps=4)
 
-    # metrics.jsonl logs the lr after the step's scheduler update, i.e. the next step's lr.
-    assert rows[3] == pytest.approx(expected(3e-3, 4)), "auto continues the checkpoint's schedule"
-    assert rows[4] == pytest.approx(expected(1e-4, 5)), "force trains with the config's optim.lr"
+    # metrics.jsonl logs the lr each step trained at (not the next step's, set by the scheduler before
+    # the step's record was written).
+    assert rows[1] == pytest.approx(expected(3e-3, 1)) and rows[2] == pytest.approx(expected(3e-3, 2))
+    assert rows[3] == pytest.approx(expected(3e-3, 3)), "auto continues the checkpoint's schedule"
+    assert rows[4] == pytest.approx(expected(1e-4, 4)), "force trains with the config's optim.lr"
     saved = read_train_state(run / "checkpoints" / "step-000004")
     assert saved.optimizer[0]["weight_decay"] == 0.5 and saved.optimizer[0]["initial_lr"] == 1e-4
     assert saved.scheduler["base_lrs"] == [1e-4] and saved.scheduler["last_epoch"] == 4

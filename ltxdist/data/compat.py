@@ -139,3 +139,35 @@ def check_data_fits_checkpoint(data_cfg: Any, checkpoint: str | Path) -> None:
             allow_model_version_mismatch=bool(data_cfg.allow_model_version_mismatch),
             allow_encoder_mismatch=bool(data_cfg.allow_encoder_mismatch),
         )
+
+
+# Training strategies that read references from the shards (ltxdist-prepare --strategy of the same name).
+_REFERENCE_STRATEGIES = ("video_to_video", "audio_ref_only_ic")
+
+
+def check_data_fits_strategy(data_cfg: Any, strategy_cfg: Any) -> None:
+    """Refuse (before any model is built) shards prepared for another strategy's references, or IC-LoRA
+    references downscaled by another factor than strategy.reference_downscale_factor: otherwise the first
+    batch fails, after the model has loaded (minutes at 22B). Shards that do not record how they were
+    prepared (synthetic data, older shards) are checked batch by batch by the strategy, as before."""
+    name = strategy_cfg.name
+    if name not in _REFERENCE_STRATEGIES:
+        return
+    for source in data_sources(data_cfg):
+        extra = load_index(source.directory).extra
+        where = f"{source.directory} ({source.flag})"
+        prepared_for = extra.get("strategy")
+        if prepared_for is not None and prepared_for != name:
+            raise ShardCompatibilityError(
+                f"{where} was prepared with --strategy {prepared_for}, which writes no references for "
+                f"strategy={name}: re-run ltxdist-prepare with --strategy {name}"
+            )
+        factor = extra.get("reference_downscale_factor")
+        if name == "video_to_video" and factor is not None:
+            wanted = int(strategy_cfg.reference_downscale_factor)
+            if int(factor) != wanted:
+                raise ShardCompatibilityError(
+                    f"{where} holds references downscaled by {factor} (ltxdist-prepare "
+                    f"--reference-downscale-factor), but strategy.reference_downscale_factor={wanted}: set "
+                    f"strategy.reference_downscale_factor={factor}, or re-prepare the data"
+                )

@@ -4,8 +4,8 @@ W&B, under namespaced keys (docs/sampling.md lists them). All ranks combined unl
 - `loss/total`, `loss/video`, `loss/audio`: mean over the step's micro-batches and ranks;
 - `loss/{video,audio}/sigma_{lo}-{hi}`: mean per-sample loss of the samples whose sigma fell in the
   bucket (buckets without samples this step are left out);
-- `optim/lr`, `optim/grad_norm` (of the adapters' gradients before clipping; absent under DeepSpeed,
-  whose gradients live in its partitions);
+- `optim/lr` (the rate the step trained at), `optim/grad_norm` (of the adapters' gradients before
+  clipping; absent under DeepSpeed, whose gradients live in its partitions);
 - `train/nonfinite_skipped`, `train/step_skipped`: optimizer steps skipped for a NaN/Inf loss or gradients
   (training/nonfinite.py), in the run so far and in this step;
 - `throughput/tokens_per_s`, `throughput/samples_per_s` and their `_per_gpu` twins: every token the
@@ -159,6 +159,7 @@ class TrainingMetrics(pl.Callback):
         self._counting = False
         self._mark = 0.0  # end of the previous step's callbacks
         self._step_start: float | None = None
+        self._step_lr: float | None = None  # the learning rate the current optimizer step runs at
         self._last_step = 0
         self.boundary = StepBoundary(self)
 
@@ -219,6 +220,10 @@ class TrainingMetrics(pl.Callback):
         self._samples = len(batch["ids"]) if isinstance(batch, dict) and "ids" in batch else 1
         self._counting = True
 
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: Any, optimizer: Any) -> None:
+        # The rate this step trains at: the scheduler moves it on before the step's batch-end hooks.
+        self._step_lr = float(optimizer.param_groups[0]["lr"])
+
     def on_before_backward(self, trainer: pl.Trainer, pl_module: Any, loss: torch.Tensor) -> None:
         # The micro-batch's forward is done: its losses join the step's sums before the step's read
         # (which comes before the optimizer step, i.e. before the last micro-batch's batch-end hooks).
@@ -275,8 +280,11 @@ class TrainingMetrics(pl.Callback):
         for key in loss_slots(self.buckets):
             if v[f"{key}|n"] > 0:
                 out[key] = v[f"{key}|sum"] / v[f"{key}|n"]
-        if trainer.optimizers:
+        if self._step_lr is not None:
+            out["optim/lr"] = self._step_lr
+        elif trainer.optimizers:  # a strategy that stepped without the hook: the rate now set
             out["optim/lr"] = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self._step_lr = None
         if "optim/grad_norm" in v:
             out["optim/grad_norm"] = v["optim/grad_norm"]
         guard = getattr(pl_module, "nonfinite", None)

@@ -189,9 +189,18 @@ class ProgressReporter(pl.Callback):
 
 
 def end_summary(
-    run_dir: Path, final_lora: Path, final_step: int, progress: ProgressReporter, max_steps: int
+    run_dir: Path,
+    final_lora: Path,
+    final_step: int,
+    progress: ProgressReporter,
+    max_steps: int,
+    *,
+    checkpoint: str = "BASE",
+    num_blocks: int | None = None,
 ) -> str:
-    """Several lines: what was trained, how long it took, where the results are, what to run next."""
+    """Several lines: what was trained, how long it took, where the results are, what to run next (a
+    sampling command for this base; a model with fewer blocks than ltxdist-sample's default STG block
+    29 gets its own)."""
     start = final_step if progress.start_step is None else progress.start_step
     trained = final_step - start
     if trained <= 0:
@@ -213,7 +222,12 @@ def end_summary(
         ("LoRA", f"{final_lora} (ComfyUI / ltx-core format)"),
         ("checkpoints", str(run_dir / "checkpoints")),
         ("metrics", str(run_dir / "metrics.jsonl")),
-        ("look at it", f"ltxdist-sample --checkpoint BASE --gemma GEMMA --lora {final_lora}:1.0 --prompt .."),
+        ("look at it", _sample_command(checkpoint, final_lora, num_blocks)),
     ]
     width = max(len(name) for name, _ in rows)
     return head + "\n" + "\n".join(f"  {name:<{width}}  {text}" for name, text in rows)
+
+
+def _sample_command(checkpoint: str, final_lora: Path, num_blocks: int | None) -> str:
+    stg = f" --stg-blocks {num_blocks - 1}" if num_blocks is not None and num_blocks <= 29 else ""
+    return f"ltxdist-sample --checkpoint {checkpoint} --gemma GEMMA --lora {final_lora}:1.0{stg} --prompt .."

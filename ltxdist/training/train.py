@@ -19,7 +19,7 @@ from ltxdist.checkpoint.files import CheckpointMismatchError
 from ltxdist.config.hydra_errors import explain_read_error
 from ltxdist.config.schema import ConfigError, validate_config
 from ltxdist.config.store import CONF_DIR, compose_train_config, register_configs
-from ltxdist.data.compat import check_data_fits_checkpoint
+from ltxdist.data.compat import check_data_fits_checkpoint, check_data_fits_strategy
 from ltxdist.parallel import lightning_strategy
 from ltxdist.quant.base import base_precision_metadata
 from ltxdist.tracking.metrics import TrainingMetrics
@@ -126,6 +126,20 @@ def _refuse_random_data_for_a_real_model(data: Path, model_name: str) -> None:
         f"synthetic latents there and train model={model_name} on them; point data.path at the output of "
         f"ltxdist-prepare and {_ADD_DATA_SHARDS}"
     )
+
+
+def check_lora_targets(cfg: Any) -> None:
+    """lora.targets resolved on the meta model (no memory) before the run folder is written to: a pattern
+    that matches no Linear is a config mistake, reported in one line rather than from inside the fit."""
+    from ltxdist.lora.targets import resolve_target_modules
+    from ltxdist.models import build_meta_transformer, read_checkpoint_info
+
+    model = build_meta_transformer(read_checkpoint_info(cfg.model.checkpoint).config)
+    blocks = list(cfg.lora.blocks) if cfg.lora.blocks else None
+    try:
+        resolve_target_modules(model, list(cfg.lora.targets), blocks)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def lora_extra_metadata(strategy_cfg: Any) -> dict[str, Any]:
@@ -282,6 +296,8 @@ class RunPreparation(pl.Callback):
             try:
                 _prepare_inputs(self.cfg)
                 check_data_fits_checkpoint(self.cfg.data, self.cfg.model.checkpoint)  # before any model
+                check_data_fits_strategy(self.cfg.data, self.cfg.strategy)
+                check_lora_targets(self.cfg)
                 self._decide_resume()
                 (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.resolved))
             except Exception as exc:  # raised below, once the other ranks know
@@ -398,7 +414,18 @@ def fit(cfg: Any) -> FitResult:
         logger.experiment.finish()  # flush metrics, videos and LoRA artifacts now, not at interpreter exit
     final = lora_path(run_dir, trainer.global_step)
     if trainer.is_global_zero:
-        log.info(end_summary(run_dir, final, trainer.global_step, progress, cfg.trainer.max_steps))
+        block_list = getattr(module.transformer, "transformer_blocks", None)
+        blocks = None if block_list is None else len(block_list)
+        summary = end_summary(
+            run_dir,
+            final,
+            trainer.global_step,
+            progress,
+            cfg.trainer.max_steps,
+            checkpoint=str(cfg.model.checkpoint),
+            num_blocks=blocks,
+        )
+        log.info(summary)
     return FitResult(lora=final, is_global_zero=trainer.is_global_zero)
 
 

@@ -127,6 +127,12 @@ def _error(exc: BaseException) -> int:
     return 2
 
 
+def _skipped_line(skipped: dict) -> str:
+    """`  skipped WHERE: REASON`, without WHERE twice (a clip's error message starts with where it is)."""
+    where, reason = skipped["where"], skipped["reason"]
+    return f"  skipped {where}: {reason.removeprefix(where + ': ')}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -220,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         # --checkpoint; finished shards stay on disk and the same command resumes.
         return _error(exc)
     replaced = (
-        f", {result.replaced_units} of them re-encoded because their rows or inputs changed"
+        f" ({result.replaced_units} shard(s) of them re-encoded because their rows or inputs changed)"
         if result.replaced_units
         else ""
     )
@@ -230,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if result.complete and result.index is not None and result.index.num_samples == 0:
         for s in result.skipped:
-            print(f"  skipped {s['where']}: {s['reason']}", file=sys.stderr)
+            print(_skipped_line(s), file=sys.stderr)
         print(
             f"ltxdist-prepare: error: {args.out} holds no samples: every one of its "
             f"{result.index.extra.get('num_rows', 0)} rows was skipped (reasons above and in "
@@ -244,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             f"buckets {result.index.buckets}"
         )
         for s in result.skipped:
-            print(f"  skipped {s['where']}: {s['reason']}")
+            print(_skipped_line(s))
         if result.skipped:
             print(f"  ({len(result.skipped)} skipped rows listed in {args.out / 'prepare_report.json'})")
     return 0
