@@ -67,3 +67,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def compose_train(overrides: list[str]):
+    """The training config these overrides compose to (Hydra's compose API, no command line)."""
+    from hydra import compose, initialize_config_dir
+
+    from ltxdist.config.store import CONF_DIR, register_configs
+
+    register_configs()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose("train", overrides=overrides)
+
+
+def train_in_process(cfg) -> Path:
+    """`ltxdist.training.train.train(cfg)` in this process on one thread (what the subprocess runs get),
+    the thread count restored after."""
+    import torch
+
+    from ltxdist.training.train import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return train(cfg)
+    finally:
+        torch.set_num_threads(threads)

@@ -9,31 +9,18 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
-from e2e_utils import train_overrides
-from hydra import compose, initialize_config_dir
+from e2e_utils import compose_train, train_in_process, train_overrides
 
 from ltxdist.checkpoint import LegacyCheckpointError, read_train_state
-from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.training.run_dir import complete_checkpoints, lora_dir
 from ltxdist.training.run_identity import ResumeRefusedError
 
 
 def _cfg(ckpt: Path, data: Path, run: Path, *raw: str, **extra: object):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=[*train_overrides(ckpt, data, run, **extra), *raw])
+    return compose_train([*train_overrides(ckpt, data, run, **extra), *raw])
 
 
-def _train(cfg) -> Path:
-    from ltxdist.training.train import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+_train = train_in_process
 
 
 def _steps(run: Path) -> list[int]:

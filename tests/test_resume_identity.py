@@ -12,8 +12,7 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
-from e2e_utils import train_overrides
+from e2e_utils import compose_train, train_in_process, train_overrides
 from hydra import compose, initialize_config_dir
 
 from ltxdist.checkpoint.files import CheckpointMismatchError
@@ -32,20 +31,10 @@ def _cfg(ckpt: Path, data: Path, **extra: object):
     # No run.dir: the folder follows the experiment's run.name (runs/tiny_demo), as in the recipes'
     # full-scale commands that named no run.
     args = [a for a in train_overrides(ckpt, data, Path("unused"), **extra) if not a.startswith("run.dir=")]
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=args)
+    return compose_train(args)
 
 
-def _train(cfg) -> Path:
-    from ltxdist.training.train import train
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+_train = train_in_process
 
 
 def test_auto_resumes_only_the_same_run(tiny_ckpt, tiny_data, tmp_path, monkeypatch, caplog):

@@ -8,32 +8,17 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from e2e_utils import train_overrides
-from hydra import compose, initialize_config_dir
+from e2e_utils import compose_train, train_in_process, train_overrides
 
 from ltxdist.config.schema import ConfigError
-from ltxdist.config.store import CONF_DIR, register_configs
 from ltxdist.data.compat import ShardCompatibilityError
 
 
 def _cfg(ckpt: Path, data: Path, run: Path, *raw: str):
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(
-            "train", overrides=[*train_overrides(ckpt, data, run, **{"trainer.max_steps": 1}), *raw]
-        )
+    return compose_train([*train_overrides(ckpt, data, run, **{"trainer.max_steps": 1}), *raw])
 
 
-def _train(cfg) -> None:
-    from ltxdist.training import train as train_module
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train_module.train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+_train = train_in_process
 
 
 def _relabelled(data: Path, tmp_path: Path, **recorded: object) -> Path:

@@ -127,13 +127,20 @@ def test_hardware_flops_follow_the_applied_checkpointing_plan(mode, shares):
         return
     assert recompute_shares(model) == {"full": 0.5}  # the tiny model's 2 blocks: block 0 of every 2
     assert step.model < step.hardware < full.hardware
+    assert _torch_counted_step_flops(model, video, audio) == step.hardware
+
+
+def _torch_counted_step_flops(model: torch.nn.Module, video, audio) -> float:
+    """FLOPs of one forward + backward as torch's counter sees them (math SDPA: the attention matmuls
+    are visible), less what the convention leaves out."""
+    # LoRALinear's frozen GEMM adds into its output in place (aten.addmm_, lora/linear_ops.py), which
+    # torch's counter does not know: count it as the addmm it is.
     in_place = {torch.ops.aten.addmm_: _addmm_flop}
     counting = FlopCounterMode(display=False, depth=None, custom_mapping=in_place)
     with sdpa_kernel(SDPBackend.MATH), counting as counter:
         vx, ax = model(video, audio, BatchedPerturbationConfig.empty(1))
         (vx.square().mean() + ax.square().mean()).backward()
-    measured = counter.get_total_flops() - _adaln_and_patchify_backward(counter)
-    assert measured == step.hardware
+    return counter.get_total_flops() - _adaln_and_patchify_backward(counter)
 
 
 def _adaln_and_patchify_backward(counter: FlopCounterMode) -> float:
@@ -158,14 +165,7 @@ def test_flop_model_matches_what_torch_counts_in_a_real_step(checkpointing):
     model.train()
     model.set_gradient_checkpointing(checkpointing)
     video, audio = _inputs(requires_grad=True)
-    # LoRALinear's frozen GEMM adds into its output in place (aten.addmm_, lora/linear_ops.py), which
-    # torch's counter does not know: count it as the addmm it is.
-    in_place = {torch.ops.aten.addmm_: _addmm_flop}
-    counting = FlopCounterMode(display=False, depth=None, custom_mapping=in_place)
-    with sdpa_kernel(SDPBackend.MATH), counting as counter:
-        vx, ax = model(video, audio, BatchedPerturbationConfig.empty(1))
-        (vx.square().mean() + ax.square().mean()).backward()
-    measured = counter.get_total_flops() - _adaln_and_patchify_backward(counter)
+    measured = _torch_counted_step_flops(model, video, audio)
     step = FlopModel.from_model(model).step(batch=1, tokens=tokens_of_forward(video, audio)[1],
                                             activation_checkpointing=checkpointing)  # fmt: skip
     assert measured == step.hardware
