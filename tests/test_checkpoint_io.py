@@ -179,6 +179,30 @@ def test_keep_last_k_deletes_only_this_branch_and_a_kill_mid_delete_leaves_no_da
     ]
 
 
+def test_keep_last_k_that_cannot_delete_warns_and_training_goes_on(tmp_path, monkeypatch, caplog):
+    """Rank 0 cleans up alone before a barrier: an error there would leave the other ranks waiting for
+    the collective timeout. A checkpoint it cannot delete stays, with a warning."""
+    import logging
+
+    from ltxdist.training import callbacks
+    from ltxdist.training.callbacks import CheckpointAndExport
+
+    m, opt = _trained()
+    for step in (2, 4):
+        save_checkpoint(
+            tmp_path / "checkpoints" / f"step-{step:06d}", TorchTrainable(m, opt), TrainState(step=step)
+        )
+    keeper = CheckpointAndExport(tmp_path, every_n_steps=2, keep_last_k=1, strategy_name="text_to_video")
+
+    def denied(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(callbacks, "delete_checkpoint", denied)
+    with caplog.at_level(logging.WARNING, logger="ltxdist"):
+        keeper._keep_last_k(4)
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [2, 4] and "could not delete" in caplog.text
+
+
 def test_a_damaged_file_is_named_and_the_previous_checkpoint_loads_instead(tmp_path):
     m, opt = _trained()
     older, newer = tmp_path / "step-000004", tmp_path / "step-000008"

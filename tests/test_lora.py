@@ -521,3 +521,18 @@ def test_lora_files_with_inconsistent_or_foreign_shapes_are_errors_naming_the_fi
         {key + ".lora_A.weight": torch.zeros(4, width), key + ".lora_B.weight": torch.zeros(width, 4)}, fits
     )
     check_lora_fits(read_lora_file(fits), linears)  # the right shape passes
+
+
+def test_a_merge_into_weights_on_another_device_moves_the_delta_there(tiny_ckpt, tmp_path):
+    """A LoRA file is read to the CPU while the sampler's base sits on the GPU: the delta must follow the
+    weight (the meta device stands in for the GPU here: any device mismatch raises)."""
+    from ltxdist.lora.merge_file import merge_lora_into_state_dict
+
+    model = load_transformer(tiny_ckpt, dtype=torch.float32).model
+    inject_lora(model, LoRASpec(rank=2, alpha=2, targets=("attn1.to_q",)))
+    lora = read_lora_file(_export(model, tmp_path / "l.safetensors"))
+    weights = {f"{name}.weight": torch.empty(lora.tensors[name + ".lora_B.weight"].shape[0],
+                                              lora.tensors[name + ".lora_A.weight"].shape[1], device="meta")
+               for name in lora.modules}  # fmt: skip
+    assert merge_lora_into_state_dict(weights, lora, 0.5) == len(lora.modules)
+    assert all(w.device.type == "meta" for w in weights.values())

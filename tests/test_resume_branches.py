@@ -138,6 +138,46 @@ def test_force_trains_with_the_new_optimizer_settings_and_auto_with_the_checkpoi
     assert saved.scheduler["base_lrs"] == [1e-4] and saved.scheduler["last_epoch"] == 4
 
 
+def test_a_checkpoint_path_with_changed_optimizer_settings_trains_with_them(tiny_ckpt, tiny_data, tmp_path):
+    """run.resume=<checkpoint dir> with another optim.lr continues like force: the change is logged and
+    recorded, so the run must also train with it (it kept the checkpoint's rates)."""
+    from ltxdist.training.optim import lr_multiplier
+
+    run = tmp_path / "run"
+    warmup = {"optim.schedule.name": "constant", "optim.schedule.warmup_steps": 8, "optim.lr": 3e-3}
+    kw = {"trainer.max_steps": 2, "trainer.checkpoint_every_n_steps": 2, **warmup}
+    _train(_cfg(tiny_ckpt, tiny_data, run, **kw))
+    path = run / "checkpoints" / "step-000002"
+    _train(
+        _cfg(
+            tiny_ckpt,
+            tiny_data,
+            run,
+            f"run.resume={path}",
+            **{**kw, "trainer.max_steps": 3, "optim.lr": 1e-4},
+        )
+    )
+    schedule = _cfg(tiny_ckpt, tiny_data, run, **kw).optim.schedule
+    rows = {r["step"]: r["optim/lr"] for r in _metrics(run / "metrics.jsonl")}
+    assert rows[3] == pytest.approx(1e-4 * lr_multiplier(2, cfg=schedule, base_lr=1e-4, max_steps=3))
+    assert read_train_state(run / "checkpoints" / "step-000003").scheduler["base_lrs"] == [1e-4]
+
+
+def test_a_lora_file_newer_than_the_newest_checkpoint_is_no_abandoned_branch(tmp_path, caplog):
+    """A kill between the LoRA export and the checkpoint write leaves lora_weights_step_N without
+    step-N: an ordinary resume rewrites it, so nothing is moved aside and nothing is reported."""
+    from ltxdist.training.run_dir import abandon_later_steps
+
+    loras = lora_dir(tmp_path)
+    loras.mkdir(parents=True)
+    for step in (2, 3):
+        (loras / f"lora_weights_step_{step:06d}.safetensors").write_bytes(b"x")
+    with caplog.at_level(logging.WARNING, logger="ltxdist"):
+        assert abandon_later_steps(tmp_path, 2) is None
+    assert _loras(loras) == ["lora_weights_step_000002.safetensors", "lora_weights_step_000003.safetensors"]
+    assert not (tmp_path / "abandoned").exists() and "abandoned" not in caplog.text
+
+
 def test_resume_under_gradient_accumulation_writes_one_metrics_line_per_step(tiny_ckpt, tiny_data, tmp_path):
     run = tmp_path / "run"
     kw = {"trainer.accumulate_grad_batches": 2, "trainer.checkpoint_every_n_steps": 2}

@@ -39,6 +39,14 @@ def test_a_target_pattern_that_matches_nothing_is_a_config_error_before_anything
     assert not (run / "config.yaml").exists() and not (run / "checkpoints").exists()
 
 
+def test_blocks_the_model_does_not_have_are_named_as_lora_blocks(tiny_ckpt, tiny_data, tmp_path):
+    """lora.blocks=[99] on a 2-block model matched nothing, and the error blamed lora.targets."""
+    with pytest.raises(
+        ConfigError, match=r"lora\.blocks: \[99\] are not blocks of this model \(it has 0-1\)"
+    ):
+        _train(_cfg(tiny_ckpt, tiny_data, tmp_path / "run", "lora.blocks=[1,99]"))
+
+
 @pytest.mark.parametrize(
     ("recorded", "overrides", "message"),
     [

@@ -334,7 +334,7 @@ class _RefReader:
                 raise ShardReadError(
                     f"shard {path}: the data position saved in the checkpoint expects record {key!r} at "
                     f"byte {offset} but finds {found}: the shard was rewritten since the checkpoint. Restore "
-                    "the shards the run was trained on, or start over (run.resume=never)."
+                    "the shards the run was trained on, or start a new run in another folder (run.name=NEW)."
                 )
             return self.stream._item(shard, span, f)
         except (OSError, tarfile.TarError) as exc:

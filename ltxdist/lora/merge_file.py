@@ -62,7 +62,9 @@ def _check_layout(
 def merged_weight(
     weight: torch.Tensor, scale: torch.Tensor | None, delta: torch.Tensor, strength: float
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(weight, scale) after W += strength * delta, in the weight's own layout (see the module docstring)."""
+    """(weight, scale) after W += strength * delta, in the weight's own layout (see the module docstring),
+    on the weight's device (a LoRA file is read to the CPU; the sampler's base may be on a GPU)."""
+    delta = delta.to(weight.device)
     if scale is None:
         return (weight.float() + strength * delta).to(weight.dtype), None
     row_scale = scale.reshape(-1, 1) if scale.numel() > 1 else scale

@@ -241,7 +241,10 @@ class CheckpointAndExport(pl.Callback):
         abandoned branch aside before training) and is never deleted here."""
         own = [path for s, path in complete_checkpoints(self.run_dir) if s <= step]
         for old in own[: -self.keep_last_k]:
-            delete_checkpoint(old)
+            try:
+                delete_checkpoint(old)
+            except OSError as exc:  # rank 0 alone, before a barrier: never fail the run for a clean-up
+                log.warning("keep-last-k: could not delete %s (%s); it stays", old, exc)
 
 
 def _signal_slot(sig: signal.Signals) -> str:

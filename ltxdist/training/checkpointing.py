@@ -107,6 +107,9 @@ class ResumePlan:
 
     decided: bool = False
     checkpoint: Path | None = None  # None: a fresh run
+    # Continued despite changed settings (run.resume=force, or an explicit checkpoint path with other
+    # settings): this run's optim.* apply, as the record of the change says.
+    forced: bool = False
 
 
 def resume_candidates(run_dir: Path, resume: str) -> list[Path]:
@@ -134,13 +137,16 @@ def resume(
 ) -> tuple[Path, TrainState] | None:
     """Collective: resume from the checkpoint `plan` names when rank 0 decided one (exactly that one),
     else from the newest complete checkpoint that loads (a damaged one is named and the previous one
-    tried), or None for a fresh run. Rank 0 decides which checkpoints exist. run.resume=force keeps this
-    run's optimizer settings (optim.*), everything else comes from the checkpoint."""
+    tried), or None for a fresh run. Rank 0 decides which checkpoints exist. A forced continuation
+    (run.resume=force, or a checkpoint path with changed settings: `plan.forced`) keeps this run's
+    optimizer settings (optim.*), everything else comes from the checkpoint."""
     found: list[Path] | str
     fall_back = mode in ("auto", "must", "force")
+    forced = mode == "force"
     if trainer.is_global_zero and plan is not None and plan.decided:
         found = [plan.checkpoint] if plan.checkpoint is not None else []
         fall_back = False  # chosen, read and identity-checked already: no other one instead
+        forced = plan.forced
     elif trainer.is_global_zero:
         remove_partial_files(run_dir)  # before looking: what a killed writer left is not a checkpoint
         try:
@@ -149,7 +155,7 @@ def resume(
             found = str(err)
     else:
         found = []
-    found, fall_back = collectives.broadcast((found, fall_back))
+    found, fall_back, forced = collectives.broadcast((found, fall_back, forced))
     if isinstance(found, str):
         raise ResumeError(found)
     if not found:
@@ -159,10 +165,10 @@ def resume(
     def load(path: Path) -> TrainState:
         if trainer.is_global_zero:
             log.info("resuming from %s", path)
-        return load_checkpoint(path, trainable, with_train_state=True, keep_hyperparameters=mode == "force")
+        return load_checkpoint(path, trainable, with_train_state=True, keep_hyperparameters=forced)
 
     path, state = load_newest(found, load, fall_back=fall_back)
-    restore_train_state(trainer, module, state, forced=mode == "force")
+    restore_train_state(trainer, module, state, forced=forced)
     return path, state
 
 

@@ -30,7 +30,8 @@ examples:
 
 resuming: run.resume=auto (default) continues the newest checkpoint of run.dir when it belongs to the
 same run (same base, data, strategy, LoRA shape, optimizer), otherwise it refuses and says what
-differs; run.resume=force continues anyway, run.resume=never starts over. Ctrl-C saves a checkpoint.
+differs; run.resume=force continues anyway; a new run goes in another folder (run.name=NEW).
+Ctrl-C saves a checkpoint.
 
 more:
   ltxdist-train --cfg job [overrides]    the composed config these overrides give

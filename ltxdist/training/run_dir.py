@@ -74,14 +74,16 @@ def abandon_later_steps(run_dir: Path, step: int) -> Path | None:
     with a copy of metrics.jsonl, so that neither keep-last-k nor a later run.resume=auto can mistake
     them for this run's. Returns that folder, or None when nothing was later."""
     later = [p for s, p in complete_checkpoints(run_dir) if s > step]
+    if not later:
+        # No branch: a LoRA file newer than the newest checkpoint is what a kill between the export and
+        # the checkpoint write left; the resumed run writes it again, identically.
+        return None
     loras = []
     if lora_dir(run_dir).is_dir():
         for path in sorted(lora_dir(run_dir).iterdir()):
             m = _LORA_STEP_RE.match(path.name)
             if m and int(m.group(1)) > step:
                 loras.append(path)
-    if not later and not loras:
-        return None
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     target = abandoned_dir(run_dir) / f"{step:06d}-{stamp}"
     suffix = 1

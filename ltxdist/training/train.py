@@ -136,6 +136,10 @@ def check_lora_targets(cfg: Any) -> None:
 
     model = build_meta_transformer(read_checkpoint_info(cfg.model.checkpoint).config)
     blocks = list(cfg.lora.blocks) if cfg.lora.blocks else None
+    count = len(model.transformer_blocks)
+    outside = [b for b in blocks or [] if not 0 <= b < count]
+    if outside:
+        raise ConfigError(f"lora.blocks: {outside} are not blocks of this model (it has 0-{count - 1})")
     try:
         resolve_target_modules(model, list(cfg.lora.targets), blocks)
     except ValueError as err:
@@ -289,6 +293,7 @@ class RunPreparation(pl.Callback):
         log.info(startup_summary(cfg, identity, decision.describe()))
         self.checkpoint_extra[IDENTITY_KEY] = identity
         self.resume_plan.checkpoint, self.resume_plan.decided = chosen, True
+        self.resume_plan.forced = decision.forced
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         failure: Exception | None = None
