@@ -123,7 +123,8 @@ class KernelAttention(Attention):
             q_BTC = lora_linear_forward(self.to_q, x, backend)
             k_BSC = lora_linear_forward(self.to_k, context, backend)
             q_BTC = norm_rope(self.q_norm, q_BTC, pe, self.rope_type, backend, self.heads)
-            k_pe = pe if k_pe is None else k_pe
+            # As ltx-core: RoPE only when `pe` is given, then k_pe (if any) for the keys.
+            k_pe = None if pe is None else (pe if k_pe is None else k_pe)
             k_BSC = norm_rope(self.k_norm, k_BSC, k_pe, self.rope_type, backend, self.heads)
             out_BTC = self.attention_function(q_BTC, k_BSC, v_BSC, self.heads, mask)
             if perturbation_mask is not None:

@@ -428,6 +428,8 @@ def fused_lora_linear(
     x_MK = x.reshape(-1, K)
     if x_MK.stride(-1) != 1:
         x_MK = x_MK.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()  # the kernel reads it at stride 1 (a strided view would be misread)
     y_MN = FusedLoRALinearFunction.apply(
         x_MK, weight, bias, lora_A, lora_B, float(scaling), float(dropout_p), int(seed or 0)
     )

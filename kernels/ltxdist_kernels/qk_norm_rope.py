@@ -193,4 +193,5 @@ def qk_norm_rope(
     if weight_C is None:
         weight_C = torch.ones(x_BTC.shape[-1], device=x_BTC.device, dtype=x_BTC.dtype)
     check_launchable(x_BTC, weight_C, cos_BHTd, sin_BHTd)
-    return QKNormRoPEFunction.apply(x_BTC, weight_C, cos_BHTd, sin_BHTd, float(eps))
+    # The kernels read the gain at stride 1 (a strided view would be misread).
+    return QKNormRoPEFunction.apply(x_BTC, weight_C.contiguous(), cos_BHTd, sin_BHTd, float(eps))

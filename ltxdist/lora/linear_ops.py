@@ -11,7 +11,7 @@ LoRA 1.50 ms, of which the adapter's own FLOPs are only 3R/K of the base (2.3% a
 passes over (M, N)-sized tensors: `base + lora` reads both and writes a third. Here every (M, N) or (M, K)
 result is produced by exactly one pass, and the LoRA product is added by the base GEMM itself:
 
-  forward   u_MR  = dropout(x) A^T                  one skinny GEMM over x (saved for backward)
+  forward   u_MR  = dropout(x) A^T                  one skinny GEMM over x (u saved for backward)
             y_MN  = b + s * u B^T                   K = R GEMM writes y once (bias broadcast in)
             y_MN += x W^T                           THE frozen GEMM, beta = 1: reads y in its epilogue
   backward  g_MR  = s * dy B                        skinny GEMM over dy
@@ -30,8 +30,9 @@ only its 8-bit data is saved for backward. (fp8 scaled-mm, `model.fp8_matmul`, c
 output and stays on LoRALinear's eager path.)
 
 Dropout (p > 0): the keep-mask is drawn from torch's generator (so `torch.manual_seed` and activation
-checkpointing's RNG replay reproduce it) and saved as bool next to dropout(x), as eager dropout + linear
-save; kept elements are scaled by 1 / (1 - p), as `F.dropout`.
+checkpointing's RNG replay reproduce it) and saved as bool next to x itself, not a dropped copy of x
+(to_q / to_k / to_v share one x; eager dropout + linear would save one copy each): dA rebuilds dropout(x)
+in backward. Kept elements are scaled by 1 / (1 - p), as `F.dropout`.
 """
 
 from __future__ import annotations
@@ -88,10 +89,7 @@ class LoRALinearFunction(torch.autograd.Function):
         dtype = x_MK.dtype
         A_RK = lora_A_RK.to(dtype)
         B_NR = lora_B_NR.to(dtype)
-        x_in_MK = x_MK
-        if keep_MK is not None:
-            x_in_MK = x_MK * keep_MK.to(dtype) * (1.0 / (1.0 - dropout_p))
-        u_MR = torch.mm(x_in_MK, A_RK.t())
+        u_MR = torch.mm(_dropped(x_MK, keep_MK, dropout_p), A_RK.t())
         if bias_N is None:
             y_MN = torch.mm(u_MR, B_NR.t())
             if scaling != 1.0:
@@ -99,17 +97,18 @@ class LoRALinearFunction(torch.autograd.Function):
         else:
             y_MN = torch.addmm(bias_N.to(dtype), u_MR, B_NR.t(), alpha=scaling)
         frozen_matmul_(y_MN, x_MK, weight_NK, transposed=True, weight_scale=scale_N1)
-        # x itself is not needed backward (the base is frozen): only the adapter input is kept.
-        ctx.save_for_backward(x_in_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK, scale_N1)
+        # x and the bool mask, not the dropped copy of x: to_q / to_k / to_v share one x, and each saved
+        # dropped copy would be another M x K activation held until backward (rebuilt there for dA).
+        ctx.save_for_backward(x_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK, scale_N1)
         ctx.scaling, ctx.dropout_p = float(scaling), float(dropout_p)
         ctx.bias_dtype = None if bias_N is None else bias_N.dtype
         return y_MN
 
     @staticmethod
     def backward(ctx, dy_MN):
-        x_in_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK, scale_N1 = ctx.saved_tensors
+        x_MK, weight_NK, lora_A_RK, lora_B_NR, u_MR, keep_MK, scale_N1 = ctx.saved_tensors
         need_dx, need_W, need_b, need_A, need_B = ctx.needs_input_grad[:5]
-        dtype = x_in_MK.dtype
+        dtype = x_MK.dtype
         s = ctx.scaling
         dy_MN = dy_MN.to(dtype)
         dx = dW = db = dA = dB = None
@@ -118,11 +117,13 @@ class LoRALinearFunction(torch.autograd.Function):
             if s != 1.0:
                 g_MR.mul_(s)
             if need_A:
-                dA = _mm_into_dtype(g_MR.t(), x_in_MK, lora_A_RK.dtype)
+                dA = _mm_into_dtype(g_MR.t(), _dropped(x_MK, keep_MK, ctx.dropout_p), lora_A_RK.dtype)
             if need_dx:
-                dx = torch.mm(g_MR, lora_A_RK.to(dtype))
-                if keep_MK is not None:
-                    dx.mul_(keep_MK.to(dtype)).mul_(1.0 / (1.0 - ctx.dropout_p))
+                if keep_MK is None:
+                    dx = torch.mm(g_MR, lora_A_RK.to(dtype))
+                else:
+                    # 1/(1-p) on the M x R factor, the mask in one pass over dx.
+                    dx = torch.mm(g_MR * (1.0 / (1.0 - ctx.dropout_p)), lora_A_RK.to(dtype)).mul_(keep_MK)
                 frozen_matmul_(dx, dy_MN, weight_NK, transposed=False, weight_scale=scale_N1)
         if need_B:
             dB = _mm_into_dtype(dy_MN.t(), u_MR, lora_B_NR.dtype)
@@ -132,10 +133,17 @@ class LoRALinearFunction(torch.autograd.Function):
         if need_W:
             if keep_MK is not None:
                 raise RuntimeError("a trainable base weight with LoRA dropout is not supported")
-            dW = (dy_MN.t().float() @ x_in_MK.float()).to(weight_NK.dtype)
+            dW = (dy_MN.t().float() @ x_MK.float()).to(weight_NK.dtype)
         if need_b:
             db = dy_MN.float().sum(dim=0).to(ctx.bias_dtype)
         return dx, dW, db, dA, dB, None, None, None, None
+
+
+def _dropped(x_MK: torch.Tensor, keep_MK: torch.Tensor | None, dropout_p: float) -> torch.Tensor:
+    """The adapter's input: x, or x with the dropped elements zeroed and the kept ones scaled 1/(1-p)."""
+    if keep_MK is None:
+        return x_MK
+    return x_MK * keep_MK * (1.0 / (1.0 - dropout_p))
 
 
 def check_lora_shapes(

@@ -30,7 +30,9 @@ def upcast_weight(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) 
     """qdata * scale in `dtype`. The in-place multiply computes in float32 (the scale's dtype) and rounds
     once to `dtype`; 8-bit values are exact in bf16, so this is the closest `dtype` weight."""
     weight = qdata.to(dtype)
-    return weight.mul_(scale)
+    # A 0-dim scale takes no part in type promotion: on CUDA it would be rounded to `dtype` first (two
+    # roundings). Shape (1,) makes the multiply float32, rounded once into the weight.
+    return weight.mul_(scale.reshape(1) if scale.dim() == 0 else scale)
 
 
 class _UpcastLinear(torch.autograd.Function):
@@ -50,9 +52,10 @@ class _UpcastLinear(torch.autograd.Function):
 
 def _rowwise_fp8(t_MK: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row float8_e4m3fn quantization: (data (M, K), float32 scale (M, 1))."""
-    t = t_MK.float()
-    scale_M1 = (t.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=_MIN_AMAX)
-    return (t / scale_M1).clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale_M1
+    # The row maxima in the input's own dtype (abs and max are exact), then one float32 copy, scaled and
+    # clamped in place: at 10k tokens x 4096 each float32 temporary is 176 MB per layer.
+    scale_M1 = (t_MK.abs().amax(dim=1, keepdim=True).float() / FP8_MAX).clamp(min=_MIN_AMAX)
+    return t_MK.float().div_(scale_M1).clamp_(-FP8_MAX, FP8_MAX).to(FP8_DTYPE), scale_M1
 
 
 def _column_scale(scale: torch.Tensor, n: int) -> torch.Tensor:

@@ -34,7 +34,7 @@ FP32_TOL = 2e-5
 
 
 SELF_CASES = ("self_masked", "self_perturbed", "all_perturbed")
-CASES = (*SELF_CASES, "cross_k_pe", "text_cross")
+CASES = (*SELF_CASES, "cross_k_pe", "k_pe_without_pe", "text_cross")
 
 
 def _attention(gen: torch.Generator, case: str, rope_type: LTXRopeType = LTXRopeType.SPLIT) -> Attention:
@@ -81,6 +81,8 @@ def _case(gen: torch.Generator, case: str, rope_type: LTXRopeType = LTXRopeType.
     context = torch.randn(B, S, CONTEXT_DIM, generator=gen, dtype=torch.float64)
     if case == "cross_k_pe":  # audio<->video attention: separate RoPE tables for q and k
         return {"x": x, "context": context, "pe": _pe(gen, T, rope_type), "k_pe": _pe(gen, S, rope_type)}
+    if case == "k_pe_without_pe":  # ltx-core rotates nothing without pe, whatever k_pe says
+        return {"x": x, "context": context, "k_pe": _pe(gen, S, rope_type)}
     if case == "text_cross":  # attn2: no RoPE, (B, 1, 1, S) context mask
         mask = torch.where(torch.rand(B, 1, 1, S, generator=gen) < 0.3, -1e4, 0.0).double()
         return {"x": x, "context": context, "mask": mask}

@@ -154,3 +154,45 @@ def test_bf16_within_eager_bf16_error(rank: int, dropout_p: float) -> None:
     for got, eager, want in zip((y, *g), (y_eager, *g_eager), (y_ref, *g_ref), strict=True):
         assert got.dtype == torch.bfloat16
         assert max_rel_err(got, want) <= 2 * max_rel_err(eager, want) + 2e-3
+
+
+@requires_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["fused", "addmm"])
+def test_bf16_activations_with_fp32_adapters_as_training_runs_them(path: str) -> None:
+    """Training's setup: bf16 activations and base, fp32 master adapters. Both CUDA paths (the fused
+    kernel, and LoRALinear's cuBLAS addmm with its fp32-output adapter GEMM) must give fp32 adapter
+    gradients within the error of eager bf16."""
+    from ltxdist.lora.linear_ops import lora_linear
+
+    gen = seeded("bf16-fp32-adapters", path)
+    x, W_NK, b_N, A_RK, B_NR, dy = _inputs(gen, (3, 171), K=520, N=392, R=32)
+    kw = {"scaling": 2.0}
+    y_ref, g_ref = _run(lora_linear_reference, x, W_NK, b_N, A_RK, B_NR, dy, torch.float64, **kw)
+    y_eager, g_eager = _run(lora_linear_reference, x, W_NK, b_N, A_RK, B_NR, dy, torch.bfloat16, **kw)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    x_ = x.to(DEVICE, bf16).requires_grad_()
+    A_, B_ = (t.to(DEVICE, fp32).requires_grad_() for t in (A_RK, B_NR))
+    fn = fused_lora_linear if path == "fused" else lora_linear
+    y = fn(x_, W_NK.to(DEVICE, bf16), b_N.to(DEVICE, bf16), A_, B_, **kw)
+    grads = torch.autograd.grad(y, (x_, A_, B_), dy.to(DEVICE, bf16))
+    assert y.dtype == grads[0].dtype == bf16 and grads[1].dtype == grads[2].dtype == fp32
+    for got, eager, want in zip((y, *grads), (y_eager, *g_eager), (y_ref, *g_ref), strict=True):
+        assert max_rel_err(got, want) <= 2 * max_rel_err(eager, want) + 2e-3
+
+
+def test_a_strided_bias_is_read_as_its_values() -> None:
+    """The kernel reads the bias at stride 1: a strided view (every other element of a buffer) must give
+    what its values give, not the buffer's neighbours."""
+    gen = seeded("strided-bias")
+    x, W_NK, _, A_RK, B_NR, dy = _inputs(gen, (3,), K=9, N=7, R=2, bias=False)
+    buffer = torch.randn(14, generator=gen, dtype=torch.float64)
+    strided = buffer[::2]
+    kw = {"scaling": 1.0}
+    y_ref, _ = _run(lora_linear_reference, x, W_NK, strided.contiguous(), A_RK, B_NR, dy, torch.float64, **kw)
+
+    def with_strided_bias(x_, W_, b_, A_, B_, **kw_):
+        return fused_lora_linear(x_, W_, buffer.to(DEVICE, x_.dtype)[::2], A_, B_, **kw_)
+
+    y, _ = _run(with_strided_bias, x, W_NK, None, A_RK, B_NR, dy, torch.float32, **kw)
+    assert max_rel_err(y, y_ref) < FP32_TOL

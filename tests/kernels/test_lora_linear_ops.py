@@ -124,3 +124,17 @@ def test_lora_linear_module_uses_it_with_torch_rng_dropout() -> None:
     torch.testing.assert_close(y, lora_linear_reference(*args, keep_mask=keep), rtol=1e-12, atol=1e-12)
     layer.eval()
     torch.testing.assert_close(layer(x), lora_linear_reference(*args[:-1], 0.0), rtol=1e-12, atol=1e-12)
+
+
+def test_with_dropout_backward_holds_x_and_a_bool_mask_not_a_dropped_copy() -> None:
+    """to_q, to_k and to_v read one x: each saving its own dropped copy of x held another M x K
+    activation until backward. Only x itself (shared) and the 1-byte mask may be saved at M x K."""
+    gen = seeded("saved-with-dropout")
+    x, W_NK, b_N, A_RK, B_NR, _, keep = _case(gen, (13,), K=10, N=7, R=3, bias=True, p=0.4)
+    x = x.float().requires_grad_()
+    saved: list[torch.Tensor] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        lora_linear(x, W_NK.float(), b_N.float(), A_RK.float().requires_grad_(), B_NR.float(), 0.5, 0.4, keep)
+    big = [t for t in saved if t.shape == x.shape]
+    assert big, "x is saved for dA"
+    assert all(t.dtype == torch.bool or t.data_ptr() == x.data_ptr() for t in big), [t.dtype for t in big]
