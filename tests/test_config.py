@@ -380,3 +380,12 @@ def test_a_forgotten_data_shards_is_an_error_naming_data_path(tiny_ckpt, tiny_da
     assert (tmp_path / "new" / "index.json").is_file() and (
         tmp_path / "data/synthetic-tiny/index.json"
     ).is_file()
+
+
+def test_validation_with_a_reference_voice_needs_the_audio_stream():
+    """A reference voice conditions the audio stream: validation.with_audio=false passed every check
+    and failed at the first validation step, after training had started, naming a CLI flag."""
+    base = ["strategy=audio_ref_only_ic", "validation=id_lora", "validation.gemma_root=/models/gemma"]
+    validate_config(_compose(base))
+    with pytest.raises(ConfigError, match=r"^validation\.with_audio: a reference voice"):
+        validate_config(_compose([*base, "validation.with_audio=false"]))

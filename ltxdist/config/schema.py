@@ -344,7 +344,7 @@ class ValidationConfig(NoValidationConfig):
     cfg_scale: float = 3.0
     audio_cfg_scale: float = 7.0
     stg_scale: float = 1.0
-    stg_blocks: list[int] = field(default_factory=lambda: [29])
+    stg_blocks: list[int] = field(default_factory=lambda: [28])  # ltx-pipelines' LTX-2.3 block (29: LTX-2)
     stg_mode: str = "stg_av"  # stg_av: skip video and audio self-attention; stg_v: video only
     rescale_scale: float = 0.7
     modality_scale: float = 3.0
@@ -713,3 +713,9 @@ def validate_validation_config(v: Any, strategy: str) -> None:
             "validation.references",
             f"strategy={strategy} samples from a reference {needs}: give one `{needs}` per prompt",
         )
+    _require(
+        v.with_audio or not any(r.audio for r in v.references),
+        "validation.with_audio",
+        "a reference voice (validation.references[].audio) conditions the audio stream: set "
+        "validation.with_audio=true, or drop the references' audio",
+    )

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING
 
 # Only light imports here: `--help` and argument errors answer without loading torch and transformers
 # (seconds); each command imports what it uses.
-from ltxdist.sampling.defaults import DEFAULT_NEGATIVE_PROMPT, DEFAULT_STRENGTHS, ID_LORA_IDENTITY_GUIDANCE
+from ltxdist.sampling.defaults import (
+    DEFAULT_NEGATIVE_PROMPT,
+    DEFAULT_STRENGTHS,
+    ID_LORA_IDENTITY_GUIDANCE,
+    ID_LORA_STG_BLOCK,
+    LTX_2_3_STG_BLOCK,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -59,7 +65,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stg", type=float, default=1.0, help="video STG scale (0 = off)")
     g.add_argument("--audio-stg", type=float, default=1.0, help="audio STG scale (0 = off)")
     g.add_argument(
-        "--stg-blocks", type=int, nargs="+", default=[29], help="blocks whose self-attention STG skips"
+        "--stg-blocks",
+        type=int,
+        nargs="+",
+        default=None,
+        help=f"blocks whose self-attention STG skips (default {LTX_2_3_STG_BLOCK}, as ltx-pipelines for "
+        f"LTX-2.3; {ID_LORA_STG_BLOCK} with --reference-audio, as ID-LoRA's inference)",
     )
     g.add_argument(
         "--rescale",
@@ -114,7 +125,8 @@ def _guidance(args: argparse.Namespace, loras: list[LoRAFile]) -> Guidance:
         if identity is None:
             identity = float(stored) if stored is not None else ID_LORA_IDENTITY_GUIDANCE
     rescale = args.rescale if args.rescale is not None else (0.0 if id_run else 0.7)
-    blocks = tuple(args.stg_blocks)
+    default_block = ID_LORA_STG_BLOCK if id_run else LTX_2_3_STG_BLOCK
+    blocks = tuple(args.stg_blocks) if args.stg_blocks is not None else (default_block,)
     video = GuidanceParams(args.cfg, args.stg, blocks, rescale, args.modality_scale)
     audio = GuidanceParams(args.audio_cfg, args.audio_stg, blocks, rescale, args.modality_scale)
     return Guidance(video, audio, identity_scale=identity)
@@ -198,6 +210,8 @@ def _check_early(request: SampleRequest, checkpoint: Path) -> None:
     from ltxdist.models import read_checkpoint_info
 
     request.video.check()
+    if not request.with_audio and request.references.audio is not None:
+        raise ValueError("--reference-audio conditions the audio stream; it cannot be used with --no-audio")
     blocks = int(read_checkpoint_info(checkpoint).config["transformer"]["num_layers"])
     request.guidance.video.check(blocks, "--stg-blocks")
     if request.with_audio:

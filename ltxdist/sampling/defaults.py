@@ -7,3 +7,7 @@ DEFAULT_NEGATIVE_PROMPT = "worst quality, inconsistent motion, blurry, jittery, 
 DEFAULT_STRENGTHS = (0.5, 0.75, 1.0)
 # ID-LoRA-2.3's identity guidance scale (its one-stage inference script's default)
 ID_LORA_IDENTITY_GUIDANCE = 3.0
+# STG block: ltx-pipelines' LTX_2_3_PARAMS perturb block 28 (block 29 is LTX-2's); ID-LoRA-2.3's own
+# inference script keeps 29, and an ID run (a reference voice) follows it.
+LTX_2_3_STG_BLOCK = 28
+ID_LORA_STG_BLOCK = 29

@@ -73,6 +73,15 @@ class GridSpec:
             )
         if any(s <= 0 for s in self.strengths):
             raise ValueError(f"--strengths must be > 0 (the base column is strength 0), got {self.strengths}")
+        stems = [p.stem for p in self.loras]
+        twins = sorted({stem for stem in stems if stems.count(stem) > 1})
+        if twins:
+            # Each LoRA's cells, sheet and summary rows are keyed by its file name: two runs' files of one
+            # name would overwrite each other's videos and mix in the summary.
+            raise ValueError(
+                f"grid: several --lora files are named {twins}; their outputs would overwrite each other. "
+                "Copy or link them under distinct names (e.g. runA_step500.safetensors)"
+            )
 
 
 @dataclass

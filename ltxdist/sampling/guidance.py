@@ -14,8 +14,8 @@ followed by an optional rescale towards the std of `cond` (`rescale_scale`).
 - isolated: both audio<->video cross-attentions skipped in every block.
 
 A pass runs only when one of the modalities needs it, as in ltx-pipelines. Video and audio have their
-own parameters (ltx-pipelines defaults: video cfg 3, audio cfg 7, stg 1 on block 29, rescale 0.7,
-modality 3).
+own parameters (ltx-pipelines' LTX-2.3 defaults: video cfg 3, audio cfg 7, stg 1 on block 28, rescale
+0.7, modality 3).
 
 Identity guidance (ID-LoRA's inference, for a reference voice prepended to the audio): one more pass on
 the same latents with the reference tokens removed, and on the target audio tokens

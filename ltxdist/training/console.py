@@ -229,5 +229,5 @@ def end_summary(
 
 
 def _sample_command(checkpoint: str, final_lora: Path, num_blocks: int | None) -> str:
-    stg = f" --stg-blocks {num_blocks - 1}" if num_blocks is not None and num_blocks <= 29 else ""
+    stg = f" --stg-blocks {num_blocks - 1}" if num_blocks is not None and num_blocks <= 28 else ""
     return f"ltxdist-sample --checkpoint {checkpoint} --gemma GEMMA --lora {final_lora}:1.0{stg} --prompt .."

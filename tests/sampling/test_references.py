@@ -211,6 +211,8 @@ def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras)
     assert _cli_request(tiny_full, *voice).guidance.identity_scale == 3.0  # no metadata: the published 3
     plain = _cli_request(tiny_full, "--lora", str(loras["ic"])).guidance
     assert plain.identity_scale == 0.0 and plain.video.rescale_scale == 0.7  # not an ID run
+    # STG: ltx-pipelines' LTX-2.3 block 28 (29 is LTX-2's); an ID run keeps ID-LoRA's 29 (above)
+    assert plain.video.stg_blocks == plain.audio.stg_blocks == (28,)
     with pytest.raises(ValueError, match=r"--identity-guidance .*--reference-audio"):
         _cli_request(tiny_full, "--identity-guidance", "3")
 

@@ -71,11 +71,14 @@ def test_cli_writes_playable_mp4_with_audio(tiny_full, lora_file, tmp_path, caps
         (["--stg-blocks", "29"], "STG blocks [29] do not exist"),
         (["--frames", "10"], "--frames must be 8n+1"),
         (["--lora", str(tmp_path / "missing.safetensors")], "LoRA file not found"),
+        # refused before any weights load (it was found only after the voice had been encoded)
+        (["--no-audio", "--reference-audio", str(out)], "cannot be used with --no-audio"),
     ):
         with pytest.raises(SystemExit) as exc:
             sample_main([*base, "--prompt", "x", "--out", str(tmp_path / "bad.mp4"), *extra])
         assert exc.value.code == 2
-        assert message in capsys.readouterr().err
+        captured = capsys.readouterr()
+        assert message in captured.err and "Loading weights" not in captured.out + captured.err
 
 
 def test_same_seed_same_video_other_seed_other_video(sampler, tmp_path):
@@ -222,3 +225,18 @@ def replace_transformer(sampler, transformer):
         device=sampler.device,
         dtype=sampler.dtype,
     )
+
+
+def test_grid_refuses_two_loras_of_one_name(tmp_path):
+    """Comparing two runs at one step (runA/lora/lora_weights_step_000500, runB/...) keyed both by the
+    file name: the second overwrote the first's videos and the summary mixed their cells."""
+    name = "lora_weights_step_000500.safetensors"
+    spec = GridSpec(
+        loras=(tmp_path / "runA" / name, tmp_path / "runB" / name, tmp_path / "other.safetensors"),
+        prompts=("sks dog",),
+        seeds=(0,),
+        bleed_prompts=("dog",),
+    )
+    with pytest.raises(ValueError, match=r"named \['lora_weights_step_000500'\]"):
+        spec.check()
+    GridSpec(loras=spec.loras[1:], prompts=spec.prompts, seeds=spec.seeds, bleed_prompts=("dog",)).check()
