@@ -136,3 +136,12 @@ def test_adamw8bit_with_fsdp2_is_refused_naming_the_flag():
     with pytest.raises(ConfigError, match=r"^optim: bitsandbytes' AdamW8bit cannot update FSDP2"):
         validate_config(_compose("experiment=ic_lora_reference_sheet", "parallel=fsdp2"))
     validate_config(_compose("experiment=ic_lora_reference_sheet", "parallel=fsdp2", "optim=adamw"))
+
+
+@pytest.mark.parametrize("parallel", ["deepspeed_zero2", "deepspeed_zero3"])
+def test_adamw8bit_with_deepspeed_is_refused_naming_the_flag(parallel):
+    """DeepSpeed links only optimizer state of its flat partition's shape: AdamW8bit's qmap/absmax
+    raised at the first checkpoint, after training (seen on CPU, 2 ranks, gloo)."""
+    with pytest.raises(ConfigError, match=r"^optim: bitsandbytes' AdamW8bit keeps block-quantized state"):
+        validate_config(_compose("experiment=ic_lora_reference_sheet", f"parallel={parallel}"))
+    validate_config(_compose("experiment=ic_lora_reference_sheet", f"parallel={parallel}", "optim=adamw"))

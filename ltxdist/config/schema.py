@@ -570,6 +570,14 @@ def validate_config(cfg: Any) -> None:
         f"step); use optim=adamw with parallel={cfg.parallel.name}, or parallel=ddp / single with "
         "optim=adamw8bit",
     )
+    _require(
+        not (cfg.optim.name == "adamw8bit" and dims.engine == "deepspeed"),
+        "optim",
+        "bitsandbytes' AdamW8bit keeps block-quantized state (state1/2 with absmax/qmap) that DeepSpeed's "
+        "flat partitions cannot map back to parameters: the first checkpoint would fail after hours of "
+        f"training. Use optim=adamw with parallel={cfg.parallel.name}, or parallel=ddp / single with "
+        "optim=adamw8bit",
+    )
     if dims.engine == "ddp":
         # DDP (find_unused_parameters=False) fails at step 2 if an adapter never gets a gradient.
         from ltxdist.strategies.idle_modules import idle_lora_problem  # lazy: builds a meta block
