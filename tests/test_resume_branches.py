@@ -178,6 +178,44 @@ def test_a_lora_file_newer_than_the_newest_checkpoint_is_no_abandoned_branch(tmp
     assert not (tmp_path / "abandoned").exists() and "abandoned" not in caplog.text
 
 
+def test_a_resume_under_another_micro_batch_layout_keeps_the_optimizer_steps_whole(
+    tiny_ckpt, tiny_data, tmp_path
+):
+    """Resumed with batch 1 x accumulation 2 from a run of batch 2 x accumulation 1 (same samples per
+    step): the data position converts to this layout's micro-batches, and so must Lightning's count,
+    or every step after the resume takes a slipped share of the global batch."""
+    common = {"trainer.checkpoint_every_n_steps": 3, "data.shuffle_buffer": 1}
+    small = {"data.batch_size": 1, "trainer.accumulate_grad_batches": 2}
+    reference = tmp_path / "reference"
+    _train(_cfg(tiny_ckpt, tiny_data, reference, **common, **small, **{"trainer.max_steps": 5}))
+    run = tmp_path / "run"
+    big = {"data.batch_size": 2, "trainer.accumulate_grad_batches": 1}
+    _train(_cfg(tiny_ckpt, tiny_data, run, **common, **big, **{"trainer.max_steps": 3}))
+    _train(_cfg(tiny_ckpt, tiny_data, run, **common, **small, **{"trainer.max_steps": 5}))
+    want = {r["step"]: r for r in _metrics(reference / "metrics.jsonl")}
+    got = {r["step"]: r for r in _metrics(run / "metrics.jsonl")}
+    # Each record's data position: the micro-batches consumed when the step ended (the slipped count
+    # ended step 4 after 7, one sample short of its global batch, and every later step one off).
+    assert [got[s]["batches_seen"] for s in (4, 5)] == [want[s]["batches_seen"] for s in (4, 5)] == [8, 10]
+
+
+def test_a_resume_that_would_split_an_optimizer_step_is_refused(tiny_ckpt, tiny_data, tmp_path):
+    from ltxdist.training.run_dir import ResumeError
+
+    run = tmp_path / "run"
+    one = {"trainer.checkpoint_every_n_steps": 3, "data.batch_size": 1, "trainer.max_steps": 3}
+    _train(_cfg(tiny_ckpt, tiny_data, run, **one))  # 3 micro-batches of one sample
+    with pytest.raises(ResumeError, match=r"3 micro-batches .* trainer\.accumulate_grad_batches=2"):
+        _train(
+            _cfg(
+                tiny_ckpt,
+                tiny_data,
+                run,
+                **{**one, "trainer.max_steps": 4, "trainer.accumulate_grad_batches": 2},
+            )
+        )
+
+
 def test_resume_under_gradient_accumulation_writes_one_metrics_line_per_step(tiny_ckpt, tiny_data, tmp_path):
     run = tmp_path / "run"
     kw = {"trainer.accumulate_grad_batches": 2, "trainer.checkpoint_every_n_steps": 2}

@@ -86,6 +86,33 @@ def restore_train_state(trainer: pl.Trainer, module: Any, state: TrainState, *, 
         # Lightning's step counters (global_step, batch progress); Lightning's own restore does the same
         # at this point of fit.
         trainer.fit_loop.load_state_dict(state.loops)
+        _count_micro_batches_in_this_layout(trainer, module.batches_seen)
+
+
+def _count_micro_batches_in_this_layout(trainer: pl.Trainer, batches_seen: int) -> None:
+    """Lightning steps the optimizer when its micro-batch count reaches a multiple of
+    trainer.accumulate_grad_batches. A resume under another layout (processes, data.batch_size,
+    accumulation) converts the data position into this layout's micro-batches (`batches_seen`), while
+    the restored loop still counts the old layout's: every optimizer step after the resume would take a
+    slipped share of the global batch. The loop's count follows the converted position, which must be
+    whole optimizer steps of this layout."""
+    accumulate = int(trainer.accumulate_grad_batches)
+    if batches_seen % accumulate:
+        raise ResumeError(
+            f"the checkpoint's data position is {batches_seen} micro-batches of this layout, not whole "
+            f"optimizer steps of trainer.accumulate_grad_batches={accumulate}: choose data.batch_size, the "
+            "process count and trainer.accumulate_grad_batches so that one optimizer step takes as many "
+            "samples as in the run that wrote it"
+        )
+    progress = trainer.fit_loop.epoch_loop.batch_progress
+    shift = batches_seen - progress.current.ready
+    if shift == 0:
+        return
+    for counter in (progress.total, progress.current):
+        counter.ready += shift
+        counter.started += shift
+        counter.processed += shift
+        counter.completed += shift
 
 
 def _continue_schedule_with(scheduler: Any, base_lrs: list[float]) -> None:
