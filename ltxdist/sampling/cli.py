@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -292,7 +292,11 @@ def cmd_grid(args: argparse.Namespace) -> None:
     )
     spec.check()
     base_version = read_checkpoint_info(args.checkpoint).model_version
-    files = read_checked_loras([LoRAChoice(p) for p in spec.loras], base_version, force=args.force)
+    # Each file checked, then only its metadata kept (the runner loads one file at a time).
+    files = [
+        replace(read_checked_loras([LoRAChoice(p)], base_version, force=args.force)[0], tensors={})
+        for p in spec.loras
+    ]
     template = _request(args, spec.prompts[0], spec.seeds[0], files)
     _check_early(template, args.checkpoint)
     loaded = load_transformer(args.checkpoint, device=device, dtype=dtype)

@@ -133,7 +133,8 @@ class GridRunner:
 
     def run(self, spec: GridSpec, out_dir: Path, *, progress: bool = True) -> list[CellRecord]:
         spec.check()
-        files = [read_lora_file(p) for p in spec.loras]  # fail on a bad file before any sampling
+        for path in spec.loras:
+            read_lora_file(path)  # fail on a bad file before any sampling; one file in memory at a time
         rows = spec.rows()
         fps = self.template.video.fps
         cw, ch = cell_size(
@@ -151,7 +152,8 @@ class GridRunner:
                 CellRecord("base", "", i, row.prompt, row.seed, row.bleed, 0.0, str(path), None, None)
             )
             base.append(result)
-        for lora in files:
+        for path in spec.loras:
+            lora = read_lora_file(path)  # a rank-128 file is ~1 GB: never all of them at once
             self._load(lora)
             name = lora.path.stem
             # cells are shrunk to the sheet's cell size as they come: a 22B grid holds GBs of frames
