@@ -124,11 +124,11 @@ def payload_buffer(payload: bytes | bytearray | memoryview | torch.Tensor) -> to
 def load_safetensors_views(buf_N: torch.Tensor) -> dict[str, torch.Tensor]:
     """Parse a safetensors payload held in a uint8 tensor; each tensor is a view into `buf_N`.
 
-    Why not `safetensors.torch.load(bytes)`: it copies every tensor into a Python bytes object, and the
-    streaming path then needs one more copy (those tensors are read-only); here the shard reader's one
-    read into `buf_N` is the only copy before batching. The format: 8-byte little-endian header size,
-    a JSON header {name: {dtype, shape, data_offsets: [begin, end]}} (offsets into the data section that
-    follows), then the data. Raises ValueError on anything inconsistent.
+    Why not safetensors' own loader from bytes (`safetensors.torch`'s `load`): it copies every tensor into
+    a Python bytes object, and the streaming path then needs one more copy (those tensors are read-only);
+    here the shard reader's one read into `buf_N` is the only copy before batching. The format: 8-byte
+    little-endian header size, a JSON header {name: {dtype, shape, data_offsets: [begin, end]}} (offsets
+    into the data section that follows), then the data. Raises ValueError on anything inconsistent.
     """
     if buf_N.numel() < 8:
         raise ValueError(f"payload of {buf_N.numel()} bytes is shorter than a safetensors header")
