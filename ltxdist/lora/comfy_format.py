@@ -23,8 +23,8 @@ from ltxdist.lora.inject import lora_modules
 from ltxdist.models.checkpoint_file import major_minor
 
 COMFY_PREFIX = "diffusion_model."
-_A_SUFFIX = ".lora_A.weight"
-_B_SUFFIX = ".lora_B.weight"
+A_SUFFIX = ".lora_A.weight"
+B_SUFFIX = ".lora_B.weight"
 
 
 class LoRAFileError(ValueError):
@@ -39,7 +39,7 @@ class LoRAFile:
 
     @property
     def modules(self) -> list[str]:
-        return sorted(k[: -len(_A_SUFFIX)] for k in self.tensors if k.endswith(_A_SUFFIX))
+        return sorted(k[: -len(A_SUFFIX)] for k in self.tensors if k.endswith(A_SUFFIX))
 
 
 def export_lora(
@@ -82,10 +82,10 @@ def export_lora(
     sources: dict[str, tuple[Any, str]] = {}
     layout: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
     for name, m in modules.items():
-        sources[COMFY_PREFIX + name + _A_SUFFIX] = (m, "A")
-        layout[COMFY_PREFIX + name + _A_SUFFIX] = (dtype, (m.rank, m.in_features))
-        sources[COMFY_PREFIX + name + _B_SUFFIX] = (m, "B")
-        layout[COMFY_PREFIX + name + _B_SUFFIX] = (dtype, (m.out_features, m.rank))
+        sources[COMFY_PREFIX + name + A_SUFFIX] = (m, "A")
+        layout[COMFY_PREFIX + name + A_SUFFIX] = (dtype, (m.rank, m.in_features))
+        sources[COMFY_PREFIX + name + B_SUFFIX] = (m, "B")
+        layout[COMFY_PREFIX + name + B_SUFFIX] = (dtype, (m.out_features, m.rank))
     path = Path(path)
     with contextlib.ExitStack() as stack:
         writer: SafetensorsWriter | None = None
@@ -131,17 +131,13 @@ def read_lora_file(path: str | Path) -> LoRAFile:
                 f"{path}: key {key!r} carries a 'model.diffusion_model.' prefix; ltx-core and ComfyUI "
                 "would silently match nothing. Re-export with `ltxdist-export convert`."
             )
-        if not key.startswith(COMFY_PREFIX) or not key.endswith((_A_SUFFIX, _B_SUFFIX)):
+        if not key.startswith(COMFY_PREFIX) or not key.endswith((A_SUFFIX, B_SUFFIX)):
             raise LoRAFileError(
                 f"{path}: unexpected key {key!r} (expected diffusion_model.*.lora_A/B.weight)"
             )
         tensors[key[len(COMFY_PREFIX) :]] = value
     for key in tensors:
-        twin = (
-            key.replace(_A_SUFFIX, _B_SUFFIX)
-            if key.endswith(_A_SUFFIX)
-            else key.replace(_B_SUFFIX, _A_SUFFIX)
-        )
+        twin = key.replace(A_SUFFIX, B_SUFFIX) if key.endswith(A_SUFFIX) else key.replace(B_SUFFIX, A_SUFFIX)
         if twin not in tensors:
             raise LoRAFileError(f"{path}: {key!r} has no matching {twin!r}")
     if not tensors:
@@ -155,7 +151,7 @@ def read_lora_file(path: str | Path) -> LoRAFile:
 def _check_adapter_pair(lora: LoRAFile, name: str) -> None:
     """A (r, in) and B (out, r) with one r: anything else fails later, deep inside a merge or a forward,
     without naming the file (for a 22B base, only after minutes of loading)."""
-    a, b = lora.tensors[name + _A_SUFFIX], lora.tensors[name + _B_SUFFIX]
+    a, b = lora.tensors[name + A_SUFFIX], lora.tensors[name + B_SUFFIX]
     if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
         raise LoRAFileError(
             f"{lora.path}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; expected "
@@ -174,7 +170,7 @@ def check_lora_fits(lora: LoRAFile, linears: dict[str, torch.nn.Module]) -> None
             "(a LoRA for another architecture?)"
         )
     for name in lora.modules:
-        a, b = lora.tensors[name + _A_SUFFIX], lora.tensors[name + _B_SUFFIX]
+        a, b = lora.tensors[name + A_SUFFIX], lora.tensors[name + B_SUFFIX]
         linear = linears[name]
         expected = (linear.in_features, linear.out_features)
         if (a.shape[1], b.shape[0]) != expected:
@@ -221,7 +217,7 @@ def import_lora(
         )
     for name in lora.modules:
         module = modules[name]
-        a, b = lora.tensors[name + _A_SUFFIX], lora.tensors[name + _B_SUFFIX]
+        a, b = lora.tensors[name + A_SUFFIX], lora.tensors[name + B_SUFFIX]
         if a.shape != module.lora_A.shape or b.shape != module.lora_B.shape:
             raise LoRAFileError(
                 f"{lora.path}: {name} has A{tuple(a.shape)} B{tuple(b.shape)}, the model expects "

@@ -22,10 +22,10 @@ from pathlib import Path
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from ltxdist.lora.comfy_format import read_lora_file
+    from ltxdist.lora.comfy_format import A_SUFFIX, read_lora_file
 
     lora = read_lora_file(args.lora)
-    ranks = sorted({int(lora.tensors[m + ".lora_A.weight"].shape[0]) for m in lora.modules})
+    ranks = sorted({int(lora.tensors[m + A_SUFFIX].shape[0]) for m in lora.modules})
     # transformer_blocks.{i}.{module}; other names (a file from elsewhere) are listed under modules only
     in_blocks = [m.split(".", 2) for m in lora.modules if m.startswith("transformer_blocks.")]
     in_blocks = [parts for parts in in_blocks if len(parts) == 3 and parts[1].isdigit()]

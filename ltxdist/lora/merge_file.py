@@ -23,16 +23,16 @@ import torch
 from safetensors import safe_open
 
 from ltxdist.io import SAFETENSORS_DTYPES, SafetensorsWriter, atomic_file
-from ltxdist.lora.comfy_format import LoRAFile, LoRAFileError
+from ltxdist.lora.comfy_format import A_SUFFIX, B_SUFFIX, LoRAFile, LoRAFileError
+from ltxdist.quant.checkpoint import WEIGHT_SCALE
 from ltxdist.quant.formats import FP8_DTYPE, dequantize, is_quantized_dtype, quantize_fp8
 
 WEIGHT = ".weight"
-WEIGHT_SCALE = ".weight_scale"
 
 
 def lora_delta(lora: LoRAFile, name: str) -> torch.Tensor:
     """B @ A of one adapter in float32 (alpha / rank is baked into the file's B)."""
-    return lora.tensors[name + ".lora_B.weight"].float() @ lora.tensors[name + ".lora_A.weight"].float()
+    return lora.tensors[name + B_SUFFIX].float() @ lora.tensors[name + A_SUFFIX].float()
 
 
 def _check_layout(
@@ -45,7 +45,7 @@ def _check_layout(
     base: str | Path,
 ) -> None:
     """Refuse, before anything is written, a weight this merge cannot take the adapter's delta into."""
-    a, b = lora.tensors[name + ".lora_A.weight"], lora.tensors[name + ".lora_B.weight"]
+    a, b = lora.tensors[name + A_SUFFIX], lora.tensors[name + B_SUFFIX]
     if (b.shape[0], a.shape[1]) != tuple(shape):
         raise LoRAFileError(
             f"{lora.path}: {name} delta {(b.shape[0], a.shape[1])} != base {tuple(shape)} in {base}"

@@ -25,7 +25,7 @@ from ltxdist._ltx_core import (
     SingleGPUModelBuilder,
 )
 from ltxdist.lora import LoRAFileError, LoRASpec, check_base_version, import_lora, inject_lora, read_lora_file
-from ltxdist.lora.comfy_format import LoRAFile, check_lora_fits
+from ltxdist.lora.comfy_format import A_SUFFIX, LoRAFile, check_lora_fits
 from ltxdist.lora.inject import lora_modules
 from ltxdist.lora.merge_file import merge_lora_into_state_dict
 from ltxdist.models import build_meta_transformer, load_transformer, read_checkpoint_info
@@ -131,7 +131,7 @@ def inject_lora_file(
 
     alpha = rank, so the adapter's scale is 1 and the file's B (alpha/rank baked in) is loaded as is.
     """
-    ranks = {int(lora.tensors[m + ".lora_A.weight"].shape[0]) for m in lora.modules}
+    ranks = {int(lora.tensors[m + A_SUFFIX].shape[0]) for m in lora.modules}
     if len(ranks) != 1:
         raise LoRAFileError(f"{lora.path}: mixed ranks {sorted(ranks)}; use the fused path (ltxdist-sample)")
     rank = ranks.pop()
@@ -160,7 +160,7 @@ def load_lora_weights(
     if set(lora.modules) - set(modules):
         return False
     for name in lora.modules:
-        if lora.tensors[name + ".lora_A.weight"].shape != modules[name].lora_A.shape:
+        if lora.tensors[name + A_SUFFIX].shape != modules[name].lora_A.shape:
             return False
     with torch.no_grad():
         for module in modules.values():

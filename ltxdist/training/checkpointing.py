@@ -139,6 +139,11 @@ class ResumePlan:
     forced: bool = False
 
 
+# run.resume modes that take the newest complete checkpoint and fall back to the previous one when it does
+# not load; a checkpoint path names one checkpoint (no fallback), never names none.
+NEWEST_CHECKPOINT_MODES = ("auto", "must", "force")
+
+
 def resume_candidates(run_dir: Path, resume: str) -> list[Path]:
     """run.resume: auto / must / force -> every complete checkpoint, oldest first (the newest that loads
     wins; force continues it with changed settings, training/run_identity.py); never -> none; a path ->
@@ -146,7 +151,7 @@ def resume_candidates(run_dir: Path, resume: str) -> list[Path]:
     `remove_partial_files`, so a checkpoint moved aside mid-overwrite is back."""
     if resume == "never":
         return []
-    if resume in ("auto", "must", "force"):
+    if resume in NEWEST_CHECKPOINT_MODES:
         found = [path for _, path in complete_checkpoints(run_dir)]
         if not found and resume == "must":
             raise ResumeError(f"run.resume=must but {run_dir / 'checkpoints'} holds no complete checkpoint")
@@ -168,7 +173,7 @@ def resume(
     (run.resume=force, or a checkpoint path with changed settings: `plan.forced`) keeps this run's
     optimizer settings (optim.*), everything else comes from the checkpoint."""
     found: list[Path] | str
-    fall_back = mode in ("auto", "must", "force")
+    fall_back = mode in NEWEST_CHECKPOINT_MODES
     forced = mode == "force"
     if trainer.is_global_zero and plan is not None and plan.decided:
         found = [plan.checkpoint] if plan.checkpoint is not None else []

@@ -20,7 +20,7 @@ from ltxdist.config.schema import ConfigError, validate_config
 from ltxdist.io import atomic_file, write_json_atomic
 from ltxdist.parallel.dims import ParallelDims
 from ltxdist.training.checkpointing import check_warm_start_supported
-from ltxdist.training.run_dir import complete_checkpoints, lora_dir
+from ltxdist.training.run_dir import complete_checkpoints, lora_dir, lora_path
 from ltxdist.training.run_identity import check_finished_run, new_run_flag
 
 log = logging.getLogger("ltxdist")
@@ -95,7 +95,7 @@ def run_curriculum(cfg: Any, train_one: Any) -> Path:
                 f"stage {stage.name} finished without a checkpoint at step {stage.max_steps} in {sdir}"
             )
         previous = found[-1][1]
-        final_lora = lora_dir(sdir) / f"lora_weights_step_{stage.max_steps:06d}.safetensors"
+        final_lora = lora_path(sdir, stage.max_steps)
         summary.append(
             {
                 "stage": stage.name,

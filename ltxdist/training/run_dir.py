@@ -14,7 +14,9 @@ from ltxdist.checkpoint import is_complete_checkpoint
 from ltxdist.io import TMP_MARKER
 
 _STEP_RE = re.compile(r"^step-(\d+)$")
-_LORA_STEP_RE = re.compile(r"^lora_weights_step_(\d+)\.safetensors$")
+# lora_path's file name, and its step read back (abandon_later_steps)
+_LORA_PREFIX, _LORA_SUFFIX = "lora_weights_step_", ".safetensors"
+_LORA_STEP_RE = re.compile(rf"^{_LORA_PREFIX}(\d+){re.escape(_LORA_SUFFIX)}$")
 # A checkpoint keep-last-k is deleting is renamed to this first: a kill mid-delete leaves a name that
 # start-up cleanup (remove_partial_checkpoints) removes, never a half-deleted step-N.
 DELETING_SUFFIX = TMP_MARKER + "deleting"
@@ -39,7 +41,7 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
 
 
 def lora_path(run_dir: Path, step: int) -> Path:
-    return lora_dir(run_dir) / f"lora_weights_step_{step:06d}.safetensors"
+    return lora_dir(run_dir) / f"{_LORA_PREFIX}{step:06d}{_LORA_SUFFIX}"
 
 
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:

@@ -24,7 +24,12 @@ from ltxdist.parallel import lightning_strategy
 from ltxdist.quant.base import base_precision_metadata
 from ltxdist.tracking.metrics import TrainingMetrics
 from ltxdist.training.callbacks import CheckpointAndExport, MetricsJsonl
-from ltxdist.training.checkpointing import ResumePlan, check_warm_start_supported, resume_candidates
+from ltxdist.training.checkpointing import (
+    NEWEST_CHECKPOINT_MODES,
+    ResumePlan,
+    check_warm_start_supported,
+    resume_candidates,
+)
 from ltxdist.training.console import (
     ProgressReporter,
     end_summary,
@@ -275,7 +280,7 @@ class RunPreparation(pl.Callback):
         chosen, state = None, None
         if candidates:
             chosen, state = load_newest(
-                candidates, check_checkpoint, fall_back=mode in ("auto", "must", "force")
+                candidates, check_checkpoint, fall_back=mode in NEWEST_CHECKPOINT_MODES
             )
         identity = compute_run_identity(cfg)
         decision = decide_resume(chosen, mode, identity, new_run_flag(cfg.run))
