@@ -70,14 +70,10 @@ def free_port() -> int:
 
 
 def compose_train(overrides: list[str]):
-    """The training config these overrides compose to (Hydra's compose API, no command line)."""
-    from hydra import compose, initialize_config_dir
+    """The training config these overrides compose to, closed and checked as the command line's is."""
+    from ltxdist.config.store import compose_train_config
 
-    from ltxdist.config.store import CONF_DIR, register_configs
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose("train", overrides=overrides)
+    return compose_train_config(overrides)
 
 
 def train_in_process(cfg) -> Path:

@@ -352,11 +352,7 @@ def test_export_never_destroys_an_input(tiny_ckpt, tmp_path, capsys):
     os.link(base, tmp_path / "base_hardlink.safetensors")
 
     def merge(out: Path, *extra: str) -> int:
-        try:
-            export_main(["merge", "--base", str(base), "--lora", str(lora), "--out", str(out), *extra])
-        except SystemExit as exc:
-            return int(exc.code)
-        return 0
+        return _merge_cli("--base", str(base), "--lora", str(lora), "--out", str(out), *extra)
 
     for out in (base, tmp_path / "base_link.safetensors", tmp_path / "base_hardlink.safetensors", lora):
         assert merge(out, "--force") == 2, out
