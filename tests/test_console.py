@@ -6,25 +6,11 @@ from __future__ import annotations
 
 import logging
 
-import torch
-from e2e_utils import train_overrides
-from hydra import compose, initialize_config_dir
-
-from ltxdist.config.store import CONF_DIR, register_configs
+from e2e_utils import compose_train, train_in_process, train_overrides
 
 
 def _train(overrides: list[str]) -> None:
-    from ltxdist.training.train import train
-
-    register_configs()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        train(cfg)
-    finally:
-        torch.set_num_threads(threads)
+    train_in_process(compose_train(overrides))
 
 
 def test_start_progress_and_end_of_run_are_reported(tiny_ckpt, tiny_data, tmp_path, caplog):
