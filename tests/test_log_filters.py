@@ -1,6 +1,7 @@
-"""Two known third-party start-up messages are dropped on every entry point, and only those: torchao's
-"Failed to load .../torchao/_C_*.so" (optional CUDA kernels that cannot load on this machine) and torch
-pytree's Enum register_constant deprecation. Anything else those loggers say still shows."""
+"""Three known third-party start-up messages are dropped on every entry point, and only those: torchao's
+"Failed to load .../torchao/_C_*.so" (optional CUDA kernels that cannot load on this machine), torch
+pytree's Enum register_constant deprecation and bitsandbytes' hub 4-bit kernel warning.
+Anything else those loggers say still shows."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ def test_only_the_known_messages_are_dropped() -> None:
     enum = "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile"
     assert not _passes("torch.utils._pytree", enum + " ... Calling register_constant() on Enum subclasses")
     assert _passes("torch.utils._pytree", "some other pytree warning")
+    hub = "Failed to load CPU gemm_4bit_forward from kernels-community: Kernel repository ... trust"
+    assert not _passes("bitsandbytes.backends.cpu.ops", hub)
+    assert _passes("bitsandbytes.backends.cpu.ops", "Failed to load CPU-only bitsandbytes library")
     kinds = [type(f) for f in logging.getLogger(log_filters.TORCHAO_LOGGER).filters]
     assert len(kinds) == len(set(kinds))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -18,9 +17,7 @@ def build_optimizer(params: list[torch.nn.Parameter], cfg: Any) -> torch.optim.O
         # deterministic for a given device, which is what resume and layout parity rely on.
         return torch.optim.AdamW(params, **kwargs)
     if cfg.name == "adamw8bit":
-        # On a CPU with AVX512-BF16, importing bitsandbytes tries to fetch a 4-bit GEMM kernel from the
-        # Hugging Face hub and warns when it cannot; the 8-bit optimizer does not use it.
-        logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+        # bitsandbytes' hub-kernel warning at import is filtered by ltxdist.log_filters.
         try:
             import bitsandbytes as bnb  # type: ignore[import-not-found]
         except ImportError as exc:
