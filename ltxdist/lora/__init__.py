@@ -8,6 +8,7 @@ _EXPORTS = {
     "export_lora": "ltxdist.lora.comfy_format",
     "import_lora": "ltxdist.lora.comfy_format",
     "read_lora_file": "ltxdist.lora.comfy_format",
+    "read_lora_header": "ltxdist.lora.comfy_format",
     "LoRASpec": "ltxdist.lora.inject",
     "inject_lora": "ltxdist.lora.inject",
     "lora_modules": "ltxdist.lora.inject",

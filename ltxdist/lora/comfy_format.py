@@ -112,20 +112,39 @@ def export_lora(
     return path
 
 
-def read_lora_file(path: str | Path) -> LoRAFile:
-    path = Path(path)
+@dataclass(frozen=True)
+class LoRAHeader:
+    """What a LoRA file's safetensors header says (names, shapes, metadata), checked as `read_lora_file`
+    checks it, without reading a tensor: checks that need no values (a rank-128 file is ~1 GB)."""
+
+    path: Path
+    shapes: dict[str, tuple[int, ...]]  # module name (no prefix) + A/B suffix -> shape
+    metadata: dict[str, str]
+
+    @property
+    def modules(self) -> list[str]:
+        return sorted(k[: -len(A_SUFFIX)] for k in self.shapes if k.endswith(A_SUFFIX))
+
+
+def _check_path(path: Path) -> None:
     if not path.is_file():
         raise LoRAFileError(f"LoRA file not found: {path}")
     if path.suffix != ".safetensors":
         raise LoRAFileError(f"{path}: only .safetensors LoRA files are accepted (no pickle-based formats)")
+
+
+def read_lora_header(path: str | Path) -> LoRAHeader:
+    """The file's layout and metadata, refused with `read_lora_file`'s errors; no tensor is read."""
+    path = Path(path)
+    _check_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
-            raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+            raw = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
     except Exception as exc:
         raise LoRAFileError(f"{path} is not a readable safetensors file: {exc}") from exc
-    tensors: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
+    shapes: dict[str, tuple[int, ...]] = {}
+    for key, shape in raw.items():
         if key.startswith("model." + COMFY_PREFIX):
             raise LoRAFileError(
                 f"{path}: key {key!r} carries a 'model.diffusion_model.' prefix; ltx-core and ComfyUI "
@@ -135,26 +154,37 @@ def read_lora_file(path: str | Path) -> LoRAFile:
             raise LoRAFileError(
                 f"{path}: unexpected key {key!r} (expected diffusion_model.*.lora_A/B.weight)"
             )
-        tensors[key[len(COMFY_PREFIX) :]] = value
-    for key in tensors:
+        shapes[key[len(COMFY_PREFIX) :]] = shape
+    for key in shapes:
         twin = key.replace(A_SUFFIX, B_SUFFIX) if key.endswith(A_SUFFIX) else key.replace(B_SUFFIX, A_SUFFIX)
-        if twin not in tensors:
+        if twin not in shapes:
             raise LoRAFileError(f"{path}: {key!r} has no matching {twin!r}")
-    if not tensors:
+    if not shapes:
         raise LoRAFileError(f"{path} holds no LoRA tensors")
-    lora = LoRAFile(path=path, tensors=tensors, metadata=metadata)
-    for name in lora.modules:
-        _check_adapter_pair(lora, name)
-    return lora
+    header = LoRAHeader(path=path, shapes=shapes, metadata=metadata)
+    for name in header.modules:
+        _check_adapter_pair(header, name)
+    return header
 
 
-def _check_adapter_pair(lora: LoRAFile, name: str) -> None:
+def read_lora_file(path: str | Path) -> LoRAFile:
+    """The checked file (`read_lora_header`'s checks) with its tensors."""
+    header = read_lora_header(path)
+    try:
+        with safe_open(str(header.path), framework="pt") as f:
+            tensors = {name: f.get_tensor(COMFY_PREFIX + name) for name in header.shapes}
+    except Exception as exc:
+        raise LoRAFileError(f"{header.path} is not a readable safetensors file: {exc}") from exc
+    return LoRAFile(path=header.path, tensors=tensors, metadata=header.metadata)
+
+
+def _check_adapter_pair(header: LoRAHeader, name: str) -> None:
     """A (r, in) and B (out, r) with one r: anything else fails later, deep inside a merge or a forward,
     without naming the file (for a 22B base, only after minutes of loading)."""
-    a, b = lora.tensors[name + A_SUFFIX], lora.tensors[name + B_SUFFIX]
-    if a.dim() != 2 or b.dim() != 2 or a.shape[0] != b.shape[1]:
+    a, b = header.shapes[name + A_SUFFIX], header.shapes[name + B_SUFFIX]
+    if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
         raise LoRAFileError(
-            f"{lora.path}: {name} has lora_A {tuple(a.shape)} and lora_B {tuple(b.shape)}; expected "
+            f"{header.path}: {name} has lora_A {a} and lora_B {b}; expected "
             "A (rank, in_features) and B (out_features, rank) with the same rank"
         )
 
@@ -181,7 +211,7 @@ def check_lora_fits(lora: LoRAFile, linears: dict[str, torch.nn.Module]) -> None
 
 
 def check_base_version(
-    lora: LoRAFile, base_model_version: str, *, force: bool = False, override: str = "--force"
+    lora: LoRAFile | LoRAHeader, base_model_version: str, *, force: bool = False, override: str = "--force"
 ) -> None:
     """Refuse a LoRA trained on another major.minor base (e.g. LTX-2 19B on 2.3): it loads silently
     elsewhere and ruins the output because the latent space changed. `override` is the caller's flag

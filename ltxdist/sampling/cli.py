@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +26,14 @@ from ltxdist.sampling.defaults import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     import torch
 
-    from ltxdist.lora.comfy_format import LoRAFile
+    from ltxdist.lora.comfy_format import LoRAFile, LoRAHeader
+
+    # What the flags' defaults read from a LoRA: its metadata (a header is enough).
+    LoRAMeta = Sequence[LoRAFile | LoRAHeader]
     from ltxdist.sampling.guidance import Guidance
     from ltxdist.sampling.pipeline import Sampler, SampleRequest
 
@@ -110,7 +115,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         )
 
 
-def _guidance(args: argparse.Namespace, loras: list[LoRAFile]) -> Guidance:
+def _guidance(args: argparse.Namespace, loras: LoRAMeta) -> Guidance:
     """The guidance flags; an ID-LoRA run (a reference voice) defaults to ID-LoRA's published inference:
     no rescale, and identity guidance from the LoRA's metadata (else the published scale)."""
     from ltxdist.sampling.guidance import Guidance, GuidanceParams
@@ -132,7 +137,7 @@ def _guidance(args: argparse.Namespace, loras: list[LoRAFile]) -> Guidance:
     return Guidance(video, audio, identity_scale=identity)
 
 
-def _from_metadata(loras: list[LoRAFile], key: str) -> str | None:
+def _from_metadata(loras: LoRAMeta, key: str) -> str | None:
     from ltxdist.lora import LoRAFileError
 
     values = {lora.metadata[key] for lora in loras if key in lora.metadata}
@@ -147,7 +152,7 @@ def _bool(value: str | None, default: bool) -> bool:
     return default if value is None else value.strip().lower() == "true"
 
 
-def _request(args: argparse.Namespace, prompt: str, seed: int, loras: list[LoRAFile]) -> SampleRequest:
+def _request(args: argparse.Namespace, prompt: str, seed: int, loras: LoRAMeta) -> SampleRequest:
     from ltxdist.sampling.conditioning import IdReferenceOptions, VideoSpec
     from ltxdist.sampling.pipeline import References, SampleRequest
 
@@ -275,7 +280,7 @@ def cmd_grid(args: argparse.Namespace) -> None:
     from ltxdist.encoders import pick_device, pick_dtype
     from ltxdist.models import load_transformer, read_checkpoint_info
     from ltxdist.sampling.grid import GridRunner, GridSpec, remove_trigger
-    from ltxdist.sampling.loading import LoRAChoice, read_checked_loras
+    from ltxdist.sampling.loading import read_checked_headers
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
@@ -292,11 +297,8 @@ def cmd_grid(args: argparse.Namespace) -> None:
     )
     spec.check()
     base_version = read_checkpoint_info(args.checkpoint).model_version
-    # Each file checked, then only its metadata kept (the runner loads one file at a time).
-    files = [
-        replace(read_checked_loras([LoRAChoice(p)], base_version, force=args.force)[0], tensors={})
-        for p in spec.loras
-    ]
+    # Each file checked from its header (the runner reads each file's tensors once, one file at a time).
+    files = read_checked_headers(list(spec.loras), base_version, force=args.force)
     template = _request(args, spec.prompts[0], spec.seeds[0], files)
     _check_early(template, args.checkpoint)
     loaded = load_transformer(args.checkpoint, device=device, dtype=dtype)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ltxdist.io import write_bytes_atomic, write_json_atomic
-from ltxdist.lora import read_lora_file
+from ltxdist.lora import read_lora_file, read_lora_header
 from ltxdist.lora.comfy_format import LoRAFile
 from ltxdist.sampling.defaults import DEFAULT_STRENGTHS
 from ltxdist.sampling.loading import inject_lora_file, load_lora_weights, lora_strength
@@ -134,7 +134,7 @@ class GridRunner:
     def run(self, spec: GridSpec, out_dir: Path, *, progress: bool = True) -> list[CellRecord]:
         spec.check()
         for path in spec.loras:
-            read_lora_file(path)  # fail on a bad file before any sampling; one file in memory at a time
+            read_lora_header(path)  # fail on a bad file before any sampling; its tensors are read below
         rows = spec.rows()
         fps = self.template.video.fps
         cw, ch = cell_size(

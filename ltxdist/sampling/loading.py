@@ -25,7 +25,7 @@ from ltxdist._ltx_core import (
     SingleGPUModelBuilder,
 )
 from ltxdist.lora import LoRAFileError, LoRASpec, check_base_version, import_lora, inject_lora, read_lora_file
-from ltxdist.lora.comfy_format import A_SUFFIX, LoRAFile, check_lora_fits
+from ltxdist.lora.comfy_format import A_SUFFIX, LoRAFile, LoRAHeader, check_lora_fits, read_lora_header
 from ltxdist.lora.inject import lora_modules
 from ltxdist.lora.merge_file import merge_lora_into_state_dict
 from ltxdist.models import build_meta_transformer, load_transformer, read_checkpoint_info
@@ -63,6 +63,19 @@ def read_checked_loras(
         check_base_version(lora, base_model_version, force=force)
         files.append(lora)
     return files
+
+
+def read_checked_headers(
+    paths: list[Path], base_model_version: str, *, force: bool = False
+) -> list[LoRAHeader]:
+    """`read_checked_loras`' checks from the headers alone: a tool that loads one file at a time checks
+    them all first without reading every tensor twice (a rank-128 file is ~1 GB)."""
+    headers = []
+    for path in paths:
+        header = read_lora_header(path)
+        check_base_version(header, base_model_version, force=force)
+        headers.append(header)
+    return headers
 
 
 def _check_modules_exist(model: torch.nn.Module, loras: list[LoRAFile]) -> None:

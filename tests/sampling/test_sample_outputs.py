@@ -4,12 +4,14 @@ strengths through live adapters equal ltx-core's fusion; the evaluation grid wri
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import replace
 
 import av
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from ltxdist._ltx_core import BatchedPerturbationConfig, Modality
 from ltxdist.lora import LoRAFileError, read_lora_file
@@ -214,6 +216,66 @@ def test_grid_writes_contact_sheets_and_summary(sampler, tiny_full, lora_file, t
     table = (tmp_path / "summary.md").read_text()
     assert "| checkpoint | step | strength | trigger rows | bleed rows | bleed / trigger |" in table
     assert f"| {lora_file.stem} | 100 | 1 |" in table
+
+
+def test_grid_reads_each_lora_files_tensors_once(tiny_full, lora_file, tmp_path, monkeypatch, capsys):
+    """`ltxdist-sample grid` checked each file by reading all its tensors (on the command line, then in the
+    runner), then read them again to sample: three reads of a ~1 GB rank-128 file. The checks read the
+    header; a bad file is still refused before any weights load, with the same message."""
+    import safetensors
+
+    import ltxdist.lora.comfy_format as comfy_format
+
+    reads: Counter[tuple[str, str]] = Counter()
+
+    class CountingOpen:  # the real safe_open, counting get_tensor per (file, key)
+        def __init__(self, path: str, framework: str):
+            self.path, self.file = path, safetensors.safe_open(path, framework=framework)
+
+        def __enter__(self):
+            self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def get_tensor(self, key: str):
+            reads[(self.path, key)] += 1
+            return self.file.get_tensor(key)
+
+        def __getattr__(self, name: str):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(comfy_format, "safe_open", CountingOpen)
+    base = ["grid", "--checkpoint", str(tiny_full.checkpoint), "--gemma", str(tiny_full.gemma), *SMALL]
+    fast = ["--no-audio", "--cfg", "1", "--stg", "0", "--stg-blocks", "1", "--seeds", "1", "--strengths", "1"]
+    prompt = ["--prompt", "sks red ball", "--trigger", "sks"]
+    sample_main([*base, *fast, *prompt, "--lora", str(lora_file), "--out-dir", str(tmp_path / "grid")])
+    with safetensors.safe_open(str(lora_file), framework="pt") as f:
+        keys = set(f.keys())
+    assert {key for _, key in reads} == keys and {path for path, _ in reads} == {str(lora_file)}
+    assert set(reads.values()) == {1}, "each tensor is read once: the checks read the header only"
+    assert (tmp_path / "grid" / lora_file.stem / "contact_sheet.mp4").is_file()
+    capsys.readouterr()
+
+    key = "diffusion_model.transformer_blocks.0.attn1.to_q"
+    bad_rank = tmp_path / "bad_rank.safetensors"
+    save_file(
+        {key + ".lora_A.weight": torch.zeros(4, 8), key + ".lora_B.weight": torch.zeros(8, 2)}, bad_rank
+    )
+    old = tmp_path / "old.safetensors"
+    save_file(load_file(lora_file), old, metadata={"base_model_version": "2.0.0"})
+    for lora, message in (
+        (bad_rank, f"{bad_rank}: transformer_blocks.0.attn1.to_q has lora_A (4, 8) and lora_B (8, 2)"),
+        (old, f"{old} was trained on base model version 2.0.0, but the base is 2.3.0"),
+        (tmp_path / "missing.safetensors", "LoRA file not found"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            sample_main([*base, *fast, *prompt, "--lora", str(lora), "--out-dir", str(tmp_path / "bad")])
+        assert exc.value.code == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and "Loading weights" not in captured.out + captured.err
+    assert not (tmp_path / "bad").exists()
 
 
 def replace_transformer(sampler, transformer):
