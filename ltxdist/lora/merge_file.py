@@ -25,7 +25,7 @@ from safetensors import safe_open
 from ltxdist.io import SAFETENSORS_DTYPES, SafetensorsWriter, atomic_file
 from ltxdist.lora.comfy_format import A_SUFFIX, B_SUFFIX, LoRAFile, LoRAFileError
 from ltxdist.quant.checkpoint import WEIGHT_SCALE
-from ltxdist.quant.formats import FP8_DTYPE, dequantize, is_quantized_dtype, quantize_fp8
+from ltxdist.quant.formats import FP8_DTYPE, dequantize, is_quantized_dtype, quantize_like
 
 WEIGHT = ".weight"
 
@@ -67,10 +67,8 @@ def merged_weight(
     delta = delta.to(weight.device)
     if scale is None:
         return (weight.float() + strength * delta).to(weight.dtype), None
-    row_scale = scale.reshape(-1, 1) if scale.numel() > 1 else scale
-    full = dequantize(weight, row_scale, torch.float32) + strength * delta
-    qdata, new_scale = quantize_fp8(full, per_row=scale.numel() > 1)
-    return qdata, new_scale.reshape(scale.shape).to(scale.dtype)
+    full = dequantize(weight, scale, torch.float32) + strength * delta
+    return quantize_like(full, weight.dtype, scale)
 
 
 @torch.no_grad()

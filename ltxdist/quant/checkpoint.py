@@ -29,7 +29,7 @@ from ltxdist.quant.formats import (
     FP8_DTYPE,
     dequantize,
     is_quantized_dtype,
-    precision_of_dtype,
+    quantize_like,
     quantize_weight,
 )
 from ltxdist.quant.modules import BLOCK_PREFIX, LayerFormat, default_quantized_layers
@@ -112,8 +112,7 @@ class BaseWeightCodec:
         if file_scale is not None:
             if file_scale.numel() != 1 and part is not None:
                 raise NotImplementedError(f"{name}: per-row file scales cannot be read in row slices")
-            row_scale = file_scale.reshape(-1, 1) if file_scale.numel() > 1 else file_scale
-            tensor = dequantize(tensor, row_scale, via_dtype or target.dtype)
+            tensor = dequantize(tensor, file_scale, via_dtype or target.dtype)
         target.copy_(tensor.to(device=target.device, dtype=via_dtype or target.dtype))
 
     def _store_quantized(
@@ -135,14 +134,10 @@ class BaseWeightCodec:
             return
         full = tensor.to(work_device)
         if file_scale is not None:
-            scale = file_scale.to(work_device)
-            full = dequantize(full, scale.reshape(-1, 1) if scale.numel() > 1 else scale, torch.float32)
-        per_row = scale_target.numel() > 1
-        qdata, scale = quantize_weight(
-            full, precision_of_dtype(target.dtype), fp8_scale="row" if per_row else "tensor"
-        )
+            full = dequantize(full, file_scale.to(work_device), torch.float32)
+        qdata, scale = quantize_like(full, target.dtype, scale_target)
         target.copy_(qdata)
-        scale_target.copy_(scale.reshape(scale_target.shape))
+        scale_target.copy_(scale)
 
 
 def plan_layer_formats(

@@ -81,9 +81,25 @@ def quantize_weight(
     )
 
 
+def quantize_like(
+    weight: torch.Tensor, storage_dtype: torch.dtype, scale_like: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`weight` quantized to `storage_dtype` at the granularity of an existing scale `scale_like` (one
+    value: per tensor; else one per row), the new scale in `scale_like`'s shape and dtype: for a weight
+    that takes the place of one stored with that scale (a merge writes the sum back beside the file's
+    scale; the loader fills the model's scale buffer)."""
+    per_row = scale_like.numel() > 1
+    qdata, scale = quantize_weight(
+        weight, precision_of_dtype(storage_dtype), fp8_scale="row" if per_row else "tensor"
+    )
+    return qdata, scale.reshape(scale_like.shape).to(scale_like.dtype)
+
+
 def dequantize(qdata: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """The weight in `dtype` (scale applied in float32, one rounding to `dtype`)."""
-    return (qdata.float() * scale.float()).to(dtype)
+    """The weight in `dtype` (scale applied in float32, one rounding to `dtype`). `scale` as stored: one
+    value (any shape) or one per row, `(out,)` or `(out, 1)` (broadcast along the row)."""
+    rows = scale.reshape(-1, 1) if scale.numel() > 1 else scale
+    return (qdata.float() * rows.float()).to(dtype)
 
 
 def storage_bytes_per_param(precision: str) -> float:
