@@ -532,3 +532,45 @@ def test_a_merge_into_weights_on_another_device_moves_the_delta_there(tiny_ckpt,
                for name in lora.modules}  # fmt: skip
     assert merge_lora_into_state_dict(weights, lora, 0.5) == len(lora.modules)
     assert all(w.device.type == "meta" for w in weights.values())
+
+
+def test_export_inspect_reports_the_file_from_its_header_alone(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """`ltxdist-export inspect` names the file's ranks, blocks and module kinds and its metadata without
+    reading a tensor (a rank-128 file is ~1 GB)."""
+    import ltxdist.lora.comfy_format as comfy_format
+    from ltxdist.lora.export_cli import main as export_main
+
+    model = load_transformer(tiny_ckpt).model
+    inject_lora(model, LoRASpec(rank=4, alpha=8, targets=("attn",), blocks=(1,)))
+    path = _export(model, tmp_path / "l.safetensors")
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+
+    class HeaderOnlyOpen:  # the real safe_open; reading a tensor fails the test
+        def __init__(self, path: str, framework: str):
+            self.file = safe_open(path, framework=framework)
+
+        def __enter__(self):
+            self.file.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+        def get_tensor(self, key: str):
+            raise AssertionError(f"inspect read the tensor {key}")
+
+        def __getattr__(self, name: str):
+            return getattr(self.file, name)
+
+    monkeypatch.setattr(comfy_format, "safe_open", HeaderOnlyOpen)
+    export_main(["inspect", str(path)])
+    report = json.loads(capsys.readouterr().out)
+    a_keys = [k for k in tensors if k.endswith(".lora_A.weight")]
+    names = [k.removeprefix("diffusion_model.").removesuffix(".lora_A.weight") for k in a_keys]
+    assert report["metadata"] == metadata
+    assert report["num_modules"] == len(names)
+    assert report["ranks"] == sorted({int(tensors[k].shape[0]) for k in a_keys}) == [4]
+    assert report["blocks"] == [1]
+    assert report["module_kinds"] == sorted({n.split(".", 2)[2] for n in names})

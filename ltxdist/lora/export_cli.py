@@ -22,10 +22,10 @@ from pathlib import Path
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
-    from ltxdist.lora.comfy_format import A_SUFFIX, read_lora_file
+    from ltxdist.lora.comfy_format import A_SUFFIX, read_lora_header
 
-    lora = read_lora_file(args.lora)
-    ranks = sorted({int(lora.tensors[m + A_SUFFIX].shape[0]) for m in lora.modules})
+    lora = read_lora_header(args.lora)  # shapes and metadata: no tensor is read (a rank-128 file is ~1 GB)
+    ranks = sorted({int(lora.shapes[m + A_SUFFIX][0]) for m in lora.modules})
     # transformer_blocks.{i}.{module}; other names (a file from elsewhere) are listed under modules only
     in_blocks = [m.split(".", 2) for m in lora.modules if m.startswith("transformer_blocks.")]
     in_blocks = [parts for parts in in_blocks if len(parts) == 3 and parts[1].isdigit()]

@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 
 from ltxdist.io import TMP_MARKER
-from ltxdist.lora import read_lora_file
+from ltxdist.lora.comfy_format import read_lora_header
 
 
 def resolve_wandb_mode(mode: str) -> str:
@@ -108,7 +108,7 @@ class WandbLoRAArtifacts(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 artifact = wandb.Artifact(
-                    self.artifact_name, type="lora", metadata=read_lora_file(path).metadata
+                    self.artifact_name, type="lora", metadata=read_lora_header(path).metadata
                 )
                 artifact.add_file(str(path))
                 logger.experiment.log_artifact(artifact, aliases=[f"step-{step}", "latest"])
