@@ -41,6 +41,11 @@ class LoRAFile:
     def modules(self) -> list[str]:
         return sorted(k[: -len(A_SUFFIX)] for k in self.tensors if k.endswith(A_SUFFIX))
 
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """As `LoRAHeader.shapes`: checks that need only shapes take either."""
+        return {k: tuple(v.shape) for k, v in self.tensors.items()}
+
 
 def export_lora(
     model: torch.nn.Module,
@@ -189,7 +194,7 @@ def _check_adapter_pair(header: LoRAHeader, name: str) -> None:
         )
 
 
-def check_lora_fits(lora: LoRAFile, linears: dict[str, torch.nn.Module]) -> None:
+def check_lora_fits(lora: LoRAFile | LoRAHeader, linears: dict[str, torch.nn.Module]) -> None:
     """Every adapter names a Linear of the base (`linears`: module name -> Linear, meta is fine) and its
     A / B match that Linear's in / out features. ltx-core's fusion silently skips adapter keys that match
     no weight, and a shape mismatch fails deep in a matmul without naming the file."""
@@ -199,13 +204,14 @@ def check_lora_fits(lora: LoRAFile, linears: dict[str, torch.nn.Module]) -> None
             f"{lora.path}: {len(unknown)} adapters name no Linear of this base model, e.g. {unknown[:3]} "
             "(a LoRA for another architecture?)"
         )
+    shapes = lora.shapes
     for name in lora.modules:
-        a, b = lora.tensors[name + A_SUFFIX], lora.tensors[name + B_SUFFIX]
+        a, b = shapes[name + A_SUFFIX], shapes[name + B_SUFFIX]
         linear = linears[name]
         expected = (linear.in_features, linear.out_features)
-        if (a.shape[1], b.shape[0]) != expected:
+        if (a[1], b[0]) != expected:
             raise LoRAFileError(
-                f"{lora.path}: {name} adapts {a.shape[1]} -> {b.shape[0]} features, the base Linear is "
+                f"{lora.path}: {name} adapts {a[1]} -> {b[0]} features, the base Linear is "
                 f"{expected[0]} -> {expected[1]} (a LoRA for another model size?)"
             )
 

@@ -25,7 +25,12 @@ from ltxdist.io import write_bytes_atomic, write_json_atomic
 from ltxdist.lora import read_lora_file, read_lora_header
 from ltxdist.lora.comfy_format import LoRAFile
 from ltxdist.sampling.defaults import DEFAULT_STRENGTHS
-from ltxdist.sampling.loading import inject_lora_file, load_lora_weights, lora_strength
+from ltxdist.sampling.loading import (
+    check_loras_load_in_turn,
+    inject_lora_file,
+    load_lora_weights,
+    lora_strength,
+)
 from ltxdist.sampling.pipeline import Sampler, SampleRequest, SampleResult, write_sample
 from ltxdist.sampling.sheet import cell_size, mean_abs_diff, resize, tile, write_contact_sheet
 
@@ -133,8 +138,14 @@ class GridRunner:
 
     def run(self, spec: GridSpec, out_dir: Path, *, progress: bool = True) -> list[CellRecord]:
         spec.check()
-        for path in spec.loras:
-            read_lora_header(path)  # fail on a bad file before any sampling; its tensors are read below
+        # Every file's problems before any sampling (the base column alone takes minutes at 22B); the
+        # tensors are read below, one file at a time.
+        check_loras_load_in_turn(
+            self.sampler.transformer,
+            [read_lora_header(path) for path in spec.loras],
+            base_model_version=self.base_model_version,
+            force=self.force,
+        )
         rows = spec.rows()
         fps = self.template.video.fps
         cw, ch = cell_size(

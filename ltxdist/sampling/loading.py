@@ -28,6 +28,7 @@ from ltxdist.lora import LoRAFileError, LoRASpec, check_base_version, import_lor
 from ltxdist.lora.comfy_format import A_SUFFIX, LoRAFile, LoRAHeader, check_lora_fits, read_lora_header
 from ltxdist.lora.inject import lora_modules
 from ltxdist.lora.merge_file import merge_lora_into_state_dict
+from ltxdist.lora.targets import resolve_target_modules
 from ltxdist.models import build_meta_transformer, load_transformer, read_checkpoint_info
 from ltxdist.models.checkpoint_file import CheckpointInfo
 from ltxdist.models.loader import check_transformer_keys
@@ -78,7 +79,7 @@ def read_checked_headers(
     return headers
 
 
-def _check_modules_exist(model: torch.nn.Module, loras: list[LoRAFile]) -> None:
+def _check_modules_exist(model: torch.nn.Module, loras: list[LoRAFile] | list[LoRAHeader]) -> None:
     linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     for lora in loras:
         check_lora_fits(lora, linears)
@@ -137,6 +138,61 @@ def fused_transformer(
     return model.to(dtype).eval(), info, files
 
 
+@dataclass(frozen=True)
+class InjectionLayout:
+    """Live adapters that reproduce a LoRA file: one rank, module kinds x blocks (alpha = rank)."""
+
+    rank: int
+    targets: tuple[str, ...]  # module names inside a block (attn1.to_q, ...)
+    blocks: tuple[int, ...]
+
+
+def injection_layout(lora: LoRAFile | LoRAHeader) -> InjectionLayout:
+    """The per-block injection for `lora`, or an error naming the file when per-block adapters cannot
+    reproduce it (mixed ranks, adapters outside the transformer blocks)."""
+    ranks = {int(lora.shapes[m + A_SUFFIX][0]) for m in lora.modules}
+    if len(ranks) != 1:
+        raise LoRAFileError(f"{lora.path}: mixed ranks {sorted(ranks)}; use the fused path (ltxdist-sample)")
+    outside = [m for m in lora.modules if not _BLOCK_MODULE.fullmatch(m)]
+    if outside:
+        raise LoRAFileError(
+            f"{lora.path}: adapters outside the transformer blocks ({outside[:3]}) cannot be injected "
+            "per block; sample it with `ltxdist-sample generate`, which fuses any Linear"
+        )
+    return InjectionLayout(
+        rank=ranks.pop(),
+        targets=tuple(sorted({m.split(".", 2)[2] for m in lora.modules})),
+        blocks=tuple(sorted({int(m.split(".")[1]) for m in lora.modules})),
+    )
+
+
+def check_loras_load_in_turn(
+    model: torch.nn.Module, headers: list[LoRAHeader], *, base_model_version: str, force: bool = False
+) -> None:
+    """Everything that would stop `inject_lora_file` then `load_lora_weights` from taking these files one
+    after another into the same adapters, found from the headers before any work (a grid samples the
+    base model first: minutes at 22B). The adapters come from the first file, or are those `model`
+    already has."""
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    live = lora_modules(model)
+    rank = next(iter(live.values())).rank if live else None
+    names = set(live)
+    first: Path | None = None
+    for header in headers:
+        check_base_version(header, base_model_version, force=force)
+        check_lora_fits(header, linears)
+        layout = injection_layout(header)
+        if rank is None:
+            first, rank = header.path, layout.rank
+            names = set(resolve_target_modules(model, list(layout.targets), list(layout.blocks)))
+        elif layout.rank != rank or not set(header.modules) <= names:
+            against = f"{first}'s" if first is not None else "the loaded adapters'"
+            raise LoRAFileError(
+                f"{header.path}: its adapters differ in modules or rank from {against}; "
+                "run the grid separately for it"
+            )
+
+
 def inject_lora_file(
     model: torch.nn.Module, lora: LoRAFile, *, base_model_version: str, force: bool = False
 ) -> None:
@@ -144,23 +200,19 @@ def inject_lora_file(
 
     alpha = rank, so the adapter's scale is 1 and the file's B (alpha/rank baked in) is loaded as is.
     """
-    ranks = {int(lora.tensors[m + A_SUFFIX].shape[0]) for m in lora.modules}
-    if len(ranks) != 1:
-        raise LoRAFileError(f"{lora.path}: mixed ranks {sorted(ranks)}; use the fused path (ltxdist-sample)")
-    rank = ranks.pop()
     _check_modules_exist(model, [lora])
-    outside = [m for m in lora.modules if not _BLOCK_MODULE.fullmatch(m)]
-    if outside:
-        raise LoRAFileError(
-            f"{lora.path}: adapters outside the transformer blocks ({outside[:3]}) cannot be injected "
-            "per block; sample it with `ltxdist-sample generate`, which fuses any Linear"
-        )
-    inner = sorted({m.split(".", 2)[2] for m in lora.modules})
-    blocks = sorted({int(m.split(".")[1]) for m in lora.modules})
+    layout = injection_layout(lora)
     dtype = next(model.parameters()).dtype
     # Patterns x blocks may cover a few modules the file lacks: their B stays zero (no effect).
     inject_lora(
-        model, LoRASpec(rank=rank, alpha=float(rank), targets=tuple(inner), blocks=tuple(blocks), dtype=dtype)
+        model,
+        LoRASpec(
+            rank=layout.rank,
+            alpha=float(layout.rank),
+            targets=layout.targets,
+            blocks=layout.blocks,
+            dtype=dtype,
+        ),
     )
     import_lora(model, lora, base_model_version=base_model_version, force=force)
 

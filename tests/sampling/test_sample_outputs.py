@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ltxdist._ltx_core import BatchedPerturbationConfig, Modality
-from ltxdist.lora import LoRAFileError, read_lora_file
+from ltxdist.lora import LoRAFileError, lora_modules, read_lora_file
 from ltxdist.models import load_transformer
 from ltxdist.sampling import (
     LoRAChoice,
@@ -169,6 +169,52 @@ def test_grid_refuses_a_lora_outside_the_blocks_and_names_the_way_that_fuses_it(
         inject_lora_file(model, read_lora_file(path), base_model_version="2.3.0")
     fused, _, _ = fused_transformer(tiny_full.checkpoint, [LoRAChoice(path)], device=CPU, dtype=torch.float32)
     assert not torch.equal(fused.proj_out.weight, out.weight)
+
+
+def test_grid_finds_every_files_problem_before_sampling(sampler, tiny_full, lora_file, tmp_path):
+    """A file the runner cannot load after the first one (another rank, adapters outside the blocks, another
+    base, another model size) is refused before the base column is sampled (minutes at 22B), naming it."""
+    model = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model
+    runner_sampler = replace_transformer(sampler, model)
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("the grid sampled before checking every LoRA file")
+
+    runner_sampler.generate = no_sampling
+    template = SampleRequest(prompt="", video=VideoSpec(64, 64, 9), steps=2, with_audio=False)
+    runner = GridRunner(runner_sampler, template, base_model_version="2.3.0")
+    tensors = load_file(lora_file)
+    one = "diffusion_model.transformer_blocks.0.attn1.to_q"
+    a, b = tensors[one + ".lora_A.weight"], tensors[one + ".lora_B.weight"]
+    bad = {
+        "rank2": ({one + ".lora_A.weight": a[:2], one + ".lora_B.weight": b[:, :2].contiguous()}, "2.3.0"),
+        "proj_out": (
+            {
+                "diffusion_model.proj_out.lora_A.weight": torch.zeros(4, model.proj_out.in_features),
+                "diffusion_model.proj_out.lora_B.weight": torch.zeros(model.proj_out.out_features, 4),
+            },
+            "2.3.0",
+        ),
+        "old_base": (tensors, "2.0.0"),
+        "wide": (
+            {one + ".lora_A.weight": torch.zeros(4, 2 * a.shape[1]), one + ".lora_B.weight": b},
+            "2.3.0",
+        ),
+    }
+    messages = {
+        "rank2": "differ in modules or rank",
+        "proj_out": "outside the transformer blocks",
+        "old_base": "base model version 2.0.0",
+        "wide": "another model size",
+    }
+    for name, (payload, version) in bad.items():
+        path = tmp_path / f"{name}.safetensors"
+        save_file(payload, path, metadata={"base_model_version": version})
+        spec = GridSpec(loras=(lora_file, path), prompts=("sks dog",), seeds=(0,), bleed_prompts=("dog",))
+        with pytest.raises(LoRAFileError, match=rf"{name}\.safetensors.*{messages[name]}"):
+            runner.run(spec, tmp_path / "grid", progress=False)
+    assert not lora_modules(model), "nothing was injected either"
+    assert not (tmp_path / "grid").exists()
 
 
 def test_remove_trigger():
