@@ -9,8 +9,9 @@ Jobs (prompt x seed) are spread over ranks; each rank writes its videos under
 `RUN/samples/step-000500/`, then rank 0 writes `index.json` and logs the videos to W&B.
 
 Everything that does not change during training is prepared once at the start: prompts encoded with the
-Gemma text encoder (then released: 24 GB for the real one), references encoded with the VAEs, guidance
-checked against the model. A broken validation setting fails before the first training step.
+Gemma text encoder (then released: 24 GB for the real one), references encoded with the VAEs (a
+first-frame image re-compressed at `validation.image_crf` first, as ltx-pipelines does), guidance checked
+against the model. A broken validation setting fails before the first training step.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ def build_jobs(val_cfg: Any, strategy_cfg: Any) -> list[ValidationJob]:
             video=Path(ref.video) if ref is not None and ref.video else None,
             downscale_factor=int(strategy_cfg.get("reference_downscale_factor", 1)),
             image=Path(ref.image) if ref is not None and ref.image else None,
+            image_crf=int(val_cfg.image_crf),
             audio=Path(ref.audio) if ref is not None and ref.audio else None,
         )
         for seed in val_cfg.seeds:
