@@ -109,6 +109,19 @@ class Sampler:
     def release_text_encoder(self) -> None:
         """Drop the text encoder (Gemma 3 12B on the real model); cached contexts stay usable."""
         self.text = None
+        self._return_freed_memory()
+
+    def release_reference_encoders(self) -> None:
+        """Drop the VAE encoders once the references are encoded (`encode_references` builds them again
+        if called later); the decoders stay. Validation keeps its Sampler for the whole run: without
+        this the encoders would hold device memory through every training step."""
+        self.video_vae.release_encoder()
+        if self.audio_vae is not None:
+            self.audio_vae.release_encoder()
+        self._return_freed_memory()
+
+    def _return_freed_memory(self) -> None:
+        # Freed tensors stay in PyTorch's caching allocator; return them to the driver.
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 

@@ -9,9 +9,10 @@ Jobs (prompt x seed) are spread over ranks; each rank writes its videos under
 `RUN/samples/step-000500/`, then rank 0 writes `index.json` and logs the videos to W&B.
 
 Everything that does not change during training is prepared once at the start: prompts encoded with the
-Gemma text encoder (then released: 24 GB for the real one), references encoded with the VAEs (a
-first-frame image re-compressed at `validation.image_crf` first, as ltx-pipelines does), guidance checked
-against the model. A broken validation setting fails before the first training step.
+Gemma text encoder (then released: 24 GB for the real one), references encoded with the VAEs (their
+encoders then released; a first-frame image re-compressed at `validation.image_crf` first, as
+ltx-pipelines does), guidance checked against the model. A broken validation setting fails before the
+first training step.
 """
 
 from __future__ import annotations
@@ -169,7 +170,9 @@ class ValidationSampling(pl.Callback):
             sampler.text_context(job.request.negative_prompt)
             if job.prompt_index not in self._cond:
                 self._cond[job.prompt_index] = sampler.encode_references(job.request)
+        # Neither is needed again: the contexts and reference latents are cached for the whole run.
         sampler.release_text_encoder()
+        sampler.release_reference_encoders()
         # Load and run the decoders once now: a checkpoint without VAE / vocoder weights fails here, not
         # after the first N training steps. (The decoders are needed at every validation anyway.)
         sampler.decode(

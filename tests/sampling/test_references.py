@@ -1,15 +1,19 @@
 """IC / ID references at sampling time: files decoded and VAE-encoded (a still looped to the output
 length, the voice cut to --reference-audio-seconds, a first-frame image through H.264 at CRF 33 as
 ltx-pipelines does), bad references named by their flag; the LoRA metadata written by training
-(downscale factor, ID positions and masks) read back by `ltxdist-sample` and by validation sampling; and
-the CLI end to end with --reference-video (a still) and --reference-audio + --image."""
+(downscale factor, ID positions and masks) read back by `ltxdist-sample` and by validation sampling; the
+CLI end to end with --reference-video (a still) and --reference-audio + --image; and validation's
+preparation (the VAE encoders released once the references are encoded)."""
 
 from __future__ import annotations
 
+import gc
 import io
 import json
+import weakref
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -17,8 +21,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import ltxdist.encoders.audio as audio_vae_module
+import ltxdist.encoders.video as video_vae_module
 import ltxdist.sampling.conditioning as conditioning
 import ltxdist.sampling.pipeline as pipeline
+import ltxdist.training.validation as validation
 from ltxdist.config.schema import (
     AudioRefOnlyICStrategyConfig,
     StandardStrategyConfig,
@@ -35,7 +42,7 @@ from ltxdist.sampling.cli import _request, build_parser
 from ltxdist.sampling.cli import main as sample_main
 from ltxdist.sampling.sheet import write_png
 from ltxdist.training.train import lora_extra_metadata
-from ltxdist.training.validation import build_jobs
+from ltxdist.training.validation import ValidationSampling, build_jobs
 
 SPEC = VideoSpec(64, 64, 9, 24.0)  # latent grid 2 x 2 x 2
 RATE = 16000  # the tiny audio VAE's rate, as LTX-2.3's
@@ -375,10 +382,7 @@ def test_cli_id_voice_and_image_with_options_from_lora_metadata(tiny_full, loras
 def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path):
     """The IC card validates at LoRA strength 1.4: the live adapters are scaled by it while validation
     samples, and restored for training afterwards."""
-    from types import SimpleNamespace
-
     from ltxdist.lora import lora_modules
-    from ltxdist.training.validation import ValidationSampling
 
     model = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model
     inject_lora(model, LoRASpec(rank=2, alpha=4, targets=("video_attn",)))
@@ -404,3 +408,83 @@ def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path)
     callback.run(trainer, SimpleNamespace(transformer=model), step=10)
     assert seen == [[1.4 * s for s in trained]]
     assert [m.scaling for m in lora_modules(model).values()] == trained  # restored for training
+
+
+# -- validation's preparation at train start --------------------------------------------------------
+
+
+@pytest.fixture
+def prepared(tiny_full, sampler, media, monkeypatch, tmp_path):
+    """A validation callback with one ID job (voice + face), and what its preparation loaded: how often
+    the text encoder loader ran, and a weak reference to every VAE part built (by component name)."""
+    loads: list[str] = []
+    built: dict[str, list[weakref.ref]] = {}
+    load_text, build_video, build_audio = (
+        validation.load_text_encoder,
+        video_vae_module.build_component,
+        audio_vae_module.build_component,
+    )
+
+    def load_text_counting(*args, **kwargs):
+        loads.append("text")
+        return load_text(*args, **kwargs)
+
+    def recording(build):
+        def build_recording(checkpoint, component, **kwargs):
+            module = build(checkpoint, component, **kwargs)
+            built.setdefault(component.name, []).append(weakref.ref(module))
+            return module
+
+        return build_recording
+
+    monkeypatch.setattr(validation, "load_text_encoder", load_text_counting)
+    monkeypatch.setattr(video_vae_module, "build_component", recording(build_video))
+    monkeypatch.setattr(audio_vae_module, "build_component", recording(build_audio))
+    val = ValidationConfig(
+        name="id_lora",
+        prompts=["p"],
+        seeds=[1],
+        references=[ValidationReference(audio=str(media["voice"]), image=str(media["face"]))],
+        width=64,
+        height=64,
+        num_frames=9,
+        steps=2,
+        stg_blocks=[1],
+        gemma_root=str(tiny_full.gemma),
+        at_start=False,
+    )
+    callback = ValidationSampling(
+        OmegaConf.structured(val),
+        run_dir=tmp_path,
+        model_checkpoint=str(tiny_full.checkpoint),
+        strategy_cfg=OmegaConf.structured(ID_STRATEGY),
+        lockstep=False,  # DDP: one job, two ranks -> rank 1 has none
+    )
+    module = SimpleNamespace(
+        device=sampler.device, dtype_compute=torch.float32, transformer=sampler.transformer
+    )
+    return SimpleNamespace(callback=callback, module=module, loads=loads, built=built)
+
+
+def _trainer(rank: int, barriers: list[str] | None = None) -> SimpleNamespace:
+    strategy = SimpleNamespace(barrier=lambda name: (barriers if barriers is not None else []).append(name))
+    return SimpleNamespace(
+        global_rank=rank, world_size=2, global_step=0, strategy=strategy, is_global_zero=rank == 0
+    )
+
+
+def test_validation_releases_the_vae_encoders_after_encoding_references(prepared):
+    prepared.callback.on_train_start(_trainer(0), prepared.module)
+    cond = prepared.callback._cond[0]
+    assert cond.first_frame_CFHW is not None and cond.reference_audio_CTM is not None
+    gc.collect()
+    alive = {name: any(ref() is not None for ref in refs) for name, refs in prepared.built.items()}
+    # The encoders were built for the references, then dropped; the decoders stay for every validation.
+    assert alive == {
+        "video_encoder": False,
+        "audio_encoder": False,
+        "video_decoder": True,
+        "audio_decoder": True,
+        "vocoder": True,
+    }
+    assert prepared.loads == ["text"]  # rank 0 has the job: it encodes the prompt
