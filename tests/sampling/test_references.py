@@ -3,7 +3,7 @@ length, the voice cut to --reference-audio-seconds, a first-frame image through 
 ltx-pipelines does), bad references named by their flag; the LoRA metadata written by training
 (downscale factor, ID positions and masks) read back by `ltxdist-sample` and by validation sampling; the
 CLI end to end with --reference-video (a still) and --reference-audio + --image; and validation's
-preparation (the VAE encoders released once the references are encoded)."""
+preparation (encoders released after use, nothing loaded on a rank without jobs)."""
 
 from __future__ import annotations
 
@@ -488,3 +488,13 @@ def test_validation_releases_the_vae_encoders_after_encoding_references(prepared
         "vocoder": True,
     }
     assert prepared.loads == ["text"]  # rank 0 has the job: it encodes the prompt
+
+
+def test_a_rank_without_validation_jobs_loads_no_encoder(prepared):
+    barriers: list[str] = []
+    trainer = _trainer(1, barriers)
+    prepared.callback.on_train_start(trainer, prepared.module)
+    assert prepared.loads == [] and prepared.built == {}  # no Gemma, no VAE part
+    # It still joins each validation's barrier (rank 0 waits there), writing nothing.
+    assert prepared.callback.run(trainer, prepared.module, step=10) == []
+    assert barriers == ["ltxdist-validation"]
