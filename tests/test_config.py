@@ -389,3 +389,12 @@ def test_validation_with_a_reference_voice_needs_the_audio_stream():
     validate_config(_compose(base))
     with pytest.raises(ConfigError, match=r"^validation\.with_audio: a reference voice"):
         validate_config(_compose([*base, "validation.with_audio=false"]))
+
+
+def test_validation_image_crf_is_libx264s_range():
+    """validation.image_crf outside 0..51 would reach libx264, which clamps it silently."""
+    base = ["validation=default", "validation.gemma_root=/models/gemma"]
+    validate_config(_compose([*base, "validation.image_crf=0"]))  # 0: re-compression off
+    for bad in ("-1", "52"):
+        with pytest.raises(ConfigError, match=r"^validation\.image_crf: must be in 0\.\.51"):
+            validate_config(_compose([*base, f"validation.image_crf={bad}"]))

@@ -20,6 +20,8 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
+from ltxdist.sampling.defaults import IMAGE_CONDITIONING_CRF
+
 
 @dataclass
 class ModelConfig:
@@ -349,6 +351,9 @@ class ValidationConfig(NoValidationConfig):
     rescale_scale: float = 0.7
     modality_scale: float = 3.0
     with_audio: bool = True
+    # references[].image re-compressed by H.264 at this CRF before encoding, as ltx-pipelines does
+    # (the model learnt first frames from compressed video); 0: off
+    image_crf: int = IMAGE_CONDITIONING_CRF
     checkpoint: str | None = None  # VAEs + text connectors; None: model.checkpoint
     gemma_root: str | None = None  # Gemma 3 folder for the prompts
     text_tokens: int | None = None
@@ -706,6 +711,13 @@ def validate_validation_config(v: Any, strategy: str) -> None:
         v.stg_mode in ("stg_av", "stg_v"),
         "validation.stg_mode",
         f"must be stg_av (video + audio) or stg_v (video only), got {v.stg_mode!r}",
+    )
+    from ltxdist.data.media import MAX_CRF
+
+    _require(
+        0 <= v.image_crf <= MAX_CRF,
+        "validation.image_crf",
+        f"must be in 0..{MAX_CRF} (0: off), got {v.image_crf}",
     )
     _require(v.lora_strength >= 0, "validation.lora_strength", f"must be >= 0, got {v.lora_strength}")
     _require(v.gemma_root is not None, "validation.gemma_root", "set it to the Gemma 3 folder (prompts)")

@@ -6,6 +6,7 @@ Legend: F frames, H height, W width, C channels, N audio samples.
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -40,6 +41,7 @@ class VideoInfo:
 # 8K per side. A larger frame (a corrupt or hostile header: a few hundred bytes of PNG can claim
 # 16000x16000) would take gigabytes once converted to RGB and float for resizing.
 MAX_FRAME_SIDE = 8192
+MAX_CRF = 51  # libx264's highest (8-bit)
 
 
 def _check_frame_size(path: Path, width: int, height: int) -> None:
@@ -143,7 +145,11 @@ def read_frames(path: str | Path, num_frames: int, width: int, height: int) -> t
 
     Fewer frames than asked means the clip is that long (decoding reached its end).
     """
-    path = Path(path)
+    return _read_upright(Path(path), num_frames, (width, height))
+
+
+def _read_upright(path: Path, num_frames: int, size: tuple[int, int] | None) -> torch.Tensor:
+    """read_frames' decoding; `size` None keeps each frame at its own (upright) size."""
     frames: list[torch.Tensor] = []
     with _open(path) as container:
         if not container.streams.video:
@@ -161,7 +167,7 @@ def read_frames(path: str | Path, num_frames: int, width: int, height: int) -> t
                 rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
                 if turns:
                     rgb = torch.rot90(rgb, turns, dims=(0, 1))  # (H, W) plane: k > 0 is counterclockwise
-                frames.append(resize_crop(rgb, width, height))
+                frames.append(rgb.contiguous() if size is None else resize_crop(rgb, *size))
                 if len(frames) == num_frames:
                     break
         except (av.error.FFmpegError, OSError) as exc:
@@ -174,6 +180,38 @@ def read_frames(path: str | Path, num_frames: int, width: int, height: int) -> t
 def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
     """A still image (png, jpg, ... or the first frame of a video), resized + cropped: uint8 (H, W, 3)."""
     return read_frames(path, 1, width, height)[0]
+
+
+def read_conditioning_image(path: str | Path, width: int, height: int, crf: int) -> torch.Tensor:
+    """A still to condition on, prepared as ltx-pipelines prepares one: at its own size, through H.264 at
+    `crf` and back (`h264_still`; 0: not re-compressed), then resized + centre-cropped: uint8 (H, W, 3).
+
+    Why: the model learnt first frames from compressed video; a pristine still is out of distribution
+    (ltx-pipelines re-compresses at CRF 33 for LTX-2.0 / 2.3 for that reason)."""
+    still = _read_upright(Path(path), 1, None)[0]
+    if crf:
+        still = h264_still(still, crf)
+    return resize_crop(still, width, height)
+
+
+def h264_still(image_HWC: torch.Tensor, crf: int) -> torch.Tensor:
+    """One uint8 image (H, W, 3) as it comes back from a one-frame libx264 mp4 at `crf` (4:2:0, preset
+    veryfast), encoded and decoded in memory. An odd last row / column is dropped first (4:2:0 needs even
+    sides); an image under 2 pixels on a side is returned as is (nothing to encode)."""
+    if not 0 <= crf <= MAX_CRF:
+        raise ValueError(f"H.264 CRF must be in 0..{MAX_CRF}, got {crf}")
+    h, w = image_HWC.shape[0] // 2 * 2, image_HWC.shape[1] // 2 * 2
+    if min(h, w) < 2:
+        return image_HWC
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        # One frame at rate 1, as ltx-pipelines encodes its conditioning image.
+        stream = _add_h264_stream(container, w, h, Fraction(1), crf)
+        _encode_video(container, stream, image_HWC[None, :h, :w].cpu().numpy())
+    buffer.seek(0)
+    with av.open(buffer, mode="r") as container:
+        frame = next(container.decode(video=0))
+        return torch.from_numpy(frame.to_ndarray(format="rgb24"))
 
 
 def read_audio(
@@ -233,29 +271,43 @@ def write_video(
     """Write an H.264 (+ AAC) mp4 atomically. `audio` is (waveform (C, N) in [-1, 1], sample rate)."""
     path = Path(path)
     frames = frames_FHWC.cpu().numpy()
-    f, h, w, _ = frames.shape
+    _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise MediaError(f"{path}: H.264 needs even width and height, got {w}x{h}")
     rate = Fraction(fps).limit_denominator(1001)
     with atomic_file(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        vstream = container.add_stream("libx264", rate=rate)
-        vstream.width, vstream.height, vstream.pix_fmt = w, h, "yuv420p"
-        vstream.options = {"crf": str(crf), "preset": "veryfast"}
+        vstream = _add_h264_stream(container, w, h, rate, crf)
         astream = None
         if audio is not None:
             wave, sr = audio
             astream = container.add_stream("aac", rate=sr)
             astream.layout = "stereo" if wave.shape[0] == 2 else "mono"
-        for i in range(f):
-            frame = av.VideoFrame.from_ndarray(frames[i], format="rgb24")
-            frame.pts = i
-            for packet in vstream.encode(frame):
-                container.mux(packet)
-        for packet in vstream.encode():
-            container.mux(packet)
+        _encode_video(container, vstream, frames)
         if astream is not None and audio is not None:
             _encode_audio(container, astream, audio[0], audio[1])
     return path
+
+
+def _add_h264_stream(
+    container: av.container.OutputContainer, width: int, height: int, rate: Fraction, crf: int
+) -> av.video.stream.VideoStream:
+    stream = container.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.options = {"crf": str(crf), "preset": "veryfast"}
+    return stream
+
+
+def _encode_video(
+    container: av.container.OutputContainer, stream: av.video.stream.VideoStream, frames_FHWC: np.ndarray
+) -> None:
+    """rgb24 frames, converted to the stream's yuv420p by the encoder, then the encoder flushed."""
+    for i in range(frames_FHWC.shape[0]):
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames_FHWC[i]), format="rgb24")
+        frame.pts = i
+        for packet in stream.encode(frame):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
 
 
 def _encode_audio(

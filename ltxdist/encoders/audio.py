@@ -45,6 +45,10 @@ class AudioVAE:
             )
         return self._encoder
 
+    def release_encoder(self) -> None:
+        """Drop the encoder (its weights live on `device`); a later `encode` builds it again."""
+        self._encoder = None
+
     @torch.inference_mode()
     def encode(self, waveform_CN: torch.Tensor, num_latent_frames: int) -> torch.Tensor:
         """Stereo waveform (2, N) at `sample_rate` -> latents (8, num_latent_frames, 16).

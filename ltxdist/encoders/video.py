@@ -33,6 +33,10 @@ class VideoVAE:
             )
         return self._encoder
 
+    def release_encoder(self) -> None:
+        """Drop the encoder (its weights live on `device`); a later `encode` builds it again."""
+        self._encoder = None
+
     @property
     def decoder(self) -> torch.nn.Module:
         if self._decoder is None:

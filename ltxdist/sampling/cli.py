@@ -22,6 +22,7 @@ from ltxdist.sampling.defaults import (
     DEFAULT_STRENGTHS,
     ID_LORA_IDENTITY_GUIDANCE,
     ID_LORA_STG_BLOCK,
+    IMAGE_CONDITIONING_CRF,
     LTX_2_3_STG_BLOCK,
 )
 
@@ -100,6 +101,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         "--reference-downscale", type=int, default=None, help="default: the LoRA's metadata, else 1"
     )
     g.add_argument("--image", type=Path, help="kept as the clean first frame (ID-LoRA reference image)")
+    g.add_argument(
+        "--image-crf",
+        type=_crf,
+        default=IMAGE_CONDITIONING_CRF,
+        metavar="CRF",
+        help="--image is re-compressed by H.264 at this CRF before encoding, as ltx-pipelines does (the "
+        f"model learnt first frames from compressed video; default {IMAGE_CONDITIONING_CRF}, 0 = off)",
+    )
     g.add_argument("--reference-audio", type=Path, help="ID-LoRA reference voice")
     g.add_argument("--reference-audio-seconds", type=float, default=5.0)
     for flag, help_ in (
@@ -113,6 +122,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
             default=None,
             help=help_ + " (default: LoRA metadata)",
         )
+
+
+def _crf(text: str) -> int:
+    from ltxdist.data.media import MAX_CRF
+
+    value = int(text)
+    if not 0 <= value <= MAX_CRF:
+        raise argparse.ArgumentTypeError(f"must be an integer in 0..{MAX_CRF} (0 = off), got {value}")
+    return value
 
 
 def _guidance(args: argparse.Namespace, loras: LoRAMeta) -> Guidance:
@@ -181,6 +199,7 @@ def _request(args: argparse.Namespace, prompt: str, seed: int, loras: LoRAMeta) 
             video=args.reference_video,
             downscale_factor=factor,
             image=args.image,
+            image_crf=args.image_crf,
             audio=args.reference_audio,
             audio_seconds=args.reference_audio_seconds,
         ),

@@ -11,3 +11,7 @@ ID_LORA_IDENTITY_GUIDANCE = 3.0
 # inference script keeps 29, and an ID run (a reference voice) follows it.
 LTX_2_3_STG_BLOCK = 28
 ID_LORA_STG_BLOCK = 29
+# H.264 CRF a first-frame image is re-compressed at before the VAE encodes it: ltx-pipelines'
+# DEFAULT_IMAGE_CRF, its value for LTX-2.0 and LTX-2.3 (the model learnt first frames from compressed
+# video). 0 turns the re-compression off, as in ltx-pipelines.
+IMAGE_CONDITIONING_CRF = 33

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ltxdist.data.media import read_audio, read_frames, read_image, write_video
+from ltxdist.data.media import read_audio, read_conditioning_image, read_frames, write_video
 from ltxdist.encoders import AudioVAE, TextEncoder, VideoVAE
 from ltxdist.sampling.conditioning import (
     ConditioningLatents,
@@ -23,7 +23,7 @@ from ltxdist.sampling.conditioning import (
     final_latents,
     initial_states,
 )
-from ltxdist.sampling.defaults import DEFAULT_NEGATIVE_PROMPT
+from ltxdist.sampling.defaults import DEFAULT_NEGATIVE_PROMPT, IMAGE_CONDITIONING_CRF
 from ltxdist.sampling.denoise import euler_sample
 from ltxdist.sampling.guidance import Guidance, TextContext, X0Predictor
 from ltxdist.sampling.schedule import sigma_schedule
@@ -35,6 +35,7 @@ class References:
     video: Path | None = None  # IC-LoRA reference video (or a still, looped)
     downscale_factor: int = 1  # output H/W over reference H/W (the LoRA's metadata says)
     image: Path | None = None  # kept as the clean first frame (ID-LoRA reference image, image-to-video)
+    image_crf: int = IMAGE_CONDITIONING_CRF  # the image re-compressed by H.264 at this CRF first; 0: not
     audio: Path | None = None  # ID-LoRA reference voice
     audio_seconds: float = 5.0  # at most this much of the reference voice (as in preprocessing)
 
@@ -108,6 +109,19 @@ class Sampler:
     def release_text_encoder(self) -> None:
         """Drop the text encoder (Gemma 3 12B on the real model); cached contexts stay usable."""
         self.text = None
+        self._return_freed_memory()
+
+    def release_reference_encoders(self) -> None:
+        """Drop the VAE encoders once the references are encoded (`encode_references` builds them again
+        if called later); the decoders stay. Validation keeps its Sampler for the whole run: without
+        this the encoders would hold device memory through every training step."""
+        self.video_vae.release_encoder()
+        if self.audio_vae is not None:
+            self.audio_vae.release_encoder()
+        self._return_freed_memory()
+
+    def _return_freed_memory(self) -> None:
+        # Freed tensors stay in PyTorch's caching allocator; return them to the driver.
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -119,9 +133,8 @@ class Sampler:
             reference_downscale_factor=refs.downscale_factor, id_options=request.id_options
         )
         if refs.image is not None:
-            cond.first_frame_CFHW = self.video_vae.encode(
-                read_image(refs.image, spec.width, spec.height)[None]
-            )
+            image = read_conditioning_image(refs.image, spec.width, spec.height, refs.image_crf)
+            cond.first_frame_CFHW = self.video_vae.encode(image[None])
         if refs.video is not None:
             cond.reference_video_CFHW = self._reference_video(refs.video, spec, refs.downscale_factor)
         if refs.audio is not None:

@@ -8,9 +8,11 @@ guidance of `validation.*` (STG on video only with `stg_mode=stg_v`).
 Jobs (prompt x seed) are spread over ranks; each rank writes its videos under
 `RUN/samples/step-000500/`, then rank 0 writes `index.json` and logs the videos to W&B.
 
-Everything that does not change during training is prepared once at the start: prompts encoded with the
-Gemma text encoder (then released: 24 GB for the real one), references encoded with the VAEs, guidance
-checked against the model. A broken validation setting fails before the first training step.
+Everything that does not change during training is prepared once at the start, by each rank for its own
+jobs: prompts encoded with the Gemma text encoder (then released: 24 GB for the real one), references
+encoded with the VAEs (their encoders then released; a first-frame image re-compressed at
+`validation.image_crf` first, as ltx-pipelines does), guidance checked against the model. A rank without
+jobs loads none of it. A broken validation setting fails before the first training step.
 """
 
 from __future__ import annotations
@@ -91,6 +93,7 @@ def build_jobs(val_cfg: Any, strategy_cfg: Any) -> list[ValidationJob]:
             video=Path(ref.video) if ref is not None and ref.video else None,
             downscale_factor=int(strategy_cfg.get("reference_downscale_factor", 1)),
             image=Path(ref.image) if ref is not None and ref.image else None,
+            image_crf=int(val_cfg.image_crf),
             audio=Path(ref.audio) if ref is not None and ref.audio else None,
         )
         for seed in val_cfg.seeds:
@@ -139,8 +142,19 @@ class ValidationSampling(pl.Callback):
 
     # -- preparation --------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        device, dtype = pl_module.device, pl_module.dtype_compute
         self._mine = rank_jobs(self.jobs, trainer.global_rank, trainer.world_size, self.lockstep)
+        # A rank without jobs (fewer jobs than ranks, no lockstep) loads nothing: no Gemma, no VAEs. It
+        # only joins each validation's barrier. Preparing involves no collective (every model here is
+        # local to the rank; the transformer only counts its blocks), so skipping it cannot hang.
+        if self._mine:
+            self._sampler = self._prepare(pl_module)
+        self._last_step = trainer.global_step
+        if self.cfg.at_start and trainer.global_step == 0:
+            self.run(trainer, pl_module, 0)
+
+    def _prepare(self, pl_module: Any) -> Sampler:
+        """This rank's prompts and references encoded, their encoders dropped, the decoders checked."""
+        device, dtype = pl_module.device, pl_module.dtype_compute
         with_audio_vae = self.cfg.with_audio or any(j.request.references.audio for j, _ in self._mine)
         text = load_text_encoder(
             self.checkpoint,
@@ -167,17 +181,16 @@ class ValidationSampling(pl.Callback):
             sampler.text_context(job.request.negative_prompt)
             if job.prompt_index not in self._cond:
                 self._cond[job.prompt_index] = sampler.encode_references(job.request)
+        # Neither is needed again: the contexts and reference latents are cached for the whole run.
         sampler.release_text_encoder()
+        sampler.release_reference_encoders()
         # Load and run the decoders once now: a checkpoint without VAE / vocoder weights fails here, not
         # after the first N training steps. (The decoders are needed at every validation anyway.)
         sampler.decode(
             torch.zeros(1, 128, 1, 1, 1, device=device),
             torch.zeros(1, 8, 2, 16, device=device) if self.cfg.with_audio else None,
         )
-        self._sampler = sampler
-        self._last_step = trainer.global_step
-        if self.cfg.at_start and trainer.global_step == 0:
-            self.run(trainer, pl_module, 0)
+        return sampler
 
     # -- every N steps ------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, *args: Any) -> None:
@@ -188,7 +201,6 @@ class ValidationSampling(pl.Callback):
 
     @torch.no_grad()
     def run(self, trainer: pl.Trainer, pl_module: Any, step: int) -> list[Path]:
-        assert self._sampler is not None
         out_dir = samples_dir(self.run_dir, step)
         model = pl_module.transformer
         was_training = model.training
@@ -198,6 +210,7 @@ class ValidationSampling(pl.Callback):
             # The LoRA strength the card samples with (1.4 for the IC card): adapters scaled, then restored.
             with lora_strength(model, float(self.cfg.lora_strength)):
                 for job, write in self._mine:
+                    assert self._sampler is not None, "on_train_start prepares it for a rank with jobs"
                     req = job.request
                     video, audio = self._sampler.denoise(req, self._cond[job.prompt_index], progress=False)
                     if not write:

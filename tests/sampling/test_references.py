@@ -1,14 +1,19 @@
 """IC / ID references at sampling time: files decoded and VAE-encoded (a still looped to the output
-length, the voice cut to --reference-audio-seconds), bad references named by their flag; the LoRA
-metadata written by training (downscale factor, ID positions and masks) read back by `ltxdist-sample` and
-by validation sampling; and the CLI end to end with --reference-video (a still) and --reference-audio +
---image."""
+length, the voice cut to --reference-audio-seconds, a first-frame image through H.264 at CRF 33 as
+ltx-pipelines does), bad references named by their flag; the LoRA metadata written by training
+(downscale factor, ID positions and masks) read back by `ltxdist-sample` and by validation sampling; the
+CLI end to end with --reference-video (a still) and --reference-audio + --image; and validation's
+preparation (encoders released after use, nothing loaded on a rank without jobs)."""
 
 from __future__ import annotations
 
+import gc
+import io
 import json
+import weakref
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import av
 import numpy as np
@@ -16,8 +21,11 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import ltxdist.encoders.audio as audio_vae_module
+import ltxdist.encoders.video as video_vae_module
 import ltxdist.sampling.conditioning as conditioning
 import ltxdist.sampling.pipeline as pipeline
+import ltxdist.training.validation as validation
 from ltxdist.config.schema import (
     AudioRefOnlyICStrategyConfig,
     StandardStrategyConfig,
@@ -26,7 +34,7 @@ from ltxdist.config.schema import (
     ValidationReference,
     VideoToVideoStrategyConfig,
 )
-from ltxdist.data.media import write_video
+from ltxdist.data.media import resize_crop, write_video
 from ltxdist.lora import LoRASpec, export_lora, inject_lora, read_lora_file
 from ltxdist.models import load_transformer
 from ltxdist.sampling import IdReferenceOptions, References, Sampler, SampleRequest, VideoSpec
@@ -34,7 +42,7 @@ from ltxdist.sampling.cli import _request, build_parser
 from ltxdist.sampling.cli import main as sample_main
 from ltxdist.sampling.sheet import write_png
 from ltxdist.training.train import lora_extra_metadata
-from ltxdist.training.validation import build_jobs
+from ltxdist.training.validation import ValidationSampling, build_jobs
 
 SPEC = VideoSpec(64, 64, 9, 24.0)  # latent grid 2 x 2 x 2
 RATE = 16000  # the tiny audio VAE's rate, as LTX-2.3's
@@ -66,6 +74,21 @@ def _decode_all(path: Path) -> torch.Tensor:
         return torch.from_numpy(np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)]))
 
 
+def _h264_round_trip(image_HWC: torch.Tensor, crf: int) -> torch.Tensor:
+    """One frame through libx264 at `crf` and back, written here independently of ltxdist's encoder, the
+    way ltx-pipelines' conditioning preprocess does it (rgb24 -> yuv420p, preset veryfast, rate 1)."""
+    array = np.ascontiguousarray(image_HWC.numpy())
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as c:
+        stream = c.add_stream("libx264", rate=1, options={"crf": str(crf), "preset": "veryfast"})
+        stream.height, stream.width = array.shape[:2]
+        frame = av.VideoFrame.from_ndarray(array, format="rgb24").reformat(format="yuv420p")
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            c.mux(packet)
+    with av.open(io.BytesIO(buffer.getvalue())) as c:
+        return torch.from_numpy(next(c.decode(video=0)).to_ndarray(format="rgb24"))
+
+
 def _write_wav(path: Path, seconds: float, seed: int) -> torch.Tensor:
     """A 16 kHz stereo PCM file; returns its samples as the float waveform a reader must get back."""
     g = torch.Generator().manual_seed(seed)
@@ -90,6 +113,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "clip": clip,
         "still": write_png(root / "sheet.png", _pattern(1, 32, 32, seed=2)[0]),
         "face": write_png(root / "face.png", _pattern(1, 64, 64, seed=3)[0]),
+        "odd_face": write_png(root / "odd_face.png", _pattern(1, 81, 67, seed=5)[0]),  # 81 wide, 67 high
         "voice": root / "voice.wav",
         "voice_wave": _write_wav(root / "voice.wav", 0.5, seed=4),
     }
@@ -132,9 +156,9 @@ def test_encode_references_decodes_encodes_and_loops_a_still(sampler, media):
     assert cond.reference_downscale_factor == 2
     assert torch.equal(cond.reference_video_CFHW, vae.encode(_decode_all(media["clip"])))
     assert cond.reference_video_CFHW.shape == (128, 2, 1, 1)
-    # image: one clean first frame at the output size
-    face = _decode_all(media["face"])
-    assert torch.equal(cond.first_frame_CFHW, vae.encode(face))
+    # image: one clean first frame at the output size, through H.264 at CRF 33 (ltx-pipelines' default)
+    face = _h264_round_trip(_decode_all(media["face"])[0], 33)
+    assert torch.equal(cond.first_frame_CFHW, vae.encode(face[None]))
     assert cond.first_frame_CFHW.shape == (128, 1, 2, 2)
     # voice: the first 0.2 s of the file (not all 0.5 s), 25 latent frames per second
     assert cond.reference_audio_CTM.shape == (8, 5, 16)
@@ -148,6 +172,35 @@ def test_encode_references_decodes_encodes_and_loops_a_still(sampler, media):
     looped = _decode_all(media["still"]).expand(9, -1, -1, -1).contiguous()
     assert torch.equal(still.reference_video_CFHW, vae.encode(looped))
     assert still.first_frame_CFHW is None and still.reference_audio_CTM is None
+
+
+def test_first_frame_image_reaches_the_vae_through_h264_at_crf_33(sampler, media, monkeypatch):
+    """As ltx-pipelines conditions on an image: re-compressed at its own size (an odd last row / column
+    cut for 4:2:0), then resized to the output; `image_crf=0` passes the raw image."""
+    seen: list[torch.Tensor] = []
+    encode = sampler.video_vae.encode
+
+    def encode_recording(frames_FHWC: torch.Tensor) -> torch.Tensor:
+        seen.append(frames_FHWC.clone())
+        return encode(frames_FHWC)
+
+    monkeypatch.setattr(sampler.video_vae, "encode", encode_recording)
+
+    def vae_input(refs: References) -> torch.Tensor:
+        seen.clear()
+        sampler.encode_references(SampleRequest(prompt="p", video=SPEC, references=refs))
+        (frames,) = seen
+        assert frames.shape == (1, 64, 64, 3)
+        return frames[0]
+
+    raw = _decode_all(media["odd_face"])[0]
+    assert raw.shape == (67, 81, 3)
+    compressed = _h264_round_trip(raw[:66, :80], 33)
+    assert not torch.equal(compressed, raw[:66, :80])  # CRF 33 visibly changes this image
+    default = vae_input(References(image=media["odd_face"]))
+    assert torch.equal(default, resize_crop(compressed, 64, 64))
+    assert not torch.equal(default, resize_crop(raw, 64, 64))
+    assert torch.equal(vae_input(References(image=media["odd_face"], image_crf=0)), resize_crop(raw, 64, 64))
 
 
 def test_bad_references_are_errors_naming_the_flag(sampler, media):
@@ -197,6 +250,10 @@ def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras)
     ic_flag = _cli_request(tiny_full, "--lora", str(loras["ic"]), "--reference-downscale", "1")
     assert ic_flag.references.downscale_factor == 1
     assert _cli_request(tiny_full).id_options == IdReferenceOptions()  # no LoRA: the defaults
+    assert _cli_request(tiny_full).references.image_crf == 33  # ltx-pipelines' CRF for LTX-2.3 images
+    assert _cli_request(tiny_full, "--image-crf", "0").references.image_crf == 0
+    with pytest.raises(SystemExit):
+        _cli_request(tiny_full, "--image-crf", "52")
 
     # identity guidance and rescale: an ID run (a reference voice) defaults to ID-LoRA's inference
     assert id_meta["identity_guidance_scale"] == "2.5"
@@ -229,6 +286,9 @@ def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras)
     assert len(jobs) == 4 and all(j.request.id_options == ID_OPTIONS for j in jobs)
     assert all(j.request.guidance.identity_scale == 2.5 for j in jobs)
     assert jobs[0].request.references.audio == Path("v.wav")
+    assert all(j.request.references.image_crf == 33 for j in jobs)
+    no_crf = build_jobs(OmegaConf.merge(val, {"image_crf": 0}), OmegaConf.structured(ID_STRATEGY))
+    assert all(j.request.references.image_crf == 0 for j in no_crf)
     ic_jobs = build_jobs(val, OmegaConf.structured(IC_STRATEGY))
     assert all(j.request.references.downscale_factor == 2 for j in ic_jobs)
     # other strategies do not carry ID options into sampling
@@ -310,6 +370,10 @@ def test_cli_id_voice_and_image_with_options_from_lora_metadata(tiny_full, loras
     (cond,) = recorded["cond"]
     assert cond.id_options == ID_OPTIONS  # all three from the LoRA file
     assert cond.reference_audio_CTM.shape == (8, 5, 16) and cond.first_frame_CFHW.shape == (128, 1, 2, 2)
+    settings = json.loads(out.with_suffix(".json").read_text())["request"]["references"]
+    assert (
+        settings["image"] == str(media["face"]) and settings["image_crf"] == 33
+    )  # the default CRF, recorded
     assert recorded["negative_positions"] == [False]  # the voice overlaps the target, as trained
     # the masks of training are set for sampling, then cleared
     assert recorded["masks"] == [(["audio_to_video_attn"], ["audio_attn2"]), ([], [])]
@@ -318,10 +382,7 @@ def test_cli_id_voice_and_image_with_options_from_lora_metadata(tiny_full, loras
 def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path):
     """The IC card validates at LoRA strength 1.4: the live adapters are scaled by it while validation
     samples, and restored for training afterwards."""
-    from types import SimpleNamespace
-
     from ltxdist.lora import lora_modules
-    from ltxdist.training.validation import ValidationSampling
 
     model = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model
     inject_lora(model, LoRASpec(rank=2, alpha=4, targets=("video_attn",)))
@@ -347,3 +408,93 @@ def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path)
     callback.run(trainer, SimpleNamespace(transformer=model), step=10)
     assert seen == [[1.4 * s for s in trained]]
     assert [m.scaling for m in lora_modules(model).values()] == trained  # restored for training
+
+
+# -- validation's preparation at train start --------------------------------------------------------
+
+
+@pytest.fixture
+def prepared(tiny_full, sampler, media, monkeypatch, tmp_path):
+    """A validation callback with one ID job (voice + face), and what its preparation loaded: how often
+    the text encoder loader ran, and a weak reference to every VAE part built (by component name)."""
+    loads: list[str] = []
+    built: dict[str, list[weakref.ref]] = {}
+    load_text, build_video, build_audio = (
+        validation.load_text_encoder,
+        video_vae_module.build_component,
+        audio_vae_module.build_component,
+    )
+
+    def load_text_counting(*args, **kwargs):
+        loads.append("text")
+        return load_text(*args, **kwargs)
+
+    def recording(build):
+        def build_recording(checkpoint, component, **kwargs):
+            module = build(checkpoint, component, **kwargs)
+            built.setdefault(component.name, []).append(weakref.ref(module))
+            return module
+
+        return build_recording
+
+    monkeypatch.setattr(validation, "load_text_encoder", load_text_counting)
+    monkeypatch.setattr(video_vae_module, "build_component", recording(build_video))
+    monkeypatch.setattr(audio_vae_module, "build_component", recording(build_audio))
+    val = ValidationConfig(
+        name="id_lora",
+        prompts=["p"],
+        seeds=[1],
+        references=[ValidationReference(audio=str(media["voice"]), image=str(media["face"]))],
+        width=64,
+        height=64,
+        num_frames=9,
+        steps=2,
+        stg_blocks=[1],
+        gemma_root=str(tiny_full.gemma),
+        at_start=False,
+    )
+    callback = ValidationSampling(
+        OmegaConf.structured(val),
+        run_dir=tmp_path,
+        model_checkpoint=str(tiny_full.checkpoint),
+        strategy_cfg=OmegaConf.structured(ID_STRATEGY),
+        lockstep=False,  # DDP: one job, two ranks -> rank 1 has none
+    )
+    module = SimpleNamespace(
+        device=sampler.device, dtype_compute=torch.float32, transformer=sampler.transformer
+    )
+    return SimpleNamespace(callback=callback, module=module, loads=loads, built=built)
+
+
+def _trainer(rank: int, barriers: list[str] | None = None) -> SimpleNamespace:
+    strategy = SimpleNamespace(barrier=lambda name: (barriers if barriers is not None else []).append(name))
+    return SimpleNamespace(
+        global_rank=rank, world_size=2, global_step=0, strategy=strategy, is_global_zero=rank == 0
+    )
+
+
+def test_validation_releases_the_vae_encoders_after_encoding_references(prepared):
+    prepared.callback.on_train_start(_trainer(0), prepared.module)
+    cond = prepared.callback._cond[0]
+    assert cond.first_frame_CFHW is not None and cond.reference_audio_CTM is not None
+    gc.collect()
+    alive = {name: any(ref() is not None for ref in refs) for name, refs in prepared.built.items()}
+    # The encoders were built for the references, then dropped; the decoders stay for every validation.
+    assert alive == {
+        "video_encoder": False,
+        "audio_encoder": False,
+        "video_decoder": True,
+        "audio_decoder": True,
+        "vocoder": True,
+    }
+    assert prepared.loads == ["text"]  # rank 0 has the job: it encodes the prompt
+
+
+def test_a_rank_without_validation_jobs_loads_no_encoder(prepared):
+    barriers: list[str] = []
+    trainer = _trainer(1, barriers)
+    prepared.callback.on_train_start(trainer, prepared.module)
+    assert prepared.loads == [] and prepared.built == {}  # no Gemma, no VAE part
+    # It still joins each validation's barrier (rank 0 waits there), writing nothing.
+    assert prepared.callback.run(trainer, prepared.module, step=10) == []
+    assert barriers == ["ltxdist-validation"]
