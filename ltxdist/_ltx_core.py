@@ -1,7 +1,9 @@
 """Single place that imports ltx-core in a safe order.
 
-`import ltx_core.quantization` as the first ltx_core import fails with a circular import, so every
-ltxdist module imports ltx-core names from here (loader first, then the transformer).
+`import ltx_core.quantization` as the first ltx_core import fails with a circular import, so the model,
+LoRA, strategy and training modules import ltx-core names from here (loader first, then the transformer).
+Modules that import ltx_core directly (encoders, sampling's conditioning / denoise / guidance / schedule,
+parallel.activation_memory, some kernels) touch no quantization path, or run after this module did.
 """
 
 import ltx_core.loader  # noqa: F401  (must come first: breaks the quantization import cycle)
