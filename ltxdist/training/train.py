@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -136,7 +137,7 @@ def _refuse_random_data_for_a_real_model(data: Path, model_name: str) -> None:
     )
 
 
-def check_lora_targets(lora_cfg: Any, model: Any) -> None:
+def check_lora_targets(lora_cfg: Any, model: torch.nn.Module) -> None:
     """lora.targets resolved on the meta model `model` (no memory; only looked at) before the run folder
     is written to: a pattern that matches no Linear is a config mistake, reported in one line rather
     than from inside the fit."""
@@ -289,7 +290,8 @@ class RunPreparation(pl.Callback):
                 candidates, check_checkpoint, fall_back=mode in NEWEST_CHECKPOINT_MODES
             )
         identity = compute_run_identity(cfg, checkpoint_info=checkpoint_info)
-        # The chosen checkpoint's identity, from the train state load_newest read (type-checked there).
+        # The chosen checkpoint's identity, type-checked by identity_in_state, from the train state
+        # load_newest read: that file is not read again here.
         saved = identity_in_state(state) if state is not None else None
         decision = decide_resume(chosen, mode, identity, new_run_flag(cfg.run), saved=saved)
         forced = record_forced_resume(identity, decision, mode)
