@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,17 @@ def _cfg(ckpt: Path, data: Path, **extra: object):
 
 
 _train = train_in_process
+
+
+def _rewrite_train_state(checkpoint: Path, change) -> None:
+    """`change` applied to the checkpoint's train_state.json (as a damaged or hand-edited file would read),
+    with meta.json's inventory size to match (otherwise it reads as damaged and is skipped)."""
+    state = json.loads((checkpoint / "train_state.json").read_text())
+    change(state)
+    (checkpoint / "train_state.json").write_text(json.dumps(state))
+    meta = json.loads((checkpoint / "meta.json").read_text())
+    meta["files"]["train_state.json"] = (checkpoint / "train_state.json").stat().st_size
+    (checkpoint / "meta.json").write_text(json.dumps(meta))
 
 
 def test_auto_resumes_only_the_same_run(tiny_ckpt, tiny_data, tmp_path, monkeypatch, caplog):
@@ -90,12 +102,7 @@ def test_auto_resumes_only_the_same_run(tiny_ckpt, tiny_data, tmp_path, monkeypa
         _train(rank8)
     assert "\n" not in str(shape.value) and "lora.rank 4 -> 8" in str(shape.value)
     # A checkpoint that records no identity: the adapters' shapes are checked on load.
-    state = json.loads((newest / "train_state.json").read_text())
-    del state["extra"]["run_identity"]
-    (newest / "train_state.json").write_text(json.dumps(state))
-    meta = json.loads((newest / "meta.json").read_text())  # the inventory's size, or it reads as damaged
-    meta["files"]["train_state.json"] = (newest / "train_state.json").stat().st_size
-    (newest / "meta.json").write_text(json.dumps(meta))
+    _rewrite_train_state(newest, lambda state: state["extra"].pop("run_identity"))
     rank8.run.resume = "auto"
     with pytest.raises(CheckpointMismatchError) as shape:
         _train(rank8)
@@ -104,7 +111,6 @@ def test_auto_resumes_only_the_same_run(tiny_ckpt, tiny_data, tmp_path, monkeypa
 
 def test_identity_ignores_where_the_same_data_and_base_live(tiny_ckpt, tiny_data, tmp_path):
     """A base or dataset copied elsewhere (node-local disk on a cluster) is the same run."""
-    import shutil
 
     data_copy = shutil.copytree(tiny_data, tmp_path / "staged")
     ckpt_copy = shutil.copy(tiny_ckpt, tmp_path / "base.safetensors")
@@ -179,3 +185,45 @@ def test_training_longer_under_a_decaying_schedule_says_how_the_learning_rate_mo
         _train(longer)
     assert "trainer.max_steps 2 -> 4: the linear learning-rate schedule" in caplog.text
     assert complete_checkpoints(Path("runs/tiny_demo"))[-1][0] == 4
+
+
+def test_a_malformed_identity_record_resumes_unchecked_with_the_warning(
+    tiny_ckpt, tiny_data, tmp_path, caplog
+):
+    """A train_state.json whose `extra` or run identity is not what ltxdist writes (damaged, edited by
+    hand) resumes as a checkpoint without a record, with its warning, as an identity that is not an
+    object always did; a part of the identity of another type, or `extra` not an object, used to stop
+    the start-up with an AttributeError or TypeError that named no file. Forced on with another
+    optim.lr, so every reader of the identity runs (the comparison, the record of the forced
+    continuation, the schedule warning). Rank 0's decision alone (RunPreparation, before any model)."""
+    from ltxdist.models.loader import MetaBase
+    from ltxdist.training.checkpointing import ResumePlan
+    from ltxdist.training.train import RunPreparation
+
+    short = {"trainer.max_steps": 2, "trainer.checkpoint_every_n_steps": 2}
+    run = tmp_path / "run"
+    _train(compose_train(train_overrides(tiny_ckpt, tiny_data, run, **short)))
+
+    def identity_part(key: str, value: object):
+        return lambda state: state["extra"]["run_identity"].update({key: value})
+
+    malformed = {
+        "extra": lambda state: state.update(extra=["run_identity"]),
+        "identity": lambda state: state["extra"].update(run_identity="abc"),
+        **{key: identity_part(key, 5) for key in ("fields", "shown", "forced", "horizon")},
+    }
+    for name, change in malformed.items():
+        copy = tmp_path / name
+        shutil.copytree(run, copy)
+        [(_, checkpoint)] = complete_checkpoints(copy)
+        _rewrite_train_state(checkpoint, change)
+        cfg = compose_train(
+            train_overrides(tiny_ckpt, tiny_data, copy, **short, **{"run.resume": "force", "optim.lr": 1e-3})
+        )
+        plan = ResumePlan()
+        preparation = RunPreparation(cfg, copy, None, {}, plan)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ltxdist"):
+            preparation._decide_resume(MetaBase(tiny_ckpt).info)
+        assert f"{checkpoint} records no run settings: not checked" in caplog.text, name
+        assert plan.checkpoint == checkpoint and not plan.forced, name

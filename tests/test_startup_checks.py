@@ -91,3 +91,49 @@ def test_matching_references_and_plain_strategies_pass_the_start_checks(tiny_ckp
     check_data_fits_strategy(cfg.data, cfg.strategy)
     standard = _cfg(tiny_ckpt, shards, tmp_path / "run")  # a standard run may ignore the references
     check_data_fits_strategy(standard.data, standard.strategy)
+
+
+def test_a_start_reads_the_base_header_and_the_train_state_once_and_builds_one_meta_model(
+    tiny_ckpt, tiny_data, tmp_path, monkeypatch
+):
+    """Rank 0's start-up read model.checkpoint's header four times (the data fit, lora.targets, the run
+    identity, then configure_model), built the meta model twice (lora.targets, configure_model) and read
+    the chosen checkpoint's train_state.json four times (choosing it, the identity check, the record of
+    a forced continuation, the load). Counted where every path meets: the layout check each header read
+    does, ltx-core's configurator, TrainState.from_json, and the partial-file cleanup."""
+    from collections import Counter
+
+    from ltxdist._ltx_core import LTXModelConfigurator
+    from ltxdist.checkpoint import TrainState
+    from ltxdist.models import checkpoint_file
+    from ltxdist.training import run_dir
+
+    run = tmp_path / "run"
+    steps = {"trainer.max_steps": 2, "trainer.checkpoint_every_n_steps": 2}
+    _train(compose_train(train_overrides(tiny_ckpt, tiny_data, run, **steps)))
+    counts: Counter[str] = Counter()
+
+    def counted(key: str, call):
+        def wrapper(*args, **kwargs):
+            counts[key] += 1
+            return call(*args, **kwargs)
+
+        return wrapper
+
+    def counted_classmethod(key: str, bound):  # `bound`: the original, bound to its class
+        call = counted(key, bound)
+        return classmethod(lambda cls, *args, **kwargs: call(*args, **kwargs))
+
+    layout, cleanup = checkpoint_file.assumed_layout_problems, run_dir.remove_partial_checkpoints
+    monkeypatch.setattr(checkpoint_file, "assumed_layout_problems", counted("header", layout))
+    monkeypatch.setattr(run_dir, "remove_partial_checkpoints", counted("cleanup", cleanup))
+    build = counted_classmethod("meta model", LTXModelConfigurator.from_config)
+    monkeypatch.setattr(LTXModelConfigurator, "from_config", build)
+    monkeypatch.setattr(TrainState, "from_json", counted_classmethod("train state", TrainState.from_json))
+    # Forced on with another optim.lr, so every reader of the recorded identity runs; the same max_steps:
+    # nothing to train, the start-up is what is counted.
+    forced = compose_train(
+        train_overrides(tiny_ckpt, tiny_data, run, **steps, **{"run.resume": "force", "optim.lr": 1e-3})
+    )
+    _train(forced)
+    assert counts == {"header": 1, "meta model": 1, "train state": 2, "cleanup": 1}

@@ -24,7 +24,7 @@ from typing import Any
 from safetensors import safe_open
 
 from ltxdist.data.shards import ShardIndexError, load_index
-from ltxdist.models.checkpoint_file import CheckpointInfo, major_minor, read_checkpoint_info
+from ltxdist.models.checkpoint_file import CheckpointInfo, major_minor
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +129,9 @@ def check_shards_fit_checkpoint(
         log.warning("%s=true: %s", ENCODER_FLAG, message)
 
 
-def check_data_fits_checkpoint(data_cfg: Any, checkpoint: str | Path) -> None:
-    """Refuse (before any model is built) shard directories that do not fit the base checkpoint."""
-    info = read_checkpoint_info(checkpoint)
+def check_data_fits_checkpoint(data_cfg: Any, info: CheckpointInfo) -> None:
+    """Refuse (before any model is built) shard directories that do not fit the base checkpoint whose
+    header `info` is (read_checkpoint_info: the training start-up reads it once for all its checks)."""
     for source in data_sources(data_cfg):
         check_shards_fit_checkpoint(
             source,

@@ -60,6 +60,40 @@ def build_meta_transformer(config: dict[str, Any]) -> LTXModel:
     return model
 
 
+class MetaBase:
+    """The base checkpoint's header (read_checkpoint_info) and its transformer on the meta device, each
+    read or built at most once per process. The training start-up shares them: rank 0's checks before
+    any model exists (training/train.py: the data fits the base, lora.targets match, the run identity)
+    and configure_model, which would otherwise read the header again and build the meta model a second
+    time (0.3 s at 22B). Read on first use: model.create_if_missing may write the checkpoint first.
+    Not an nn.Module, so a LightningModule holding it does not adopt the meta model as a submodule."""
+
+    def __init__(self, checkpoint: str | Path):
+        self.checkpoint = Path(checkpoint)
+        self._info: CheckpointInfo | None = None
+        self._model: LTXModel | None = None
+
+    @property
+    def info(self) -> CheckpointInfo:
+        if self._info is None:
+            self._info = read_checkpoint_info(self.checkpoint)
+        return self._info
+
+    def model(self) -> LTXModel:
+        """The meta transformer, to look at: whoever changes it takes it (take_model)."""
+        if self._model is None:
+            self._model = build_meta_transformer(self.info.config)
+        return self._model
+
+    def take_model(self) -> LTXModel:
+        """The meta transformer for the caller to change (LoRA injection, sharding, materialising): the one
+        already built for a check if any, else a new one; either way no longer held here, so no second
+        caller gets a model someone else has changed."""
+        model = self.model()
+        self._model = None
+        return model
+
+
 def _format_keys(keys: list[str]) -> str:
     shown = ", ".join(sorted(keys)[:_MAX_LISTED_KEYS])
     more = len(keys) - _MAX_LISTED_KEYS

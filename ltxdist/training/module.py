@@ -26,8 +26,7 @@ from ltxdist.data.shards import load_empty_caption
 from ltxdist.data.streaming import CURSOR_KEY
 from ltxdist.lora import LoRASpec, inject_lora, lora_parameters
 from ltxdist.lora.inject import lora_state_dict
-from ltxdist.models import build_meta_transformer, read_checkpoint_info
-from ltxdist.models.loader import check_transformer_keys
+from ltxdist.models.loader import MetaBase, check_transformer_keys
 from ltxdist.parallel import materialize_transformer, parallelize_transformer
 from ltxdist.parallel.dims import ParallelDims, ParallelMesh, mesh_device_type
 from ltxdist.parallel.offload import BlockOffloader, ddp_ignored_names
@@ -54,9 +53,12 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
 class LTXLoRAModule(pl.LightningModule):
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Any, base: MetaBase | None = None):
+        """`base`: model.checkpoint's header and meta transformer, shared with the training start-up's
+        checks (training/train.py) so configure_model neither reads nor builds them again."""
         super().__init__()
         self.cfg = cfg
+        self.base = base if base is not None else MetaBase(cfg.model.checkpoint)
         self.strategy_impl = build_strategy(cfg.strategy)
         # The parallel layout (validated sizes and engine): asked what the run does, never by name.
         self.dims = ParallelDims.from_config(cfg.parallel)
@@ -105,9 +107,9 @@ class LTXLoRAModule(pl.LightningModule):
         process ever allocates the full model before it is sharded."""
         if self.transformer is not None:
             return
-        info = read_checkpoint_info(self.cfg.model.checkpoint)
+        info = self.base.info
         self.model_version = info.model_version
-        model = build_meta_transformer(info.config).to(self.dtype_compute)  # meta: no memory yet
+        model = self.base.take_model().to(self.dtype_compute)  # meta: no memory yet
         check_transformer_keys(model, info.path)
         spec = LoRASpec(
             rank=self.cfg.lora.rank,

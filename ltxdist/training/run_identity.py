@@ -19,8 +19,8 @@ longer moves the learning rate of the steps still to come, and `schedule_length_
 
 How it is stored: under `IDENTITY_KEY` in the `extra` fields of every checkpoint's train state
 (ltxdist.checkpoint: train_state.json, written atomically with the rest of the checkpoint; the training
-entry point hands it to CheckpointAndExport); `recorded_identity` reads it back without loading any
-tensor.
+entry point hands it to CheckpointAndExport); `identity_in_state` reads it back from a train state
+already read (`recorded_identity` from a checkpoint directory), without loading any tensor.
 """
 
 from __future__ import annotations
@@ -28,13 +28,17 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
 from ltxdist.training.run_dir import complete_checkpoints
+
+if TYPE_CHECKING:
+    from ltxdist.checkpoint import TrainState
+    from ltxdist.models.checkpoint_file import CheckpointInfo
 
 IDENTITY_KEY = "run_identity"
 IDENTITY_FORMAT = 1
@@ -58,15 +62,13 @@ def _json(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=str))
 
 
-def base_fingerprint(checkpoint: Path) -> tuple[str, str]:
-    """(model version, fingerprint) of the base transformer. Hashes the transformer config, the names,
-    dtypes and shapes of its tensors and the edge bytes of the non-block tensors and block 0 (no tensor
-    is loaded, a 44 GB file costs a few reads): another version, a fine-tune or a different
-    architecture changes it; a copy of the same file does not."""
+def base_fingerprint(info: CheckpointInfo) -> tuple[str, str]:
+    """(model version, fingerprint) of the base transformer whose header `info` is (read_checkpoint_info).
+    Hashes the transformer config, the names, dtypes and shapes of its tensors and the edge bytes of the
+    non-block tensors and block 0 (no tensor is loaded, a 44 GB file costs a few reads): another
+    version, a fine-tune or a different architecture changes it; a copy of the same file does not."""
     from ltxdist.encoders.fingerprint import hash_safetensors
-    from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX, read_checkpoint_info
-
-    info = read_checkpoint_info(checkpoint)
+    from ltxdist.models.checkpoint_file import TRANSFORMER_PREFIX
 
     def sampled(name: str) -> bool:
         if not name.startswith(TRANSFORMER_PREFIX):
@@ -75,7 +77,7 @@ def base_fingerprint(checkpoint: Path) -> tuple[str, str]:
         return not inner.startswith("transformer_blocks.") or inner.startswith("transformer_blocks.0.")
 
     extra = {"model_version": info.model_version, "transformer": info.config.get("transformer")}
-    return info.model_version, hash_safetensors([Path(checkpoint)], sampled, extra=extra)
+    return info.model_version, hash_safetensors([info.path], sampled, extra=extra)
 
 
 def data_fingerprint(directory: Path) -> tuple[str, int | None]:
@@ -97,14 +99,17 @@ def _data_sources(data_cfg: Any) -> list[tuple[str, Path, float]]:
     return [("data.path", Path(data_cfg.path), 1.0)]
 
 
-def compute_run_identity(cfg: Any) -> dict[str, Any]:
+def compute_run_identity(cfg: Any, *, checkpoint_info: CheckpointInfo | None = None) -> dict[str, Any]:
     """The identity of the run `cfg` describes: {"fields": {key: value}, "shown": {key: text}}.
-    Keys are config flags, so a difference names the flag to look at."""
+    Keys are config flags, so a difference names the flag to look at. `checkpoint_info`: the header of
+    model.checkpoint when the caller has read it already (the training start-up reads it once)."""
     from ltxdist.lora.targets import expand_targets
+    from ltxdist.models.checkpoint_file import read_checkpoint_info
 
     fields: dict[str, Any] = {}
     shown: dict[str, str] = {}
-    version, fingerprint = base_fingerprint(Path(cfg.model.checkpoint))
+    info = checkpoint_info if checkpoint_info is not None else read_checkpoint_info(cfg.model.checkpoint)
+    version, fingerprint = base_fingerprint(info)
     fields["model.checkpoint"] = {"model_version": version, "fingerprint": fingerprint}
     shown["model.checkpoint"] = f"{cfg.model.checkpoint} (LTX {version}, weights {fingerprint})"
 
@@ -144,12 +149,30 @@ def compute_run_identity(cfg: Any) -> dict[str, Any]:
 
 
 # -- read back ---------------------------------------------------------------------------------------
+# The parts of a recorded identity that resuming reads, with the type compute_run_identity writes.
+_IDENTITY_PARTS: dict[str, type] = {"fields": dict, "shown": dict, "forced": list, "horizon": dict}
+
+
+def identity_in_state(state: TrainState) -> dict[str, Any] | None:
+    """The identity a checkpoint's train state records; None for one written without it, and for one
+    that is not what compute_run_identity writes (a damaged or hand-edited train_state.json: `extra` or
+    the identity not an object, or one of its parts of another type). Such a checkpoint resumes as one
+    without a record (unchecked, with a warning) instead of failing halfway through the comparison with
+    a TypeError that names no file. A part an older ltxdist did not record is simply absent."""
+    extra = state.extra if isinstance(state.extra, dict) else {}
+    identity = extra.get(IDENTITY_KEY)
+    if not isinstance(identity, dict):
+        return None
+    if any(key in identity and not isinstance(identity[key], kind) for key, kind in _IDENTITY_PARTS.items()):
+        return None
+    return identity
+
+
 def recorded_identity(checkpoint_dir: Path) -> dict[str, Any] | None:
-    """The identity saved with a checkpoint; None for a checkpoint written without one."""
+    """The identity saved with a checkpoint (reads its train_state.json; identity_in_state)."""
     from ltxdist.checkpoint import read_train_state
 
-    identity = read_train_state(checkpoint_dir).extra.get(IDENTITY_KEY)
-    return identity if isinstance(identity, dict) else None
+    return identity_in_state(read_train_state(checkpoint_dir))
 
 
 # -- compare -----------------------------------------------------------------------------------------
@@ -188,6 +211,9 @@ class ResumeDecision:
     forced: bool = False  # continued on purpose despite differences
     differences: tuple[Difference, ...] = ()
     unrecorded: bool = False  # the checkpoint predates identity records: resumed unchecked
+    # The identity recorded with `checkpoint` (identity_in_state), for the record of a forced
+    # continuation and the schedule warning: read once, by decide_resume's caller.
+    saved: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def describe(self) -> str:
         if self.checkpoint is None:
@@ -239,9 +265,15 @@ def refusal_message(checkpoint: Path, differences: list[Difference], new_run: st
 
 
 def decide_resume(
-    checkpoint: Path | None, mode: str, identity: dict[str, Any], new_run: str = "run.name=NEW"
+    checkpoint: Path | None,
+    mode: str,
+    identity: dict[str, Any],
+    new_run: str = "run.name=NEW",
+    *,
+    saved: dict[str, Any] | None,
 ) -> ResumeDecision:
-    """Whether to continue `checkpoint` (the newest of checkpointing.resume_candidates, run.resume=`mode`).
+    """Whether to continue `checkpoint` (the newest of checkpointing.resume_candidates, run.resume=`mode`),
+    whose recorded identity is `saved` (identity_in_state of its train state, which the caller has read).
 
     auto / must: continue only when the recorded identity matches, otherwise ResumeRefusedError listing
     each difference. force, or an explicit checkpoint directory: continue anyway, with the differences
@@ -249,18 +281,17 @@ def decide_resume(
     flag that starts a new run instead (new_run_flag)."""
     if checkpoint is None:
         return ResumeDecision(None)
-    saved = recorded_identity(checkpoint)
     if saved is None:
         return ResumeDecision(checkpoint, unrecorded=True)
     differences = compare_identities(saved, identity)
     if not differences:
-        return ResumeDecision(checkpoint)
+        return ResumeDecision(checkpoint, saved=saved)
     shape = [d for d in differences if d.changes_lora_shape]
     if mode in ("auto", "must"):
         raise ResumeRefusedError(refusal_message(checkpoint, differences, new_run, mode))
     if shape:
         raise LoRAShapeMismatchError(shape_mismatch_message(checkpoint, shape, new_run))
-    return ResumeDecision(checkpoint, forced=True, differences=tuple(differences))
+    return ResumeDecision(checkpoint, forced=True, differences=tuple(differences), saved=saved)
 
 
 def record_forced_resume(identity: dict[str, Any], decision: ResumeDecision, mode: str) -> str:
@@ -268,7 +299,7 @@ def record_forced_resume(identity: dict[str, Any], decision: ResumeDecision, mod
     settings changed at which step; returns the line for the run's log (train.log under ltxdist-train)."""
     if not decision.forced or decision.checkpoint is None:
         return ""
-    saved = recorded_identity(decision.checkpoint) or {}
+    saved = decision.saved or {}
     entry = {
         "at_checkpoint": decision.checkpoint.name,
         "mode": f"run.resume={mode}",
@@ -282,9 +313,10 @@ def record_forced_resume(identity: dict[str, Any], decision: ResumeDecision, mod
 
 def schedule_length_change(saved: dict[str, Any] | None, cfg: Any, step: int) -> str:
     """A warning for a run resumed at optimizer step `step` with another `trainer.max_steps` than its
-    checkpoint's, under a schedule that decays over the run's length (linear, cosine): the learning rate
-    of the coming steps follows the new length, which is what training longer means, but it is a jump,
-    not the end of the old decay. "" when nothing changes."""
+    checkpoint's (whose recorded identity is `saved`: identity_in_state), under a schedule that decays
+    over the run's length (linear, cosine): the learning rate of the coming steps follows the new
+    length, which is what training longer means, but it is a jump, not the end of the old decay. ""
+    when nothing changes."""
     from ltxdist.training.optim import lr_multiplier
 
     before = ((saved or {}).get("horizon") or {}).get("trainer.max_steps")
@@ -307,4 +339,7 @@ def check_finished_run(cfg: Any, new_run: str) -> None:
     `new_run` is the flag that starts a new run instead (the curriculum's, not the stage's)."""
     found = complete_checkpoints(Path(cfg.run.dir))
     if found:
-        decide_resume(found[-1][1], cfg.run.resume, compute_run_identity(cfg), new_run)
+        newest = found[-1][1]
+        decide_resume(
+            newest, cfg.run.resume, compute_run_identity(cfg), new_run, saved=recorded_identity(newest)
+        )

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import hydra
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.plugins.io import CheckpointIO
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -20,6 +21,8 @@ from ltxdist.config.hydra_errors import explain_read_error
 from ltxdist.config.schema import ConfigError, validate_config
 from ltxdist.config.store import CONF_DIR, compose_train_config, register_configs
 from ltxdist.data.compat import check_data_fits_checkpoint, check_data_fits_strategy
+from ltxdist.models.checkpoint_file import CheckpointInfo
+from ltxdist.models.loader import MetaBase
 from ltxdist.parallel import lightning_strategy
 from ltxdist.quant.base import base_precision_metadata
 from ltxdist.tracking.metrics import TrainingMetrics
@@ -53,6 +56,7 @@ from ltxdist.training.run_identity import (
     ResumeRefusedError,
     compute_run_identity,
     decide_resume,
+    identity_in_state,
     new_run_flag,
     record_forced_resume,
     schedule_length_change,
@@ -133,20 +137,19 @@ def _refuse_random_data_for_a_real_model(data: Path, model_name: str) -> None:
     )
 
 
-def check_lora_targets(cfg: Any) -> None:
-    """lora.targets resolved on the meta model (no memory) before the run folder is written to: a pattern
-    that matches no Linear is a config mistake, reported in one line rather than from inside the fit."""
+def check_lora_targets(lora_cfg: Any, model: torch.nn.Module) -> None:
+    """lora.targets resolved on the meta model `model` (no memory; only looked at) before the run folder
+    is written to: a pattern that matches no Linear is a config mistake, reported in one line rather
+    than from inside the fit."""
     from ltxdist.lora.targets import resolve_target_modules
-    from ltxdist.models import build_meta_transformer, read_checkpoint_info
 
-    model = build_meta_transformer(read_checkpoint_info(cfg.model.checkpoint).config)
-    blocks = list(cfg.lora.blocks) if cfg.lora.blocks else None
+    blocks = list(lora_cfg.blocks) if lora_cfg.blocks else None
     count = len(model.transformer_blocks)
     outside = [b for b in blocks or [] if not 0 <= b < count]
     if outside:
         raise ConfigError(f"lora.blocks: {outside} are not blocks of this model (it has 0-{count - 1})")
     try:
-        resolve_target_modules(model, list(cfg.lora.targets), blocks)
+        resolve_target_modules(model, list(lora_cfg.targets), blocks)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
@@ -242,7 +245,9 @@ def check_launched(trainer: pl.Trainer, cfg: Any) -> None:
 class RunPreparation(pl.Callback):
     """Rank 0's duties before any model is built: demo inputs, the data/model check, the resume decision
     and config.yaml. At `setup`, where the process group exists and `trainer.is_global_zero` comes from it
-    (no environment variable read); the other ranks wait there, and fail with rank 0 if it fails.
+    (no environment variable read); the other ranks wait there, and fail with rank 0 if it fails. The
+    base checkpoint's header is read and its meta model built once, in `base` (which the module's
+    configure_model shares); the chosen checkpoint's train_state.json is read once (by load_newest).
 
     The resume decision (training/run_identity.py): `run.resume=auto` continues the newest checkpoint
     only if it records the same run; it is decided before anything in the run folder changes
@@ -263,12 +268,14 @@ class RunPreparation(pl.Callback):
         resolved: Any,
         checkpoint_extra: dict[str, Any],
         resume_plan: ResumePlan | None = None,
+        base: MetaBase | None = None,
     ):
         self.cfg, self.run_dir, self.resolved = cfg, run_dir, resolved
         self.checkpoint_extra = checkpoint_extra
         self.resume_plan = resume_plan if resume_plan is not None else ResumePlan()
+        self.base = base if base is not None else MetaBase(cfg.model.checkpoint)
 
-    def _decide_resume(self) -> None:
+    def _decide_resume(self, checkpoint_info: CheckpointInfo) -> None:
         from ltxdist.checkpoint import check_checkpoint, load_newest
 
         cfg = self.cfg
@@ -282,15 +289,18 @@ class RunPreparation(pl.Callback):
             chosen, state = load_newest(
                 candidates, check_checkpoint, fall_back=mode in NEWEST_CHECKPOINT_MODES
             )
-        identity = compute_run_identity(cfg)
-        decision = decide_resume(chosen, mode, identity, new_run_flag(cfg.run))
+        identity = compute_run_identity(cfg, checkpoint_info=checkpoint_info)
+        # The chosen checkpoint's identity, type-checked by identity_in_state, from the train state
+        # load_newest read: that file is not read again here.
+        saved = identity_in_state(state) if state is not None else None
+        decision = decide_resume(chosen, mode, identity, new_run_flag(cfg.run), saved=saved)
         forced = record_forced_resume(identity, decision, mode)
         if forced:
             log.warning(forced)
         if decision.unrecorded:
             log.warning("%s records no run settings: not checked", chosen)
         elif state is not None:
-            longer = schedule_length_change(state.extra.get(IDENTITY_KEY), cfg, state.step)
+            longer = schedule_length_change(saved, cfg, state.step)
             if longer:
                 log.warning(longer)
         if state is not None:
@@ -305,10 +315,11 @@ class RunPreparation(pl.Callback):
         if trainer.is_global_zero:
             try:
                 _prepare_inputs(self.cfg)
-                check_data_fits_checkpoint(self.cfg.data, self.cfg.model.checkpoint)  # before any model
+                info = self.base.info  # the header, read once (after _prepare_inputs may write the file)
+                check_data_fits_checkpoint(self.cfg.data, info)  # before any model
                 check_data_fits_strategy(self.cfg.data, self.cfg.strategy)
-                check_lora_targets(self.cfg)
-                self._decide_resume()
+                check_lora_targets(self.cfg.lora, self.base.model())  # the meta model configure_model takes
+                self._decide_resume(info)
                 (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.resolved))
             except Exception as exc:  # raised below, once the other ranks know
                 failure = exc
@@ -366,7 +377,9 @@ def fit(cfg: Any) -> FitResult:
     resolved = OmegaConf.to_container(cfg, resolve=True)
     pl.seed_everything(cfg.run.seed, workers=True, verbose=False)
 
-    module = LTXLoRAModule(cfg)
+    # model.checkpoint's header and meta model: rank 0's start-up checks and configure_model share them.
+    base = MetaBase(cfg.model.checkpoint)
+    module = LTXLoRAModule(cfg, base)
     if cfg.lora.init_from:
         check_warm_start_supported(module.dims, f"lora.init_from={cfg.lora.init_from}")  # before any work
     datamodule = CachedLatentDataModule(cfg.data, seed=cfg.run.seed)
@@ -379,7 +392,7 @@ def fit(cfg: Any) -> FitResult:
     checkpoint_extra: dict[str, Any] = {}  # the run identity, filled in by RunPreparation (rank 0)
     resume_plan = ResumePlan()  # the checkpoint RunPreparation chose (rank 0), loaded by CheckpointAndExport
     callbacks: list[pl.Callback] = [
-        RunPreparation(cfg, run_dir, resolved, checkpoint_extra, resume_plan),
+        RunPreparation(cfg, run_dir, resolved, checkpoint_extra, resume_plan, base),
         metrics,
         MetricsJsonl(run_dir / "metrics.jsonl", metrics=metrics),
         CheckpointAndExport(

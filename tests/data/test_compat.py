@@ -61,10 +61,10 @@ def test_train_refuses_shards_of_another_model_version_before_building_anything(
     # The override lets it through (with a warning); a patch release is the same latent space.
     forced = _cfg(tiny_ckpt, ltx2, run_dir, "data.allow_model_version_mismatch=true")
     with caplog.at_level(logging.WARNING, logger="ltxdist.data.compat"):
-        check_data_fits_checkpoint(forced.data, tiny_ckpt)
+        check_data_fits_checkpoint(forced.data, read_checkpoint_info(tiny_ckpt))
     assert "model version 2.0.0" in caplog.text
     patch = _copy_with_version(tiny_data, tmp_path / "patch_shards", "2.3.7")
-    check_data_fits_checkpoint(_cfg(tiny_ckpt, patch, run_dir).data, tiny_ckpt)
+    check_data_fits_checkpoint(_cfg(tiny_ckpt, patch, run_dir).data, read_checkpoint_info(tiny_ckpt))
 
 
 def test_every_mixed_source_is_checked(tiny_ckpt, tiny_data, tmp_path):
@@ -73,9 +73,9 @@ def test_every_mixed_source_is_checked(tiny_ckpt, tiny_data, tmp_path):
     alice, bob = MixSourceConfig("alice", str(tiny_data)), MixSourceConfig("bob", str(ltx2))
     cfg.data.mix = [alice, bob]
     with pytest.raises(ShardCompatibilityError, match=rf"{ltx2} \(data.mix\[1\] 'bob'\) holds latents"):
-        check_data_fits_checkpoint(cfg.data, tiny_ckpt)
+        check_data_fits_checkpoint(cfg.data, read_checkpoint_info(tiny_ckpt))
     cfg.data.mix = [alice]
-    check_data_fits_checkpoint(cfg.data, tiny_ckpt)
+    check_data_fits_checkpoint(cfg.data, read_checkpoint_info(tiny_ckpt))
 
 
 def test_encoder_fingerprints_are_compared_with_the_checkpoint(tiny_model, tiny_ckpt, tmp_path):
@@ -91,12 +91,12 @@ def test_encoder_fingerprints_are_compared_with_the_checkpoint(tiny_model, tiny_
     shards.mkdir()
     ShardIndex(model_version="2.3.0", encoder_fingerprints=recorded).save(shards)
     cfg = _cfg(tiny_model.checkpoint, shards, tmp_path / "run")
-    check_data_fits_checkpoint(cfg.data, tiny_model.checkpoint)
+    check_data_fits_checkpoint(cfg.data, read_checkpoint_info(tiny_model.checkpoint))
     # A transformer-only checkpoint holds no encoder weights: nothing to compare, accepted.
-    check_data_fits_checkpoint(cfg.data, tiny_ckpt)
+    check_data_fits_checkpoint(cfg.data, read_checkpoint_info(tiny_ckpt))
 
     ShardIndex(model_version="2.3.0", encoder_fingerprints={**recorded, "video_vae": "0" * 16}).save(shards)
     with pytest.raises(ShardCompatibilityError, match=r"other encoder weights .*\(video_vae: fingerprints"):
-        check_data_fits_checkpoint(cfg.data, tiny_model.checkpoint)
+        check_data_fits_checkpoint(cfg.data, read_checkpoint_info(tiny_model.checkpoint))
     cfg.data.allow_encoder_mismatch = True
-    check_data_fits_checkpoint(cfg.data, tiny_model.checkpoint)
+    check_data_fits_checkpoint(cfg.data, read_checkpoint_info(tiny_model.checkpoint))
