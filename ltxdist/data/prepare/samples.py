@@ -77,6 +77,10 @@ class SampleSpec:
             )
         if self.reference_audio_seconds <= 0:
             raise ValueError(f"--reference-audio-seconds must be > 0, got {self.reference_audio_seconds}")
+        if self.lora_trigger is not None and printable(self.lora_trigger) != self.lora_trigger:
+            # Bytes that are not UTF-8 on the command line arrive as surrogate escapes: every caption
+            # would carry them into the tokenizer, which refuses them.
+            raise ValueError(f"--lora-trigger '{printable(self.lora_trigger)}' is not UTF-8 text")
 
 
 def _is_word_char(char: str) -> bool:
