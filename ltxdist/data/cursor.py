@@ -140,15 +140,22 @@ class ConsumerStream:
             # split_by_node then split_by_worker, on an order shuffled by (seed, epoch)
             order = order[self.plan.rank :: self.plan.world_size][self.role :: self.num_workers]
         self.order = order
-        self._close()
+        self.close()
         self.reading = _Reading()
         self.shuffle = _Shuffle(order_rng(self.plan.seed, epoch, self.plan.rank, self.role))
         self.produced = False
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """Close the shard being read, if any (reading it again reopens it at the same record)."""
         if self.reading.file is not None:
             self.reading.file.close()
             self.reading.file, self.reading.records = None, None
+
+    def __enter__(self) -> ConsumerStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _path(self, shard: int) -> Path:
         return self.directory / self.index.shards[shard]["name"]
@@ -161,12 +168,12 @@ class ConsumerStream:
             path = self._path(shard)
             try:
                 if r.records is None:
-                    r.file = open(path, "rb")  # noqa: SIM115 (open across batches; _close closes it)
+                    r.file = open(path, "rb")  # noqa: SIM115 (open across batches; close() closes it)
                     r.records = scan_records(r.file, r.offset)
                 span = next(r.records, None)
                 if span is None:
                     self._check_count(shard, r.ordinal)
-                    self._close()
+                    self.close()
                     r.shard_pos, r.offset, r.ordinal = r.shard_pos + 1, 0, 0
                     continue
                 r.ordinal += 1
@@ -176,7 +183,7 @@ class ConsumerStream:
                     continue
                 return self._item(shard, span, r.file)
             except (OSError, tarfile.TarError) as exc:
-                self._close()
+                self.close()
                 raise shard_read_error(path, exc) from exc
         return None
 
@@ -367,8 +374,7 @@ def fast_forward(
     """The cursor of one consumer after `batches` batches, found from record headers alone."""
     if batches == 0:
         return None
-    stream = ConsumerStream(directory, index, plan, role, num_workers, decode=False)
-    for _ in range(batches):
-        stream.next_batch()
-    stream._close()
-    return stream.cursor()
+    with ConsumerStream(directory, index, plan, role, num_workers, decode=False) as stream:
+        for _ in range(batches):
+            stream.next_batch()
+        return stream.cursor()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import difflib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +69,37 @@ def _path(base: Path, value: Any) -> Path | None:
     return p if p.is_absolute() else base / p
 
 
+def _lone_surrogate(where: str, column: str, value: Any, *, file_name: bool) -> str | None:
+    """The problem with `value` if it holds a lone UTF-16 surrogate, else None.
+
+    JSON can spell one (`"\\ud83d"` without its pair: an emoji cut in two by whatever wrote the
+    manifest); UTF-8 text files cannot, so it only comes from a .json / .jsonl manifest. A caption with
+    one can be neither tokenized nor stored as UTF-8; a file name with one that is no escaped byte
+    (os.fsdecode's \\udc80-\\udcff, which name a non-UTF-8 file) can name no file."""
+    if not isinstance(value, str):
+        return None
+    try:
+        os.fsencode(value) if file_name else value.encode("utf-8")
+        return None
+    except UnicodeEncodeError as exc:
+        pos = exc.start
+    before = printable(value[max(0, pos - 24) : pos])
+    context = f"after '{before}'" if before else "its first character"
+    return (
+        f"{where}: {column} holds a lone UTF-16 surrogate \\u{ord(value[pos]):04x} at character {pos + 1} "
+        f"({context}): half of a character such as an emoji, cut in two when the manifest was written. "
+        "Fix that value in the manifest"
+    )
+
+
+def _surrogate_problem(where: str, record: dict[str, Any]) -> str | None:
+    for column in (*VIDEO_COLUMNS, "caption", *REFERENCE_COLUMNS):
+        problem = _lone_surrogate(where, column, record.get(column), file_name=column != "caption")
+        if problem:
+            return problem
+    return None
+
+
 def _row(index: int, where: str, base: Path, record: dict[str, Any], source: Path) -> ManifestRow:
     unknown = sorted(set(record) - KNOWN_COLUMNS)
     if unknown:
@@ -86,6 +118,7 @@ def _row(index: int, where: str, base: Path, record: dict[str, Any], source: Pat
     caption = None if caption is None else str(caption).strip()
     if not caption and problem is None:
         problem = f"{where}: missing or empty caption"
+    problem = problem or _surrogate_problem(where, record)
     return ManifestRow(
         index=index,
         where=where,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -37,6 +39,21 @@ class VideoInfo:
     num_frames: int  # container's count or a duration estimate; confirmed by decoding
     has_audio: bool
 
+
+# PyAV gives a file's display rotation (phones' portrait clips) as VideoFrame.rotation since 14.1. On an
+# older PyAV they would be prepared lying on their side with no error anywhere: refuse to run instead.
+PYAV_MIN_VERSION = "14.1"
+
+
+def check_pyav(frame_type: type = av.VideoFrame, version: str = av.__version__) -> None:
+    if not hasattr(frame_type, "rotation"):
+        raise ImportError(
+            f"ltxdist needs PyAV >= {PYAV_MIN_VERSION} (VideoFrame.rotation, to turn rotated phone clips "
+            f"upright); found av {version}: pip install 'av>={PYAV_MIN_VERSION},<19'"
+        )
+
+
+check_pyav()
 
 # 8K per side. A larger frame (a corrupt or hostile header: a few hundred bytes of PNG can claim
 # 16000x16000) would take gigabytes once converted to RGB and float for resizing.
@@ -68,7 +85,7 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MediaError(f"{path}: cannot open as media ({exc})") from exc
 
 
-def _quarter_turns(path: Path, frame: av.VideoFrame) -> int:
+def _quarter_turns(path: Path, degrees: float) -> int:
     """How many quarter turns counterclockwise (torch.rot90's k) the file's display matrix asks for.
 
     Phones store portrait clips as landscape frames plus a display matrix (the mp4 tkhd matrix); players
@@ -76,7 +93,6 @@ def _quarter_turns(path: Path, frame: av.VideoFrame) -> int:
     av_display_rotation_get: the angle the matrix rotates the frame counterclockwise, so -90 (a phone
     held upright) means a quarter turn clockwise, what ffmpeg's autorotate does with transpose=clock.
     Mirroring in the matrix is not applied (rare: some front cameras)."""
-    degrees = getattr(frame, "rotation", 0)  # a PyAV without frame.rotation: not applied
     turns = round(degrees / 90)
     if abs(degrees - 90 * turns) > 1:
         raise MediaError(
@@ -86,25 +102,43 @@ def _quarter_turns(path: Path, frame: av.VideoFrame) -> int:
     return turns % 4
 
 
-def _first_frame_turns(
-    path: Path, container: av.container.InputContainer, stream: av.video.stream.VideoStream
-) -> int:
-    """The display rotation, read from the first decoded frame (where PyAV exposes it); 0 when nothing
-    decodes (read_frames then reports the file)."""
-    try:
-        frame = next(container.decode(stream), None)
-    except (av.error.FFmpegError, OSError):
-        return 0
-    return 0 if frame is None else _quarter_turns(path, frame)
+class VideoFile:
+    """One open video file, decoded once: `info()` (its header, and the display rotation, which PyAV
+    < 19 gives only on decoded frames) and then `read()` continue the same decoding, so the first frame
+    is decoded once whether or not the size was asked for first. Made by `open_video`."""
 
-
-def probe_video(path: str | Path) -> VideoInfo:
-    """Size as displayed: a clip stored landscape with a quarter-turn display rotation is portrait."""
-    path = Path(path)
-    with _open(path) as container:
+    def __init__(self, path: Path, container: av.container.InputContainer):
         if not container.streams.video:
             raise MediaError(f"{path}: no video stream")
-        stream = container.streams.video[0]
+        self.path, self.container = path, container
+        self.stream = container.streams.video[0]
+        codec = _video_codec(path, self.stream)
+        _check_frame_size(path, codec.width or 0, codec.height or 0)
+        self.stream.thread_type = "AUTO"
+        self._decoded = container.decode(self.stream)
+        self._first: av.VideoFrame | None = None
+        self._first_error: BaseException | None = None
+        self._peeked = self._read = False
+
+    def _first_frame(self) -> av.VideoFrame | None:
+        """The first frame, decoded once and kept for `read`; None when nothing decodes (`read` then
+        reports the file)."""
+        if not self._peeked:
+            self._peeked = True
+            try:
+                self._first = next(self._decoded, None)
+            except (av.error.FFmpegError, OSError) as exc:
+                self._first_error = exc
+        return self._first
+
+    def turns(self) -> int:
+        """Quarter turns counterclockwise that make the picture upright (see `_quarter_turns`)."""
+        first = self._first_frame()
+        return 0 if first is None else _quarter_turns(self.path, first.rotation)
+
+    def info(self) -> VideoInfo:
+        """Size as displayed: a clip stored landscape with a quarter-turn display rotation is portrait."""
+        path, stream, container = self.path, self.stream, self.container
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or float(rate) <= 0:
             raise MediaError(f"{path}: unknown frame rate")
@@ -117,11 +151,58 @@ def probe_video(path: str | Path) -> VideoInfo:
         codec = _video_codec(path, stream)
         if not codec.width or not codec.height:
             raise MediaError(f"{path}: video stream has no size (corrupt header?)")
-        _check_frame_size(path, codec.width, codec.height)
         width, height = codec.width, codec.height
-        if _first_frame_turns(path, container, stream) % 2:
+        if self.turns() % 2:
             width, height = height, width
         return VideoInfo(path, width, height, fps, frames, bool(container.streams.audio))
+
+    def _frames(self) -> Iterator[av.VideoFrame]:
+        first = self._first_frame()
+        if self._first_error is not None:
+            raise self._first_error
+        if first is not None:
+            yield first
+            yield from self._decoded
+
+    def read(self, num_frames: int, width: int | None, height: int | None) -> torch.Tensor:
+        """The first `num_frames` frames, turned upright (`info`'s size), resized + centre-cropped to
+        (width, height), or at their own upright size when both are None: uint8 (F, H, W, 3). Once per
+        open file: decoding goes forward only.
+
+        Fewer frames than asked means the clip is that long (decoding reached its end)."""
+        if self._read:
+            raise RuntimeError(f"{self.path}: VideoFile.read() is once per open_video()")
+        self._read = True
+        path, frames = self.path, []
+        turns = self.turns()
+        try:
+            for frame in self._frames():
+                _check_frame_size(path, frame.width, frame.height)  # a header may not have said
+                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
+                if turns:
+                    rgb = torch.rot90(rgb, turns, dims=(0, 1))  # (H, W) plane: k > 0 is counterclockwise
+                frames.append(rgb.contiguous() if width is None else resize_crop(rgb, width, height))
+                if len(frames) == num_frames:
+                    break
+        except (av.error.FFmpegError, OSError) as exc:
+            raise MediaError(f"{path}: decoding failed after {len(frames)} frames ({exc})") from exc
+        if not frames:
+            raise MediaError(f"{path}: no decodable video frames (corrupt or truncated file?)")
+        return torch.stack(frames)
+
+
+@contextmanager
+def open_video(path: str | Path) -> Iterator[VideoFile]:
+    """A video file opened once for `info()` and then `read()` (see VideoFile)."""
+    path = Path(path)
+    with _open(path) as container:
+        yield VideoFile(path, container)
+
+
+def probe_video(path: str | Path) -> VideoInfo:
+    """Size as displayed (`VideoFile.info`); to read the frames too, open the file once: `open_video`."""
+    with open_video(path) as video:
+        return video.info()
 
 
 def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -140,41 +221,9 @@ def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tenso
 
 
 def read_frames(path: str | Path, num_frames: int, width: int, height: int) -> torch.Tensor:
-    """The first `num_frames` frames, turned upright as the file's display matrix asks (probe_video's
-    size), resized + centre-cropped to (width, height): uint8 (F, H, W, 3).
-
-    Fewer frames than asked means the clip is that long (decoding reached its end).
-    """
-    return _read_upright(Path(path), num_frames, (width, height))
-
-
-def _read_upright(path: Path, num_frames: int, size: tuple[int, int] | None) -> torch.Tensor:
-    """read_frames' decoding; `size` None keeps each frame at its own (upright) size."""
-    frames: list[torch.Tensor] = []
-    with _open(path) as container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
-        stream = container.streams.video[0]
-        codec = _video_codec(path, stream)
-        _check_frame_size(path, codec.width or 0, codec.height or 0)
-        stream.thread_type = "AUTO"
-        turns = 0
-        try:
-            for frame in container.decode(stream):
-                _check_frame_size(path, frame.width, frame.height)  # a header may not have said
-                if not frames:
-                    turns = _quarter_turns(path, frame)
-                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-                if turns:
-                    rgb = torch.rot90(rgb, turns, dims=(0, 1))  # (H, W) plane: k > 0 is counterclockwise
-                frames.append(rgb.contiguous() if size is None else resize_crop(rgb, *size))
-                if len(frames) == num_frames:
-                    break
-        except (av.error.FFmpegError, OSError) as exc:
-            raise MediaError(f"{path}: decoding failed after {len(frames)} frames ({exc})") from exc
-    if not frames:
-        raise MediaError(f"{path}: no decodable video frames (corrupt or truncated file?)")
-    return torch.stack(frames)
+    """The first `num_frames` frames, upright, resized + centre-cropped (`VideoFile.read`)."""
+    with open_video(path) as video:
+        return video.read(num_frames, width, height)
 
 
 def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
@@ -188,7 +237,8 @@ def read_conditioning_image(path: str | Path, width: int, height: int, crf: int)
 
     Why: the model learnt first frames from compressed video; a pristine still is out of distribution
     (ltx-pipelines re-compresses at CRF 33 for LTX-2.0 / 2.3 for that reason)."""
-    still = _read_upright(Path(path), 1, None)[0]
+    with open_video(path) as video:
+        still = video.read(1, None, None)[0]
     if crf:
         still = h264_still(still, crf)
     return resize_crop(still, width, height)

@@ -107,6 +107,18 @@ class _MixedRole:
     def cursor(self) -> Cursor:
         return {"choices": self.rng.getstate(), "sources": list(self.cursors)}
 
+    def close(self) -> None:
+        """Close the shard each source's stream is reading."""
+        for stream in self.streams:
+            if stream is not None:
+                stream.close()
+
+    def __enter__(self) -> _MixedRole:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 class MixedLatentStream(ResumableStream):
     """Infinite stream of batches drawn from several sources by weight; resumes like CachedLatentStream
@@ -146,18 +158,20 @@ class MixedLatentStream(ResumableStream):
     def _fast_forward(self, role: int, num_workers: int, batches: int) -> Cursor | None:
         if batches == 0:
             return None
-        mixed = _MixedRole(self, role, num_workers, None, decode=False)
-        for _ in range(batches):
-            mixed.next_batch()
-        return mixed.cursor()
+        with _MixedRole(self, role, num_workers, None, decode=False) as mixed:
+            for _ in range(batches):
+                mixed.next_batch()
+            return mixed.cursor()
 
     def iter_batches(
         self, role: int = 0, num_workers: int = 1, cursor: Cursor | None = None
     ) -> Iterator[dict[str, Any]]:
-        mixed = _MixedRole(self, role, num_workers, cursor, decode=True)
-        while True:
-            k, items = mixed.next_batch()
-            batch = collate_samples([item.sample for item in items])  # type: ignore[misc]
-            batch["source"] = self.sources[k].name
-            batch[CURSOR_KEY] = {"role": role, "cursor": mixed.cursor()}
-            yield batch
+        # `with`: a generator closed early (or collected) closes its shards at once, not whenever the
+        # garbage collector gets to the files.
+        with _MixedRole(self, role, num_workers, cursor, decode=True) as mixed:
+            while True:
+                k, items = mixed.next_batch()
+                batch = collate_samples([item.sample for item in items])  # type: ignore[misc]
+                batch["source"] = self.sources[k].name
+                batch[CURSOR_KEY] = {"role": role, "cursor": mixed.cursor()}
+                yield batch

@@ -122,9 +122,12 @@ class CachedLatentStream(ResumableStream):
         self, role: int = 0, num_workers: int = 1, cursor: Cursor | None = None
     ) -> Iterator[dict[str, Any]]:
         """The batches of one worker role, from `cursor` (None: the start)."""
-        stream = ConsumerStream.restore(self.directory, self.index, self.plan, role, num_workers, cursor)
-        while True:
-            items = stream.next_batch()
-            batch = collate_samples([item.sample for item in items])  # type: ignore[misc]
-            batch[CURSOR_KEY] = {"role": role, "cursor": stream.cursor()}
-            yield batch
+        # `with`: a generator closed early (or collected) closes its shard at once.
+        with ConsumerStream.restore(
+            self.directory, self.index, self.plan, role, num_workers, cursor
+        ) as stream:
+            while True:
+                items = stream.next_batch()
+                batch = collate_samples([item.sample for item in items])  # type: ignore[misc]
+                batch[CURSOR_KEY] = {"role": role, "cursor": stream.cursor()}
+                yield batch

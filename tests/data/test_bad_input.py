@@ -221,6 +221,44 @@ def test_a_file_name_that_is_not_utf8_is_prepared_and_named(tmp_path, tiny_model
         record.getMessage().encode("utf-8")
 
 
+def test_a_lone_surrogate_in_a_json_manifest_skips_its_row_naming_where(tmp_path, tiny_model, capsys):
+    """JSON can spell half of a UTF-16 pair ("\\ud83d" without its partner: an emoji cut in two). In a
+    caption it stopped the whole run with the tokenizer's TypeError, in a file name with os.stat's
+    UnicodeEncodeError, neither naming the row. Now the row is skipped like any bad row, naming the
+    row, the column, the surrogate and where it is."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    clip(raw, "good.mp4", caption="unused", concept=0)
+    clip(raw, "cut.mp4", caption="unused", concept=1)
+    # Written as the JSON text a broken exporter writes: the escapes are in the file, not Python's.
+    (raw / "dataset.jsonl").write_text(
+        '{"video": "good.mp4", "caption": "a dog runs"}\n'
+        '{"video": "cut.mp4", "caption": "a cat \\ud83d smiles"}\n'
+        '{"video": "cut\\udfff.mp4", "caption": "a bad name"}\n'
+    )
+    argv = [str(raw / "dataset.jsonl"), "--out", str(out), "--checkpoint", str(tiny_model.checkpoint)]
+    argv += ["--gemma", str(tiny_model.gemma), "--buckets", "64x64x17", "--no-progress"]
+    assert prepare_main(argv) == 0
+    assert [s.meta["caption"] for s in read_samples(out).values()] == ["a dog runs"]
+    skipped = json.loads((out / "prepare_report.json").read_text())["skipped"]
+    assert [(s["row"], s["where"]) for s in skipped] == [
+        (1, "dataset.jsonl line 2"),
+        (2, "dataset.jsonl line 3"),
+    ]
+    assert (
+        "caption holds a lone UTF-16 surrogate \\ud83d at character 7 (after 'a cat ')"
+        in skipped[0]["reason"]
+    )
+    assert "video holds a lone UTF-16 surrogate \\udfff at character 4 (after 'cut')" in skipped[1]["reason"]
+    printed = capsys.readouterr().out
+    assert "skipped dataset.jsonl line 2: caption holds a lone UTF-16 surrogate" in printed
+    # Not UTF-8 on the command line (surrogate escapes): every caption would fail; refused up front.
+    with pytest.raises(SystemExit) as exit_info:
+        prepare_main([*argv, "--lora-trigger", "sks\udcff"])
+    assert (
+        exit_info.value.code == 2 and "--lora-trigger 'sks\\xff' is not UTF-8 text" in capsys.readouterr().err
+    )
+
+
 def test_decode_stops_reading_once_it_has_its_samples(synthetic_shards, tiny_model, tmp_path):
     """`--decode --num-samples N` read every shard to the end (the break left only the inner loop):
     minutes on a large dataset, and an error from a shard it never needed. A later shard that cannot

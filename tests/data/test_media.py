@@ -220,7 +220,43 @@ def test_a_display_rotation_is_applied(tmp_path, clockwise, size, corner):
     assert _bright_corner(frames[0]) == [corner] and _bright_corner(frames[-1]) == [corner]
 
 
+def _count_decoding(monkeypatch) -> dict[str, int]:
+    """Counts the files PyAV opens and the video frames their decoders hand out (real PyAV underneath:
+    each container is wrapped, its decode() passed through)."""
+    import av
+
+    counts = {"opened": 0, "frames": 0}
+    real_open = av.open
+
+    class CountingContainer:
+        def __init__(self, container):
+            self._container = container
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._container.__exit__(*exc)
+
+        def decode(self, *args, **kwargs):
+            for frame in self._container.decode(*args, **kwargs):
+                counts["frames"] += isinstance(frame, av.VideoFrame)
+                yield frame
+
+    def counting_open(*args, **kwargs):
+        counts["opened"] += 1
+        return CountingContainer(real_open(*args, **kwargs))
+
+    monkeypatch.setattr(av, "open", counting_open)
+    return counts
+
+
 def test_a_portrait_phone_clip_goes_to_the_portrait_bucket(tmp_path, encoders, monkeypatch):
+    """...decoding each frame once: the rotation comes from the first decoded frame (PyAV < 19 gives it
+    nowhere else), and probing the size used to decode that frame a second time in a second open."""
     from ltxdist.data.buckets import parse_buckets
     from ltxdist.data.manifest import ManifestRow
     from ltxdist.data.prepare.samples import SampleBuilder, SampleSpec
@@ -228,5 +264,17 @@ def test_a_portrait_phone_clip_goes_to_the_portrait_bucket(tmp_path, encoders, m
     path = rotate_display(_corner_clip(tmp_path / "phone.mp4", frames=17), 90)
     seen = _spy_video_encoder(encoders, monkeypatch)
     spec = SampleSpec(buckets=tuple(parse_buckets("96x64x17;64x96x17")), audio="off")
+    counts = _count_decoding(monkeypatch)
     sample = SampleBuilder(spec, encoders).build(ManifestRow(0, "phone row", path, "held upright"))
     assert sample.bucket == "64x96x17" and _bright_corner(seen[0][0]) == ["top-right"]
+    assert counts == {"opened": 1, "frames": 17}
+
+
+def test_a_pyav_without_frame_rotation_is_refused():
+    """A PyAV without VideoFrame.rotation (< 14.1) was read as "no rotation": phone clips were prepared
+    sideways without a word. ltxdist now refuses to import its media module there."""
+    from ltxdist.data.media import check_pyav
+
+    check_pyav()  # the installed one has it
+    with pytest.raises(ImportError, match=r"needs PyAV >= 14\.1 .*found av 14\.0\.1: pip install"):
+        check_pyav(type("VideoFrame", (), {}), "14.0.1")

@@ -1,12 +1,14 @@
+import gc
 import itertools
 import json
+import warnings
 from collections import Counter
 
 import pytest
 import torch
 
 from ltxdist.data.mixing import MixedLatentStream, MixSource
-from ltxdist.data.streaming import CURSOR_KEY, StreamPlan
+from ltxdist.data.streaming import CURSOR_KEY, CachedLatentStream, StreamPlan
 from ltxdist.data.synthetic import write_synthetic_dataset
 from ltxdist.models.tiny_checkpoint import write_random_checkpoint
 
@@ -84,6 +86,28 @@ def test_saved_cursors_resume_exactly_with_two_dataloader_workers(two_sets):
     assert _ids(itertools.islice(loader(skip_batches=7, cursors=saved), 9)) == full[7:16]
     # Without cursors (another layout), the choices replay and each source fast-forwards: same batches.
     assert json.loads(json.dumps(MixedLatentStream(two_sets, plan).cursors_after(7, 2))) == saved
+
+
+def test_fast_forward_and_abandoned_streams_close_their_shards(two_sets):
+    """A mixed stream's fast-forward (a resume without cursors) left every source's shard it stopped in
+    open for the garbage collector (one ResourceWarning "unclosed file" each), and so did a batch
+    generator closed before its end (mixed or single). They close their files themselves now."""
+    plan = StreamPlan(batch_size=2, seed=5, shuffle_buffer=1)  # a buffer of 1: reading stops mid-shard
+
+    def first_batch_then_close(stream):
+        batches = stream.iter_batches(0, 1, None)
+        next(batches)
+        batches.close()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        cursors = MixedLatentStream(two_sets, plan).cursors_after(7, 2)
+        first_batch_then_close(MixedLatentStream(two_sets, plan))
+        first_batch_then_close(CachedLatentStream(two_sets[0].directory, plan))
+        gc.collect()
+    # Each role stopped inside a shard of each source it read: files were open when it stopped.
+    assert all(c is not None and any(s and s["offset"] > 0 for s in c["sources"]) for c in cursors)
+    assert [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)] == []
 
 
 def test_bad_sources_are_refused(tmp_path, two_sets, tiny_model):

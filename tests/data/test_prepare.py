@@ -247,6 +247,63 @@ def test_two_concurrent_processes_via_torchrun_env(tmp_path, tiny_model):
     assert load_index(out).num_samples == 3
 
 
+def test_rank_and_world_size_come_from_the_launcher_not_the_allocation():
+    """srun's world is the job step's SLURM_STEP_NUM_TASKS. SLURM_NTASKS was used, which a batch
+    script has too (the allocation's task count, with SLURM_PROCID=0) while it runs as one process."""
+    from ltxdist.data.prepare.cli import env_launch, resolve_launch
+
+    def launch(env):
+        got = env_launch(env)
+        return got.rank, got.world_size
+
+    batch_script = {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4", "SLURM_PROCID": "0"}
+    srun_task = {**batch_script, "SLURM_PROCID": "2", "SLURM_STEP_ID": "0", "SLURM_STEP_NUM_TASKS": "4"}
+    assert launch({}) == launch(batch_script) == (0, 1)
+    assert launch(srun_task) == (2, 4) and "srun" in env_launch(srun_task).source
+    assert launch({**srun_task, "RANK": "5", "WORLD_SIZE": "8"}) == (5, 8)  # torchrun inside srun
+    with pytest.raises(ValueError, match="RANK is set in the environment but WORLD_SIZE is not"):
+        env_launch({"RANK": "1"})
+    with pytest.raises(ValueError, match="WORLD_SIZE='two' in the environment is not a whole number"):
+        env_launch({"RANK": "1", "WORLD_SIZE": "two"})
+    flags = resolve_launch(None, 1, {"RANK": "0", "WORLD_SIZE": "2"})
+    assert (flags.rank, flags.world_size, flags.source) == (
+        0,
+        1,
+        "--world-size, RANK / WORLD_SIZE, set by torchrun",
+    )
+
+
+def test_a_process_left_with_a_share_says_so_and_a_batch_script_prepares_all(
+    tmp_path, tiny_model, monkeypatch, capsys
+):
+    """A process given a rank by its environment prepared its share and said only "rank 0/2: encoded
+    1 samples": with a RANK / WORLD_SIZE left in the environment (or, before, an sbatch script's
+    SLURM_NTASKS) the dataset silently stayed incomplete. It now says which shards are missing, whose
+    they are and where its rank came from; a batch script without srun prepares everything."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    for i in range(2):
+        clip(raw, f"c{i}.mp4", caption=f"clip {i}", concept=i)
+    argv = [str(raw), "--out", str(out), "--checkpoint", str(tiny_model.checkpoint), "--device", "cpu"]
+    argv += ["--gemma", str(tiny_model.gemma), "--buckets", "64x64x17", "--samples-per-shard", "1"]
+    for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert prepare_main([*argv, "--no-progress"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"{out}: 1 of 2 shards are not finished yet" in printed
+    assert "rank 0 of 2 (from RANK / WORLD_SIZE, set by torchrun)" in printed
+    assert "with --world-size 1" in printed and not (out / "index.json").exists()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # sbatch --ntasks=2, the script itself: one process
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    assert prepare_main([*argv, "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "rank 0/1: encoded 1 samples, 1 shards already done" in printed and "not finished" not in printed
+    assert load_index(out).num_samples == 2
+
+
 def test_reference_strategies(tmp_path, tiny_model):
     raw = tmp_path / "raw"
     clip(raw, "t.mp4", width=128, height=64, frames=17)

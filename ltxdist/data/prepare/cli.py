@@ -14,18 +14,71 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 # Only light imports here: `--help` and argument errors answer without loading torch (seconds).
 from ltxdist.data.prepare.options import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES
 
+# (rank variable, world-size variable, the launcher that sets both for each process it starts).
+# srun's world is SLURM_STEP_NUM_TASKS, set per job step: SLURM_NTASKS is also set in a batch script
+# (the allocation's task count, with SLURM_PROCID=0) that runs as one process, which would then prepare
+# only its share of the shards.
+LAUNCHERS = (("RANK", "WORLD_SIZE", "torchrun"), ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "srun"))
 
-def _env_rank() -> tuple[int, int]:
-    # torchrun sets RANK/WORLD_SIZE; srun sets SLURM_PROCID/SLURM_NTASKS.
-    for rank_key, world_key in (("RANK", "WORLD_SIZE"), ("SLURM_PROCID", "SLURM_NTASKS")):
-        if rank_key in os.environ and world_key in os.environ:
-            return int(os.environ[rank_key]), int(os.environ[world_key])
-    return 0, 1
+
+@dataclass(frozen=True)
+class Launch:
+    rank: int
+    world_size: int
+    source: str  # where rank and world size came from, for messages ("" when nothing set them)
+
+
+def _env_int(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise ValueError(f"{key}={env[key]!r} in the environment is not a whole number") from None
+
+
+def env_launch(env: Mapping[str, str]) -> Launch:
+    """This process's rank and world size as its launcher set them: torchrun's RANK / WORLD_SIZE, srun's
+    SLURM_PROCID / SLURM_STEP_NUM_TASKS (torchrun inside srun: torchrun's); rank 0 of 1 without."""
+    rank_key, world_key = LAUNCHERS[0][:2]
+    if (rank_key in env) != (world_key in env):
+        present, missing = (rank_key, world_key) if rank_key in env else (world_key, rank_key)
+        raise ValueError(
+            f"{present} is set in the environment but {missing} is not: launch with torchrun (it sets "
+            f"both), or pass --rank and --world-size, or unset {present} to prepare in one process"
+        )
+    for rank_key, world_key, launcher in LAUNCHERS:
+        if rank_key in env and world_key in env:
+            source = f"{rank_key} / {world_key}, set by {launcher}"
+            return Launch(_env_int(env, rank_key), _env_int(env, world_key), source)
+    return Launch(0, 1, "")
+
+
+def resolve_launch(rank: int | None, world_size: int | None, env: Mapping[str, str]) -> Launch:
+    """--rank / --world-size where given, the launcher's environment for the rest."""
+    if rank is not None and world_size is not None:
+        return Launch(rank, world_size, "--rank / --world-size")
+    launch = env_launch(env)
+    flags = [f for f, v in (("--rank", rank), ("--world-size", world_size)) if v is not None]
+    source = ", ".join([*flags, launch.source] if launch.source else flags)
+    return Launch(
+        launch.rank if rank is None else rank, launch.world_size if world_size is None else world_size, source
+    )
+
+
+def _not_finished_note(out: Path, launch: Launch, pending: int, units: int) -> str:
+    source = f" (from {launch.source})" if launch.source else ""
+    return (
+        f"{out}: {pending} of {units} shards are not finished yet: they belong to the other ranks of "
+        f"this run, rank {launch.rank} of {launch.world_size}{source}. index.json is written by the rank "
+        "that finishes last. No other ranks running (variables left in the environment, say)? Run again "
+        "with --world-size 1: it keeps the finished shards and prepares the rest"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,9 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
         "needs no flag: only its shard is re-encoded)",
     )
     p.add_argument(
-        "--rank", type=int, default=None, help="this process's rank (default: RANK / SLURM_PROCID)"
+        "--rank",
+        type=int,
+        default=None,
+        help="this process's rank (default: RANK from torchrun, SLURM_PROCID from srun, else 0)",
     )
-    p.add_argument("--world-size", type=int, default=None, help="number of processes (default: WORLD_SIZE)")
+    p.add_argument(
+        "--world-size",
+        type=int,
+        default=None,
+        help="number of processes (default: WORLD_SIZE from torchrun, SLURM_STEP_NUM_TASKS from srun, "
+        "else 1)",
+    )
     p.add_argument(
         "--device", default="auto", help="auto (cuda:LOCAL_RANK if any, else cpu), cpu, cuda:0, ..."
     )
@@ -177,9 +239,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     _need(args, parser, "preparing", "out", "checkpoint", "gemma", "buckets")
-    env_rank, env_world = _env_rank()
-    rank = env_rank if args.rank is None else args.rank
-    world = env_world if args.world_size is None else args.world_size
+    try:
+        launch = resolve_launch(args.rank, args.world_size, os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+    rank, world = launch.rank, launch.world_size
+    if world > 1:
+        logging.getLogger(__name__).info(
+            "rank %d of %d (%s): this process prepares every %d-th shard", rank, world, launch.source, world
+        )
     from ltxdist.data.buckets import check_reference_factor, parse_buckets
     from ltxdist.data.prepare.samples import SampleSpec
 
@@ -234,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         f"rank {rank}/{world}: encoded {result.encoded} samples{replaced}, "
         f"{result.resumed_units} shards already done"
     )
+    if not result.complete:
+        print(_not_finished_note(args.out, launch, result.pending_units, result.num_units))
     if result.complete and result.index is not None and result.index.num_samples == 0:
         for s in result.skipped:
             print(_skipped_line(s), file=sys.stderr)

@@ -83,6 +83,8 @@ class PrepareResult:
     encoded: int = 0  # samples this rank encoded in this run
     resumed_units: int = 0  # units found finished and up to date, and skipped
     replaced_units: int = 0  # finished units whose inputs changed, encoded again
+    num_units: int = 0  # shards of the whole dataset (all ranks)
+    pending_units: int = 0  # of them not finished (by other ranks) when this rank was done
     skipped: list[dict[str, Any]] = field(default_factory=list)  # all skipped rows (when complete)
 
 
@@ -193,10 +195,12 @@ def _finalize(
     plan: PreparePlan,
     opts: PrepareOptions,
     text_tokens: int,
-) -> tuple[ShardIndex | None, list[dict[str, Any]]]:
+) -> tuple[ShardIndex | None, list[dict[str, Any]], int]:
+    """index.json and the report once every unit is finished; else None and how many are not."""
     records = [unit_is_current(out, u, plan) for u in range(plan.num_units)]
-    if any(r is None for r in records):
-        return None, []
+    pending = sum(r is None for r in records)
+    if pending:
+        return None, [], pending
     for unit in existing_units(out):
         if unit >= plan.num_units:  # left by a longer manifest: no row of this one is in it
             _remove_unit(out, unit)
@@ -231,7 +235,7 @@ def _finalize(
         },
     )
     index.save(out)
-    return index, skipped
+    return index, skipped, 0
 
 
 def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
@@ -288,8 +292,9 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
                 made_with=empty_caption_wanted,
             )
         result.encoded = _encode_units(out, todo, SampleBuilder(opts.spec, encoders), plan, opts)
-    index, skipped = _finalize(out, rows, plan, opts, text_tokens)
+    index, skipped, result.pending_units = _finalize(out, rows, plan, opts, text_tokens)
     result.complete, result.index, result.skipped = index is not None, index, skipped
+    result.num_units = plan.num_units
     if index is None:
         log.info(
             "rank %d finished its units; %s is written by the last rank to finish", opts.rank, INDEX_NAME

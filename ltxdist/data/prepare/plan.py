@@ -41,7 +41,7 @@ def _file_stamp(path: Path | None) -> list[Any] | None:
         return None
     try:
         st = os.stat(path)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name no file can have (a NUL, a lone surrogate)
         return ["missing"]
     return [st.st_size, int(st.st_mtime)]
 

@@ -16,7 +16,7 @@ import torch
 
 from ltxdist.data.buckets import Bucket, choose_bucket
 from ltxdist.data.manifest import REFERENCE_COLUMNS, ManifestRow, printable
-from ltxdist.data.media import MediaError, NoAudioError, probe_video, read_audio, read_frames, read_image
+from ltxdist.data.media import MediaError, NoAudioError, open_video, read_audio, read_frames, read_image
 from ltxdist.data.prepare.options import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES
 from ltxdist.data.sample import CachedSample
 from ltxdist.encoders import EncoderSet, TextEncoding
@@ -77,6 +77,10 @@ class SampleSpec:
             )
         if self.reference_audio_seconds <= 0:
             raise ValueError(f"--reference-audio-seconds must be > 0, got {self.reference_audio_seconds}")
+        if self.lora_trigger is not None and printable(self.lora_trigger) != self.lora_trigger:
+            # Bytes that are not UTF-8 on the command line arrive as surrogate escapes: every caption
+            # would carry them into the tokenizer, which refuses them.
+            raise ValueError(f"--lora-trigger '{printable(self.lora_trigger)}' is not UTF-8 text")
 
 
 def _is_word_char(char: str) -> bool:
@@ -109,14 +113,17 @@ class SampleBuilder:
         return path
 
     def _frames(self, row: ManifestRow, path: Path) -> tuple[torch.Tensor, Bucket, float]:
-        info = probe_video(path)
-        # The container's frame count is a hint; decoding decides. A clip that turns out shorter than
-        # its bucket moves to the longest bucket it does fill.
-        bucket = choose_bucket(
-            list(self.spec.buckets), info.width, info.height, max(info.num_frames, self._min_frames)
-        )
-        assert bucket is not None
-        frames = read_frames(path, bucket.frames, bucket.width, bucket.height)
+        # One open file and one decoding for the size (its display rotation comes from the first
+        # decoded frame) and the frames.
+        with open_video(path) as video:
+            info = video.info()
+            # The container's frame count is a hint; decoding decides. A clip that turns out shorter
+            # than its bucket moves to the longest bucket it does fill.
+            bucket = choose_bucket(
+                list(self.spec.buckets), info.width, info.height, max(info.num_frames, self._min_frames)
+            )
+            assert bucket is not None
+            frames = video.read(bucket.frames, bucket.width, bucket.height)
         if frames.shape[0] < bucket.frames:
             shorter = choose_bucket(list(self.spec.buckets), info.width, info.height, frames.shape[0])
             if shorter is None:
