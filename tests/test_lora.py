@@ -1,4 +1,5 @@
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -537,6 +538,8 @@ def test_a_merge_into_weights_on_another_device_moves_the_delta_there(tiny_ckpt,
 def test_export_inspect_reports_the_file_from_its_header_alone(tiny_ckpt, tmp_path, monkeypatch, capsys):
     """`ltxdist-export inspect` names the file's ranks, blocks and module kinds and its metadata without
     reading a tensor (a rank-128 file is ~1 GB)."""
+    from safetensors_spy import tensor_read_spy
+
     import ltxdist.lora.comfy_format as comfy_format
     from ltxdist.lora.export_cli import main as export_main
 
@@ -547,24 +550,7 @@ def test_export_inspect_reports_the_file_from_its_header_alone(tiny_ckpt, tmp_pa
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
 
-    class HeaderOnlyOpen:  # the real safe_open; reading a tensor fails the test
-        def __init__(self, path: str, framework: str):
-            self.file = safe_open(path, framework=framework)
-
-        def __enter__(self):
-            self.file.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.file.__exit__(*exc)
-
-        def get_tensor(self, key: str):
-            raise AssertionError(f"inspect read the tensor {key}")
-
-        def __getattr__(self, name: str):
-            return getattr(self.file, name)
-
-    monkeypatch.setattr(comfy_format, "safe_open", HeaderOnlyOpen)
+    monkeypatch.setattr(comfy_format, "safe_open", tensor_read_spy(Counter(), forbid=True))
     export_main(["inspect", str(path)])
     report = json.loads(capsys.readouterr().out)
     a_keys = [k for k in tensors if k.endswith(".lora_A.weight")]

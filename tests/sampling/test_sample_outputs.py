@@ -269,30 +269,12 @@ def test_grid_reads_each_lora_files_tensors_once(tiny_full, lora_file, tmp_path,
     runner), then read them again to sample: three reads of a ~1 GB rank-128 file. The checks read the
     header; a bad file is still refused before any weights load, with the same message."""
     import safetensors
+    from safetensors_spy import tensor_read_spy
 
     import ltxdist.lora.comfy_format as comfy_format
 
     reads: Counter[tuple[str, str]] = Counter()
-
-    class CountingOpen:  # the real safe_open, counting get_tensor per (file, key)
-        def __init__(self, path: str, framework: str):
-            self.path, self.file = path, safetensors.safe_open(path, framework=framework)
-
-        def __enter__(self):
-            self.file.__enter__()
-            return self
-
-        def __exit__(self, *exc):
-            return self.file.__exit__(*exc)
-
-        def get_tensor(self, key: str):
-            reads[(self.path, key)] += 1
-            return self.file.get_tensor(key)
-
-        def __getattr__(self, name: str):
-            return getattr(self.file, name)
-
-    monkeypatch.setattr(comfy_format, "safe_open", CountingOpen)
+    monkeypatch.setattr(comfy_format, "safe_open", tensor_read_spy(reads))
     base = ["grid", "--checkpoint", str(tiny_full.checkpoint), "--gemma", str(tiny_full.gemma), *SMALL]
     fast = ["--no-audio", "--cfg", "1", "--stg", "0", "--stg-blocks", "1", "--seeds", "1", "--strengths", "1"]
     prompt = ["--prompt", "sks red ball", "--trigger", "sks"]
