@@ -271,6 +271,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     sampler = _sampler(args, transformer, device, dtype)
     # The text encoder (Gemma 3 12B for the real model) is freed before the transformer samples.
     sampler.encode_prompts([request.prompt, request.negative_prompt], release=True)
+    # Likewise the VAE encoders, once the references are encoded (only the decoders are needed after).
+    sampler.encode_reference_sets([request], release=True)
     result = sampler.generate(request, progress=not args.no_progress)
     out = write_sample(args.out, result, args.fps)
     settings = {

@@ -147,6 +147,9 @@ class GridRunner:
             force=self.force,
         )
         rows = spec.rows()
+        # Every cell shares the template's references: encoded once here, then the VAE encoders freed so
+        # that they do not hold device memory through every cell's denoising.
+        self.sampler.encode_reference_sets([self._request(row) for row in rows], release=True)
         fps = self.template.video.fps
         cw, ch = cell_size(
             self.template.video.width,

@@ -1,8 +1,9 @@
 """One sample: prompt (+ references) -> latents -> video frames + audio waveform -> mp4.
 
 `Sampler` holds the transformer (fused or with live adapters), the VAEs and the text encoder. Text
-contexts and reference latents can be computed once and the text encoder released (training
-validation does that to free its memory). Batch size is 1: ltx-core's text connectors work per prompt.
+contexts and reference latents are computed once per distinct prompt / reference set, and the text and
+VAE encoders can then be released before denoising (the CLI, the grid and training validation do).
+Batch size is 1: ltx-core's text connectors work per prompt.
 Legend: F frames, H height, W width, C channels, N audio samples, S text tokens.
 """
 
@@ -54,6 +55,20 @@ class SampleRequest:
     shift_tokens: int | None = None  # sigma-shift token count; None: ltx-pipelines' 4096 anchor
 
 
+# What `encode_references` reads: the reference files and settings, the output size (the image and the
+# reference video are resized to it) and the ID options it stores. Not the prompt, seed, steps or guidance.
+ReferenceKey = tuple[References, int, int, int, IdReferenceOptions]
+
+
+def reference_key(request: SampleRequest) -> ReferenceKey:
+    """Requests with equal keys get equal reference latents: the VAE encoders are deterministic (they
+    return the latent means; no noise is drawn, so the seed plays no part) and the LoRA adapters live in
+    the transformer only, so a strength changes nothing here. A file rewritten while one Sampler runs
+    is not re-read."""
+    spec = request.video
+    return (request.references, spec.width, spec.height, spec.num_frames, request.id_options)
+
+
 @dataclass
 class SampleResult:
     frames_FHWC: torch.Tensor  # uint8
@@ -78,6 +93,7 @@ class Sampler:
         self.video_vae, self.audio_vae, self.text = video_vae, audio_vae, text
         self.device, self.dtype = device, dtype
         self._text_cache: dict[str, TextContext] = {}
+        self._reference_cache: dict[ReferenceKey, ConditioningLatents] = {}
 
     @property
     def num_blocks(self) -> int:
@@ -126,6 +142,22 @@ class Sampler:
             torch.cuda.empty_cache()
 
     # -- references ---------------------------------------------------------------------------------
+    def reference_latents(self, request: SampleRequest) -> ConditioningLatents:
+        """`encode_references`, once per distinct reference set (see `reference_key`); later requests with
+        the same set (another prompt, seed or LoRA strength) share the latents."""
+        key = reference_key(request)
+        if key not in self._reference_cache:
+            self._reference_cache[key] = self.encode_references(request)
+        return self._reference_cache[key]
+
+    def encode_reference_sets(self, requests: Iterable[SampleRequest], *, release: bool = False) -> None:
+        """Encode every request's references now; with `release`, then free the VAE encoders before
+        sampling (the decoders stay)."""
+        for request in requests:
+            self.reference_latents(request)
+        if release:
+            self.release_reference_encoders()
+
     def encode_references(self, request: SampleRequest) -> ConditioningLatents:
         refs, spec = request.references, request.video
         spec.check()
@@ -214,7 +246,7 @@ class Sampler:
         return frames, audio
 
     def generate(self, request: SampleRequest, *, progress: bool = True) -> SampleResult:
-        cond = self.encode_references(request)
+        cond = self.reference_latents(request)
         video_latent, audio_latent = self.denoise(request, cond, progress=progress)
         frames, audio = self.decode(video_latent, audio_latent)
         return SampleResult(frames, audio, video_latent, audio_latent)

@@ -35,11 +35,13 @@ from ltxdist.config.schema import (
     VideoToVideoStrategyConfig,
 )
 from ltxdist.data.media import resize_crop, write_video
+from ltxdist.encoders import AudioVAE, VideoVAE
 from ltxdist.lora import LoRASpec, export_lora, inject_lora, read_lora_file
 from ltxdist.models import load_transformer
-from ltxdist.sampling import IdReferenceOptions, References, Sampler, SampleRequest, VideoSpec
+from ltxdist.sampling import IdReferenceOptions, References, Sampler, SampleRequest, VideoSpec, lora_strength
 from ltxdist.sampling.cli import _request, build_parser
 from ltxdist.sampling.cli import main as sample_main
+from ltxdist.sampling.grid import GridRunner, GridSpec
 from ltxdist.sampling.sheet import write_png
 from ltxdist.training.train import lora_extra_metadata
 from ltxdist.training.validation import ValidationSampling, build_jobs
@@ -308,11 +310,12 @@ def test_training_metadata_is_what_sampling_and_validation_use(tiny_full, loras)
 @pytest.fixture
 def recorded(monkeypatch) -> dict[str, list]:
     """What the CLI's sampler really received: encoded references, masks set, reference-audio layout."""
-    seen: dict[str, list] = {"cond": [], "masks": [], "negative_positions": []}
-    encode, set_masks, reference_audio = (
+    seen: dict[str, list] = {"cond": [], "masks": [], "negative_positions": [], "encoders_denoising": []}
+    encode, set_masks, reference_audio, denoise = (
         Sampler.encode_references,
         pipeline.set_attention_masks,
         conditioning.clean_reference_audio,
+        Sampler.denoise,
     )
 
     def encode_recording(self, request):
@@ -327,10 +330,21 @@ def recorded(monkeypatch) -> dict[str, list]:
         seen["negative_positions"].append(negative_positions)
         return reference_audio(batch, negative_positions=negative_positions, device=device)
 
+    def denoise_recording(self, request, cond, **kwargs):
+        seen["encoders_denoising"].append(_loaded_encoders(self))
+        return denoise(self, request, cond, **kwargs)
+
     monkeypatch.setattr(Sampler, "encode_references", encode_recording)
+    monkeypatch.setattr(Sampler, "denoise", denoise_recording)
     monkeypatch.setattr(pipeline, "set_attention_masks", masks_recording)
     monkeypatch.setattr(conditioning, "clean_reference_audio", reference_audio_recording)
     return seen
+
+
+def _loaded_encoders(sampler: Sampler) -> list[str]:
+    """The sampler's VAE encoders that hold weights now."""
+    vaes = {"video": sampler.video_vae, "audio": sampler.audio_vae}
+    return [name for name, vae in vaes.items() if vae is not None and vae._encoder is not None]
 
 
 def _streams(path: Path) -> tuple[int, bool]:
@@ -352,6 +366,7 @@ def test_cli_ic_still_reference_with_the_factor_from_lora_metadata(
     assert cond.reference_video_CFHW.shape == (128, 2, 1, 1)  # the still looped to 9 frames at 32x32
     settings = json.loads(out.with_suffix(".json").read_text())["request"]["references"]
     assert settings["downscale_factor"] == 2 and settings["video"] == str(media["still"])
+    assert recorded["encoders_denoising"] == [[]]  # the VAE encoder was freed before denoising
 
 
 def test_cli_id_voice_and_image_with_options_from_lora_metadata(tiny_full, loras, media, recorded, tmp_path):
@@ -377,6 +392,7 @@ def test_cli_id_voice_and_image_with_options_from_lora_metadata(tiny_full, loras
     assert recorded["negative_positions"] == [False]  # the voice overlaps the target, as trained
     # the masks of training are set for sampling, then cleared
     assert recorded["masks"] == [(["audio_to_video_attn"], ["audio_attn2"]), ([], [])]
+    assert recorded["encoders_denoising"] == [[]]  # both VAE encoders freed before denoising
 
 
 def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path):
@@ -408,6 +424,91 @@ def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path)
     callback.run(trainer, SimpleNamespace(transformer=model), step=10)
     assert seen == [[1.4 * s for s in trained]]
     assert [m.scaling for m in lora_modules(model).values()] == trained  # restored for training
+
+
+# -- the grid: each reference set encoded once ------------------------------------------------------
+
+
+def test_grid_encodes_references_once_and_samples_the_same_cells(
+    tiny_full, sampler, media, lora_file, monkeypatch, tmp_path
+):
+    """The grid encoded the same references again for every cell (rows x strengths x checkpoints + base
+    column) and kept the VAE encoders loaded while denoising. Now: once per reference, the encoders freed
+    before the first cell, and every cell equal to the cell sampled with freshly encoded references."""
+    model = load_transformer(tiny_full.checkpoint, dtype=torch.float32).model.eval()
+    # The grid injects its LoRA into a fresh base; the VAEs are the session sampler's.
+    grid_sampler = Sampler(
+        model,
+        video_vae=sampler.video_vae,
+        audio_vae=sampler.audio_vae,
+        text=sampler.text,
+        device=sampler.device,
+        dtype=sampler.dtype,
+    )
+    refs = References(
+        video=media["clip"], downscale_factor=2, image=media["face"], audio=media["voice"], audio_seconds=0.2
+    )
+    template = SampleRequest(prompt="", video=SPEC, steps=2, references=refs)
+    spec = GridSpec(
+        loras=(lora_file,),
+        prompts=("sks red ball",),
+        seeds=(1, 2),
+        strengths=(1.0,),
+        bleed_prompts=("red ball",),
+    )
+
+    def fresh(record) -> tuple[torch.Tensor, ...]:  # the uncached path: references encoded for this cell
+        request = replace(template, prompt=record.prompt, seed=record.seed)
+        video, audio = grid_sampler.denoise(request, grid_sampler.encode_references(request), progress=False)
+        frames, (wave, _) = grid_sampler.decode(video, audio)
+        return video, audio, frames, wave
+
+    expected = [fresh(row) for row in spec.rows()]  # the base column, before the grid injects the LoRA
+
+    encoded: list[tuple[str, tuple[int, ...]]] = []  # (VAE, input shape) of every call to a real encode
+    video_encode, audio_encode = VideoVAE.encode, AudioVAE.encode
+
+    def video_counting(self, frames_FHWC):
+        encoded.append(("video", tuple(frames_FHWC.shape)))
+        return video_encode(self, frames_FHWC)
+
+    def audio_counting(self, waveform_CN, num_latent_frames):
+        encoded.append(("audio", tuple(waveform_CN.shape)))
+        return audio_encode(self, waveform_CN, num_latent_frames)
+
+    monkeypatch.setattr(VideoVAE, "encode", video_counting)
+    monkeypatch.setattr(AudioVAE, "encode", audio_counting)
+    cells: list[tuple[torch.Tensor, ...]] = []
+    loaded: list[list[str]] = []
+    generate, denoise = grid_sampler.generate, grid_sampler.denoise
+
+    def denoise_recording(*args, **kwargs):
+        loaded.append(_loaded_encoders(grid_sampler))
+        return denoise(*args, **kwargs)
+
+    def generate_recording(*args, **kwargs):
+        result = generate(*args, **kwargs)
+        cells.append((result.video_latent, result.audio_latent, result.frames_FHWC, result.audio[0]))
+        return result
+
+    grid_sampler.denoise, grid_sampler.generate = denoise_recording, generate_recording
+    records = GridRunner(grid_sampler, template, base_model_version="2.3.0").run(
+        spec, tmp_path, progress=False
+    )
+    assert len(records) == len(cells) == 8  # 4 rows (2 seeds x trigger / bleed): base + strength 1
+    # image (64x64 first frame) and reference video (9 frames at 32x32) once each, the voice once
+    assert sorted(encoded) == [
+        ("audio", (2, round(0.2 * RATE))),
+        ("video", (1, 64, 64, 3)),
+        ("video", (9, 32, 32, 3)),
+    ]
+    assert loaded == [[]] * 8  # no encoder held while any cell denoises
+
+    for record in records[4:]:  # the LoRA cells, sampled again with references encoded for each
+        with lora_strength(model, record.strength):
+            expected.append(fresh(record))
+    for record, got, want in zip(records, cells, expected, strict=True):
+        assert all(torch.equal(g, w) for g, w in zip(got, want, strict=True)), record
 
 
 # -- validation's preparation at train start --------------------------------------------------------
