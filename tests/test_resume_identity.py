@@ -211,6 +211,9 @@ def test_a_malformed_identity_record_resumes_unchecked_with_the_warning(
         "extra": lambda state: state.update(extra=["run_identity"]),
         "identity": lambda state: state["extra"].update(run_identity="abc"),
         **{key: identity_part(key, 5) for key in ("fields", "shown", "forced", "horizon")},
+        # No "fields" (what the comparison compares) used to match every run: a silent "checked" resume.
+        "no fields": lambda state: state["extra"]["run_identity"].pop("fields"),
+        "empty identity": lambda state: state["extra"].update(run_identity={}),
     }
     for name, change in malformed.items():
         copy = tmp_path / name

@@ -170,6 +170,8 @@ class VideoFile:
         open file: decoding goes forward only.
 
         Fewer frames than asked means the clip is that long (decoding reached its end)."""
+        if (width is None) != (height is None):
+            raise ValueError(f"VideoFile.read: give width and height, or neither (got {width}x{height})")
         if self._read:
             raise RuntimeError(f"{self.path}: VideoFile.read() is once per open_video()")
         self._read = True

@@ -23,6 +23,7 @@ from ltxdist.io import AtomicWriteError, write_bytes_atomic
 from ltxdist.lora import export_lora
 from ltxdist.lora.targets import expand_targets
 from ltxdist.parallel.gather import gather_to_rank0
+from ltxdist.training.agreement import any_rank
 from ltxdist.training.checkpointing import (
     ResumePlan,
     capture_train_state,
@@ -259,12 +260,10 @@ def _say(text: str) -> None:
 
 def _fail_together(trainer: pl.Trainer, failure: OSError | None, path: Path) -> None:
     """Raise on every rank if a write failed on any (one all-reduce when distributed)."""
-    failed = torch.tensor([int(failure is not None)], device=trainer.strategy.root_device)
-    if trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(failed, op=torch.distributed.ReduceOp.MAX)
+    failed_anywhere = any_rank(trainer, failure is not None)
     if failure is not None:
         raise failure
-    if int(failed.item()):
+    if failed_anywhere:
         raise AtomicWriteError(errno.EIO, path, "another rank failed to write it (see its error)")
 
 

@@ -158,10 +158,12 @@ def identity_in_state(state: TrainState) -> dict[str, Any] | None:
     that is not what compute_run_identity writes (a damaged or hand-edited train_state.json: `extra` or
     the identity not an object, or one of its parts of another type). Such a checkpoint resumes as one
     without a record (unchecked, with a warning) instead of failing halfway through the comparison with
-    a TypeError that names no file. A part an older ltxdist did not record is simply absent."""
+    a TypeError that names no file. A part an older ltxdist did not record is simply absent; "fields"
+    has been recorded since identities were, so a record without it is damaged."""
     extra = state.extra if isinstance(state.extra, dict) else {}
     identity = extra.get(IDENTITY_KEY)
-    if not isinstance(identity, dict):
+    # "fields" is what the comparison compares: without it every run would match, silently.
+    if not isinstance(identity, dict) or not isinstance(identity.get("fields"), dict):
         return None
     if any(key in identity and not isinstance(identity[key], kind) for key, kind in _IDENTITY_PARTS.items()):
         return None

@@ -34,6 +34,7 @@ from ltxdist.sampling.conditioning import ConditioningLatents, IdReferenceOption
 from ltxdist.sampling.guidance import Guidance, GuidanceParams
 from ltxdist.sampling.loading import lora_strength
 from ltxdist.sampling.pipeline import References, Sampler, SampleRequest
+from ltxdist.training.agreement import any_rank
 
 log = logging.getLogger("ltxdist")
 
@@ -145,9 +146,22 @@ class ValidationSampling(pl.Callback):
         self._mine = rank_jobs(self.jobs, trainer.global_rank, trainer.world_size, self.lockstep)
         # A rank without jobs (fewer jobs than ranks, no lockstep) loads nothing: no Gemma, no VAEs. It
         # only joins each validation's barrier. Preparing involves no collective (every model here is
-        # local to the rank; the transformer only counts its blocks), so skipping it cannot hang.
+        # local to the rank; the transformer only counts its blocks), so skipping it cannot hang; but a
+        # broken setting then fails only on ranks with jobs, so all ranks agree on failure before going on.
+        failure: Exception | None = None
         if self._mine:
-            self._sampler = self._prepare(pl_module)
+            try:
+                self._sampler = self._prepare(pl_module)
+            except Exception as exc:
+                failure = exc
+        failed_anywhere = any_rank(trainer, failure is not None)
+        if failure is not None:
+            raise failure
+        if failed_anywhere:
+            raise RuntimeError(
+                "validation set-up failed on another rank (its log names the cause: a validation.* "
+                "setting, e.g. validation.gemma_root or a reference file); this rank stops with it"
+            )
         self._last_step = trainer.global_step
         if self.cfg.at_start and trainer.global_step == 0:
             self.run(trainer, pl_module, 0)
@@ -156,19 +170,20 @@ class ValidationSampling(pl.Callback):
         """This rank's prompts and references encoded, their encoders dropped, the decoders checked."""
         device, dtype = pl_module.device, pl_module.dtype_compute
         with_audio_vae = self.cfg.with_audio or any(j.request.references.audio for j, _ in self._mine)
-        text = load_text_encoder(
-            self.checkpoint,
-            self.cfg.gemma_root,
-            device=device,
-            dtype=dtype,
-            text_tokens=self.cfg.text_tokens,
-            precision=self.cfg.text_encoder_precision,
-        )
+        # Gemma goes straight into the sampler, which holds the only reference: release_text_encoder()
+        # below then frees it (12-24 GB) before the decoders are loaded.
         sampler = Sampler(
             pl_module.transformer,
             video_vae=VideoVAE(self.checkpoint, device, dtype),
             audio_vae=AudioVAE(self.checkpoint, device, dtype) if with_audio_vae else None,
-            text=text,
+            text=load_text_encoder(
+                self.checkpoint,
+                self.cfg.gemma_root,
+                device=device,
+                dtype=dtype,
+                text_tokens=self.cfg.text_tokens,
+                precision=self.cfg.text_encoder_precision,
+            ),
             device=device,
             dtype=dtype,
         )

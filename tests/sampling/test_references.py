@@ -599,3 +599,44 @@ def test_a_rank_without_validation_jobs_loads_no_encoder(prepared):
     # It still joins each validation's barrier (rank 0 waits there), writing nothing.
     assert prepared.callback.run(trainer, prepared.module, step=10) == []
     assert barriers == ["ltxdist-validation"]
+
+
+def _validation_start_worker(rank: int, init_file: str, checkpoint: str, outcomes: dict) -> None:
+    """One rank of two: rank 0 has the only validation job and its models fail to load (no such
+    checkpoint); rank 1 has none and loads nothing."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        val = ValidationConfig(prompts=["p"], seeds=[1], at_start=False)
+        callback = ValidationSampling(
+            OmegaConf.structured(val),
+            run_dir=Path(init_file).parent,
+            model_checkpoint=checkpoint,
+            strategy_cfg=OmegaConf.structured(StandardStrategyConfig()),
+            lockstep=False,
+        )
+        strategy = SimpleNamespace(barrier=lambda name: None, root_device=torch.device("cpu"))
+        trainer = SimpleNamespace(
+            global_rank=rank, world_size=2, global_step=0, strategy=strategy, is_global_zero=rank == 0
+        )
+        module = SimpleNamespace(device=torch.device("cpu"), dtype_compute=torch.float32, transformer=None)
+        try:
+            callback.on_train_start(trainer, module)
+            outcomes[rank] = "went on to train"
+        except Exception as exc:
+            outcomes[rank] = f"{type(exc).__name__}: {exc}"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_validation_set_up_failure_stops_every_rank_not_only_those_with_jobs(tmp_path):
+    """Rank 1 has no job and loads nothing; when rank 0 fails to load its models, rank 1 must stop too
+    instead of training on into a collective that waits `parallel.collective_timeout_s` for rank 0."""
+    import torch.multiprocessing as mp
+
+    outcomes = mp.Manager().dict()
+    missing = str(tmp_path / "missing.safetensors")
+    mp.spawn(_validation_start_worker, args=(str(tmp_path / "init"), missing, outcomes), nprocs=2, join=True)
+    assert outcomes[0].startswith(f"CheckpointError: checkpoint not found: {missing}"), outcomes[0]
+    assert outcomes[1].startswith("RuntimeError: validation set-up failed on another rank"), outcomes[1]
