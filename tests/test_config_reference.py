@@ -349,6 +349,9 @@ def _token_problems(token: str, logged: set[str], shell_variables: set[str]) -> 
 # -- commands named on the pages, against their parsers ------------------------------------------------
 _SHELL_SEPARATOR = re.compile(r"&&|\|\||[|;()]|\$\(")
 _LONG_OPTION = re.compile(r"--[A-Za-z][\w-]*")
+# `ltxdist-sample --prompt ...` means `ltxdist-sample generate ...` (ltxdist/sampling/cli.py, main); other
+# commands named without their subcommand are checked against the options of any of them.
+_DEFAULT_SUBCOMMAND = {"ltxdist-sample": "generate", "ltxdist.sampling.cli": "generate"}
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, frozenset[str]]:
@@ -389,7 +392,8 @@ def _flag_problems(command_line: str) -> list[str]:
     for segment in _SHELL_SEPARATOR.split(command_line):
         words = segment.split()
         for i, word in enumerate(words):
-            command = word if re.fullmatch(r"ltxdist-[a-z-]+", word) else None
+            program = word.rsplit("/", 1)[-1]  # `.venv/bin/ltxdist-sample` too
+            command = program if re.fullmatch(r"ltxdist-[a-z-]+", program) else None
             if word == "-m" and i + 1 < len(words) and words[i + 1] in _commands():
                 command, i = words[i + 1], i + 1  # other modules' options are not checked (none documented)
             if command is None:
@@ -398,7 +402,7 @@ def _flag_problems(command_line: str) -> list[str]:
                 problems.append(f"command {command}: not a console script or entry module of pyproject.toml")
                 break
             options, rest = _commands()[command], words[i + 1 :]
-            sub = rest[0] if rest and rest[0] in options else ""
+            sub = rest[0] if rest and rest[0] in options else _DEFAULT_SUBCOMMAND.get(command, "")
             known = options[sub] if sub or len(options) == 1 else frozenset().union(*options.values())
             for flag in (w.split("=", 1)[0] for w in rest if _LONG_OPTION.fullmatch(w.split("=", 1)[0])):
                 if flag not in known:
@@ -550,6 +554,13 @@ def test_a_stale_architecture_page_fails_the_check():
             "command ltxdist-sampel",
         ),
         ("docs/distributed.md", "SLURM's `KillWait`", "SLURM's `KillWait` (also `PV`)", "name PV"),
+        (
+            "docs/sampling.md",
+            "--out-dir eval/my_style\n",
+            "--outdir eval/my_style\n",
+            "grid: no option --outdir",
+        ),
+        ("docs/sampling.md", "--seed 42 --width", "--seeds 42 --width", "generate: no option --seeds"),
     ):
         page_text = (REPO / page).read_text()
         assert right in page_text, (page, right)
