@@ -2,18 +2,27 @@
 
 - docs/configuration.md is generated from the typed schema by `python -m ltxdist.config.reference`; the
   test fails while the page is stale (after a schema or conf/ change: run that command).
-- docs/architecture.md, the code map, names only what exists: every repository path, `ltxdist` module,
-  config key (checked against docs/configuration.md), `group=option` and code name, and in its metric
-  table exactly the metric keys the code logs (a new metric fails the test until the page names it).
+- Every page a user reads (README.md, RELIABILITY.md, docs/**, benchmarks/README.md) names only what
+  exists: every repository path or file name, `ltxdist` module, config key (checked against
+  docs/configuration.md), `group=option`, metric key and code name, and every `--option` of an
+  `ltxdist-*` command (checked against that command's own parser). What is not ltxdist's is recognised
+  by rule (another project's table column, a shell variable the page sets, a module of an installed
+  package, a file the code writes) or listed in _NOT_OURS with the reason.
+- docs/architecture.md, the code map, also has in its metric table exactly the metric keys the code logs
+  (a new metric fails the test until the page names it).
 """
 
 from __future__ import annotations
 
+import argparse
 import ast
 import functools
+import importlib
+import importlib.util
 import re
 from pathlib import Path
 
+import pytest
 from e2e_utils import REPO
 from omegaconf import OmegaConf
 
@@ -60,12 +69,31 @@ def test_the_reference_lists_every_key_with_default_and_allowed_values(tmp_path)
     assert main(["--check", "--out", str(stale)]) == 0
 
 
-# -- docs/architecture.md -------------------------------------------------------------------------------
+# -- names on the docs pages ---------------------------------------------------------------------------
 ARCHITECTURE = REPO / "docs" / "architecture.md"
+# Every page a user reads. Not docs/configuration.md (generated: the tests above keep it current), nor the
+# dated reports (benchmarks/results/*, the generated benchmarks/SCALING.md): they record their day.
+PAGES = sorted(
+    {
+        REPO / "README.md",
+        REPO / "RELIABILITY.md",
+        REPO / "benchmarks" / "README.md",
+        *(REPO / "docs").rglob("*.md"),
+    }
+    - {REPO / "docs" / "configuration.md"}
+)
 _TICKED = re.compile(r"`([^`\n]+)`")
+_FENCE = re.compile(r"^\s*```")
 _REPO_PATH = re.compile(r"^(?:ltxdist|kernels|benchmarks|conf|tests|docs|launch|slurm|scripts)/\S*$")
+# A file named without its folder (`test_nonfinite.py`, `RELIABILITY.md`), or from a folder of the checkout
+# down (`parallel/dims.py`, `results/probe_1xh200_2026-12-04.log`): some checkout path must end with it.
+_BARE_FILE = re.compile(r"^[\w-]+\.(?:py|md)$")
+_RELATIVE_FILE = re.compile(r"^[\w.-]+(?:/\S+)+\.(?:py|md|yaml|sh|sbatch|toml|log|json)$")
+# Placeholders of a path pattern: `*`, `<date>`, `$WORK`, `{json,md}`.
+_PATH_HOLE = re.compile(r"(\*|<[^>/]+>|\$\{?\w+\}?|\{[^}/]+\})")
 _MODULE = re.compile(r"\bltxdist(?:_kernels)?(?:\.\w+)+")
 _GROUP_CHOICE = re.compile(r"^(\w+)=(\w+)$")
+_CONFIG_KEY = re.compile(r"[a-z_]\w*(?:\.[a-z_]\w*)+")
 _METRIC_SECTION = re.compile(r"^## 6\. Metric keys\n(.*?)(?=^## |\Z)", re.S | re.M)
 # Metric keys are namespaced ("loss/total"); the progress bar's "tok/s" label is not one.
 _NAMESPACED = re.compile(r"^[a-z_]+/[\w.-]+(?:/[\w.-]+)?$")
@@ -74,6 +102,80 @@ _NOT_METRICS = {"tok/s"}
 # must occur as a word in the code. Plain words (`auto`, `never`) are not checked.
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
 _CODE_FILES = (".py", ".sh", ".yaml", ".sbatch", ".toml")
+_CODE_ROOTS = ("ltxdist", "kernels", "benchmarks", "conf", "launch", "slurm", "scripts", "tests")
+# Table columns whose names are not ltxdist's, by the start of their header cell.
+_OTHER_COLUMNS = {
+    "ltx-trainer": "docs/from_ltx_trainer.md: the other project's commands and keys, mapped to ours",
+    "you wrote": "docs/config.md: mistakes shown on purpose, next to the error they get",
+}
+# Names in prose that are not ltxdist's, with why; (page, name) so that each stays allowed on its page only.
+_NOT_OURS = {
+    ("README.md", "parallel=0"): "a bad group choice, shown as what is refused",
+    ("docs/from_ltx_trainer.md", "media_path"): "ltx-trainer's legacy manifest column",
+    ("docs/from_ltx_trainer.md", "ref_media_path"): "ltx-trainer's legacy manifest column",
+    ("docs/from_ltx_trainer.md", "cosine_with_restarts"): "an ltx-trainer schedule ltxdist does not have",
+    ("docs/distributed.md", "KillWait"): "SLURM's setting (slurm.conf)",
+    ("docs/recipes/ic_lora.md", "LTXICLoRALoaderModelOnly"): "ComfyUI's IC-LoRA loader node",
+    ("docs/data.md", "WORD"): "the placeholder of `--lora-trigger WORD`",
+    ("docs/recipes/staged_curriculum.md", "WxHx1"): "a bucket with placeholders for width and height",
+    ("docs/sampling.md", "PV"): "the attention product P V of the FLOP count, next to `QK^T`",
+}
+
+
+def _relative(page: Path) -> str:
+    return page.relative_to(REPO).as_posix()
+
+
+@functools.cache
+def _checkout_paths() -> tuple[str, ...]:
+    """Every file and folder of the checkout a page can name (relative, '/'-separated)."""
+    roots = [REPO / r for r in (*_CODE_ROOTS, "docs")]
+    found = [p for r in roots for p in r.rglob("*") if "__pycache__" not in p.parts]
+    return tuple(_relative(p) for p in [*roots, *REPO.glob("*.*"), *found])
+
+
+@functools.cache
+def _checkout_folders() -> frozenset[str]:
+    return frozenset(p.rsplit("/", 1)[-1] for p in _checkout_paths() if (REPO / p).is_dir())
+
+
+def _path_regex(path: str) -> str:
+    """A documented path as a regex over checkout paths: each placeholder stands for part of one name,
+    `{json,md}` for either."""
+    pieces = _PATH_HOLE.split(path)
+    return "".join(
+        re.escape(piece)
+        if i % 2 == 0
+        else "(?:" + "|".join(map(re.escape, piece[1:-1].split(","))) + ")"
+        if piece.startswith("{") and not piece.startswith("${")
+        else "[^/]*"
+        for i, piece in enumerate(pieces)
+    )
+
+
+def _path_problem(word: str) -> str | None:
+    """A repository path (`ltxdist/io.py`, `benchmarks/results/data_<hardware>_<date>.{json,md}`), a bare
+    file name or a path from a checkout folder down must exist (a bare name may also be a file the code
+    writes); `file.py::name` must define name. None for what is no checkout path (a run's
+    `out/beach.json`, another project's `configs/x.yaml`)."""
+    path, _, name = word.partition("::")
+    path = path.rstrip("/")
+    if _REPO_PATH.match(path):
+        whole = re.compile(_path_regex(path) + "$")
+        found = [p for p in _checkout_paths() if whole.match(p)]
+    elif _BARE_FILE.match(path) or (_RELATIVE_FILE.match(path) and path.split("/")[0] in _checkout_folders()):
+        ending = re.compile("(?:^|/)" + _path_regex(path) + "$")
+        found = [p for p in _checkout_paths() if ending.search(p)]
+        if not found and path in _code_names()[1]:
+            return None  # `summary.md`: a file the code writes
+    else:
+        return None
+    if not found:
+        return f"path {word}: not in the checkout"
+    defines = re.compile(rf"^\s*(?:async def|def|class) {re.escape(name)}\b", re.M)
+    if name and not any(defines.search((REPO / p).read_text()) for p in found if p.endswith(".py")):
+        return f"{word}: {path} defines no {name}"
+    return None
 
 
 def _module_problem(dotted: str) -> str | None:
@@ -94,20 +196,49 @@ def _module_problem(dotted: str) -> str | None:
     return f"{dotted}: no such module"
 
 
-def _config_keys() -> tuple[set[str], set[str]]:
-    """(every key of docs/configuration.md, the top-level groups it has sections for)."""
-    text = (REPO / "docs" / "configuration.md").read_text()
-    keys = {ln.split("|")[1].strip().strip("`") for ln in text.splitlines() if ln.startswith("| `")}
-    return keys, set(re.findall(r"^## `(\w+)`", text, re.M))
+def _installed_module(dotted: str) -> bool:
+    """`torch.utils.flop_counter`: a module of an installed package (found without importing it)."""
+    top = dotted.split(".", 1)[0]
+    spec = importlib.util.find_spec(top) if top.isidentifier() and not top.startswith("ltxdist") else None
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    base = Path(next(iter(spec.submodule_search_locations))).parent.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
 
 
 @functools.cache
-def _code_words() -> frozenset[str]:
-    """Every word of the code a name on the page can come from (not the docs: they would match
-    themselves)."""
-    roots = ["ltxdist", "kernels", "benchmarks", "conf", "launch", "slurm", "scripts"]
-    files = [f for r in roots for f in sorted((REPO / r).rglob("*")) if f.suffix in _CODE_FILES]
-    return frozenset(w for f in [*files, REPO / "pyproject.toml"] for w in re.findall(r"\w+", f.read_text()))
+def _config_keys() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+    """(every key of docs/configuration.md, the top-level groups it has sections for, its free-form keys:
+    dicts whose own keys are the user's, e.g. `extras.shards_root`)."""
+    text = (REPO / "docs" / "configuration.md").read_text()
+    rows = [
+        [c.strip().strip("`") for c in ln.split("|")[1:3]] for ln in text.splitlines() if ln.startswith("| `")
+    ]
+    free_form = frozenset(key for key, kind in rows if kind.startswith("dict["))
+    return frozenset(k for k, _ in rows), frozenset(re.findall(r"^## `(\w+)`", text, re.M)), free_form
+
+
+@functools.cache
+def _code_names() -> tuple[frozenset[str], frozenset[str]]:
+    """(every word of the code and tests a name on a page can come from, and their file names: a config
+    option is one, `ltx23_id_lora_8xh100`; every file name the code mentions, e.g. the `summary.md` a grid
+    writes). Not the docs, nor this file: they would match themselves."""
+    this = Path(__file__).resolve()
+    files = [f for r in _CODE_ROOTS for f in sorted((REPO / r).rglob("*")) if f.suffix in _CODE_FILES]
+    texts = {f: f.read_text() for f in [*files, REPO / "pyproject.toml"] if f != this}
+    words = {w for f, text in texts.items() for w in [f.stem, *re.findall(r"\w+", text)]}
+    file_names = {n for text in texts.values() for n in re.findall(r"[\w.-]+\.\w+", text)}
+    return frozenset(words), frozenset(file_names)
+
+
+def _is_code_word(part: str) -> bool:
+    """A word of the code, or one the code formats: `lora_weights_step_003000` from
+    f"lora_weights_step_{step:06d}", `nan_step_fsdp2` from f"nan_step_{parallel}"."""
+    words = _code_names()[0]
+    if part in words:
+        return True
+    cuts = [m.end() for m in re.finditer("_", part)]
+    return any(part[:i] in words and (part[i:].isdigit() or part[i:] in words) for i in cuts)
 
 
 def _namespaced_constants(path: Path) -> set[str]:
@@ -115,7 +246,8 @@ def _namespaced_constants(path: Path) -> set[str]:
     return {s for s in strings if isinstance(s, str) and _NAMESPACED.match(s) and s not in _NOT_METRICS}
 
 
-def _logged_metric_keys() -> set[str]:
+@functools.cache
+def _logged_metric_keys() -> frozenset[str]:
     """What the training metrics can record: the namespaced string constants of ltxdist/tracking and
     ltxdist/training (where metrics are logged), the sigma-bucket losses as TrainingMetrics builds them for
     the training module's bucket edges, and metrics.jsonl's record header."""
@@ -128,7 +260,7 @@ def _logged_metric_keys() -> set[str]:
     for folder in ("tracking", "training"):
         for path in sorted((REPO / "ltxdist" / folder).rglob("*.py")):
             keys |= _namespaced_constants(path)
-    return keys
+    return frozenset(keys)
 
 
 def _metric_problems(text: str, logged: set[str]) -> list[str]:
@@ -158,6 +290,15 @@ def _metric_problems(text: str, logged: set[str]) -> list[str]:
     return problems
 
 
+def _metric_name_problem(token: str, logged: set[str]) -> str | None:
+    """A metric key named on any page (`train/nonfinite_skipped`): in a logged namespace, it must be
+    logged."""
+    namespaces = {k.split("/", 1)[0] for k in logged if "/" in k}
+    if not _NAMESPACED.match(token) or token.split("/", 1)[0] not in namespaces or token in logged:
+        return None
+    return f"metric {token}: not logged by the code"
+
+
 def _choice_problem(token: str) -> str | None:
     """`group=option` of a config group: conf/<group>/<option>.yaml must exist."""
     choice = _GROUP_CHOICE.match(token)
@@ -169,31 +310,171 @@ def _choice_problem(token: str) -> str | None:
     return f"{token}: no conf/{choice.group(1)}/{option}.yaml"
 
 
-def _token_problems(token: str, keys: set[str], groups: set[str]) -> list[str]:
-    """What is wrong with one `ticked` name of the page: a repository path, an ltxdist module, a
-    `group=option`, a config key or a code name that does not exist."""
+def _config_key_problem(key: str) -> str | None:
+    keys, _, free_form = _config_keys()
+    if key in keys:
+        return None
+    parent = next((f for f in free_form if key.startswith(f + ".")), None)
+    if parent is None:
+        return f"config key {key}: not in docs/configuration.md"
+    missing = [part for part in key[len(parent) + 1 :].split(".") if not _is_code_word(part)]
+    return f"config key {key}: {', '.join(missing)} not in the code" if missing else None
+
+
+def _code_name_problem(token: str, shell_variables: set[str]) -> str | None:
+    if token in shell_variables:
+        return None  # `WORK`: a variable the page's own commands set or read
+    missing = [part for part in token.split(".") if not _is_code_word(part)]
+    if not missing or ("." in token and _installed_module(token)):
+        return None
+    return f"name {token}: {', '.join(missing)} not in the code"
+
+
+def _token_problems(token: str, logged: set[str], shell_variables: set[str]) -> list[str]:
+    """What is wrong with one `ticked` name of a page: a repository path, an ltxdist module, a
+    `group=option`, a config key, a metric key or a code name that does not exist."""
     problems = [p for p in map(_module_problem, _MODULE.findall(token)) if p]
-    for word in token.split():  # e.g. `launch/train.sh --dry-run`
-        fixed = re.split(r"[<*{$]", word, maxsplit=1)[0]  # a path pattern: its fixed part must exist
-        if _REPO_PATH.match(word) and not (REPO / fixed).exists():
-            problems.append(f"path {word}: not in the checkout")
-    problems += filter(None, [_choice_problem(token)])
+    problems += filter(None, map(_path_problem, token.split()))  # e.g. `launch/train.sh --dry-run`
+    problems += filter(None, [_choice_problem(token), _metric_name_problem(token, logged)])
     key = token.split("=", 1)[0]
-    if key.split(".", 1)[0] in groups and re.fullmatch(r"[a-z_]+(\.[a-z_]+)+", key):
-        if key not in keys:
-            problems.append(f"config key {key}: not in docs/configuration.md")
-    elif _IDENTIFIER.fullmatch(token) and ("_" in token or not token.islower()):
-        missing = [part for part in token.split(".") if part not in _code_words()]
-        if missing:
-            problems.append(f"name {token}: {', '.join(missing)} not in the code")
+    if key.split(".", 1)[0] in _config_keys()[1] and _CONFIG_KEY.fullmatch(key):
+        problems += filter(None, [_config_key_problem(key)])
+    elif (
+        _IDENTIFIER.fullmatch(token) and not _BARE_FILE.match(token) and ("_" in token or not token.islower())
+    ):
+        problems += filter(None, [_code_name_problem(token, shell_variables)])
     return problems
 
 
+# -- commands named on the pages, against their parsers ------------------------------------------------
+_SHELL_SEPARATOR = re.compile(r"&&|\|\||[|;()]|\$\(")
+_LONG_OPTION = re.compile(r"--[A-Za-z][\w-]*")
+# `ltxdist-sample --prompt ...` means `ltxdist-sample generate ...` (ltxdist/sampling/cli.py, main); other
+# commands named without their subcommand are checked against the options of any of them.
+_DEFAULT_SUBCOMMAND = {"ltxdist-sample": "generate", "ltxdist.sampling.cli": "generate"}
+
+
+def _options(parser: argparse.ArgumentParser) -> dict[str, frozenset[str]]:
+    """{"": the command's own options, subcommand: its options and the command's}. argparse keeps its
+    actions private; reading them beats parsing --help."""
+    own = frozenset(o for a in parser._actions for o in a.option_strings)
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    out = {"": own}
+    for name, sub in (item for a in subs for item in a.choices.items()):
+        out[name] = own | {o for a in sub._actions for o in a.option_strings}
+    return out
+
+
+@functools.cache
+def _commands() -> dict[str, dict[str, frozenset[str]]]:
+    """Each console script of pyproject.toml (also as `-m module`) with its options, from the parser its
+    module builds (`build_parser()`); `ltxdist-train` and the module torchrun starts hand their command
+    line to Hydra, whose parser this is."""
+    from hydra._internal.utils import get_args_parser
+
+    # [project.scripts] read by hand: tomllib is 3.11+, and the section is `name = "module:function"` lines.
+    section = (REPO / "pyproject.toml").read_text().split("[project.scripts]\n", 1)[1].split("\n[", 1)[0]
+    scripts = dict(re.findall(r'^([\w-]+)\s*=\s*"([\w.:]+)"', section, re.M))
+    out: dict[str, dict[str, frozenset[str]]] = {}
+    for command, target in scripts.items():
+        module = importlib.import_module(target.split(":")[0])
+        parser = get_args_parser() if command == "ltxdist-train" else module.build_parser()
+        out[command] = out[module.__name__] = _options(parser)
+    out["ltxdist.training.train"] = out["ltxdist-train"]
+    return out
+
+
+def _flag_problems(command_line: str) -> list[str]:
+    """Each `--option` after an ltxdist command (`ltxdist-prepare ...`, `-m ltxdist.data.prepare.cli ...`)
+    must be one its parser (of its subcommand, where one is named) knows; an `ltxdist-*` command must
+    exist."""
+    problems = []
+    for segment in _SHELL_SEPARATOR.split(command_line):
+        words = segment.split()
+        for i, word in enumerate(words):
+            program = word.rsplit("/", 1)[-1]  # `.venv/bin/ltxdist-sample` too
+            command = program if re.fullmatch(r"ltxdist-[a-z-]+", program) else None
+            if word == "-m" and i + 1 < len(words) and words[i + 1] in _commands():
+                command, i = words[i + 1], i + 1  # other modules' options are not checked (none documented)
+            if command is None:
+                continue
+            if command not in _commands():
+                problems.append(f"command {command}: not a console script or entry module of pyproject.toml")
+                break
+            options, rest = _commands()[command], words[i + 1 :]
+            sub = rest[0] if rest and rest[0] in options else _DEFAULT_SUBCOMMAND.get(command, "")
+            known = options[sub] if sub or len(options) == 1 else frozenset().union(*options.values())
+            for flag in (w.split("=", 1)[0] for w in rest if _LONG_OPTION.fullmatch(w.split("=", 1)[0])):
+                if flag not in known:
+                    problems.append(f"{command}{' ' + sub if sub else ''}: no option {flag}")
+            break
+    return problems
+
+
+# -- the pages -----------------------------------------------------------------------------------------
+def _cells(row: str) -> list[str]:
+    return re.split(r"(?<!\\)\|", row.strip().strip("|"))
+
+
+def _page_names(text: str) -> list[tuple[int, str]]:
+    """(line, ticked name) of the prose and tables, outside code blocks and _OTHER_COLUMNS."""
+    names, in_code, other_columns, previous = [], False, set(), ""
+    for n, line in enumerate(text.splitlines(), 1):
+        fence = _FENCE.match(line) is not None
+        in_code ^= fence
+        if in_code or fence:
+            previous = ""
+            continue
+        checked = line
+        if line.startswith("|"):
+            cells = _cells(line)
+            if not previous.startswith("|"):  # a table's header row
+                headers = [c.strip().lower() for c in cells]
+                other_columns = {i for i, h in enumerate(headers) if h.startswith(tuple(_OTHER_COLUMNS))}
+            checked = "|".join(c for i, c in enumerate(cells) if i not in other_columns)
+        names += [(n, token) for token in _TICKED.findall(checked)]
+        previous = line
+    return names
+
+
+def _page_commands(text: str) -> list[tuple[int, str]]:
+    """(line, command) of every inline code span and every line of a code block (continued lines
+    joined)."""
+    commands, in_code, pending = [], False, None
+    for n, line in enumerate(text.splitlines(), 1):
+        if _FENCE.match(line):
+            in_code, pending = not in_code, None
+            continue
+        if not in_code:
+            commands += [(n, span) for span in _TICKED.findall(line)]
+            continue
+        start, joined = pending or (n, "")
+        joined += " " + line.split(" #", 1)[0].rstrip("\\")
+        pending = (start, joined) if line.endswith("\\") else None
+        if pending is None:
+            commands.append((start, joined))
+    return commands
+
+
+def page_problems(page: str, text: str, logged: set[str]) -> list[str]:
+    """Every name of a page (`docs/data.md`) that does not exist in the checkout, and every option its
+    ltxdist commands do not have, as 'line N: ...' (empty: the page is current)."""
+    shell_variables = set(re.findall(r"\$\{?([A-Z_][A-Z0-9_]*)", text))
+    shell_variables |= set(re.findall(r"^\s*(?:export\s+)?([A-Z_][A-Z0-9_]*)=", text, re.M))
+    problems = [
+        f"line {n}: {problem}"
+        for n, token in _page_names(text)
+        if (page, token) not in _NOT_OURS
+        for problem in _token_problems(token, logged, shell_variables)
+    ]
+    return problems + [
+        f"line {n}: {p}" for n, command in _page_commands(text) for p in _flag_problems(command)
+    ]
+
+
 def architecture_problems(text: str, logged: set[str]) -> list[str]:
-    """Every name of the page that does not exist in the checkout (empty: the page is current)."""
-    keys, groups = _config_keys()
-    problems = [p for token in _TICKED.findall(text) for p in _token_problems(token, keys, groups)]
-    return problems + _metric_problems(text, logged)
+    """docs/architecture.md's names, and its metric table against what the code logs."""
+    return page_problems("docs/architecture.md", text, logged) + _metric_problems(text, logged)
 
 
 def test_the_architecture_page_names_only_what_exists():
@@ -201,9 +482,17 @@ def test_the_architecture_page_names_only_what_exists():
     assert not problems, "docs/architecture.md is stale:\n  " + "\n  ".join(problems)
 
 
+@pytest.mark.parametrize("page", [p for p in PAGES if p != ARCHITECTURE], ids=_relative)
+def test_every_page_names_only_what_exists(page: Path):
+    problems = page_problems(_relative(page), page.read_text(), _logged_metric_keys())
+    assert not problems, f"{_relative(page)} is stale:\n  " + "\n  ".join(problems)
+
+
 def test_a_stale_architecture_page_fails_the_check():
     """Not vacuous: a misspelt path, module, config key, option, code name or metric key, and a metric the
-    table lacks, are each reported."""
+    table lacks, are each reported; on the other pages too, with what their own rules let through (a
+    file the code writes, another project's column, a shell variable, an installed module, a command's
+    options) misspelt."""
     text, logged = ARCHITECTURE.read_text(), _logged_metric_keys()
     for right, wrong, reported in (
         ("`ltxdist/parallel/dims.py`", "`ltxdist/parallel/dim.py`", "path ltxdist/parallel/dim.py"),
@@ -223,3 +512,57 @@ def test_a_stale_architecture_page_fails_the_check():
         assert any(reported in p for p in problems), (wrong, problems)
     problems = architecture_problems(text, logged | {"perf/new_metric"})
     assert problems == ["metric perf/new_metric: logged, but missing from the metric table"]
+    for page, right, wrong, reported in (
+        ("RELIABILITY.md", "`test_nonfinite.py`", "`test_non_finite.py`", "path test_non_finite.py"),
+        (
+            "RELIABILITY.md",
+            "::test_export_never_destroys_an_input",
+            "::test_export_never_destroys",
+            "defines no",
+        ),
+        (
+            "RELIABILITY.md",
+            "`train/nonfinite_skipped`",
+            "`train/nonfinite_skips`",
+            "metric train/nonfinite_skips",
+        ),
+        (
+            "benchmarks/README.md",
+            "ltxdist_kernels/sdpa.py",
+            "ltxdist_kernels/spda.py",
+            "path ltxdist_kernels/spda",
+        ),
+        ("docs/sampling.md", "`summary.md`", "`sumary.md`", "path sumary.md"),
+        ("docs/sampling.md", "torch.utils.flop_counter", "torch.utils.flop_counters", "flop_counters not in"),
+        ("docs/recipes/README.md", "`WORK`", "`WROK`", "name WROK"),
+        (
+            "docs/from_ltx_trainer.md",
+            "| `model.checkpoint` |",
+            "| `model.checkpoints` |",
+            "model.checkpoints",
+        ),
+        (
+            "docs/from_ltx_trainer.md",
+            "ltxdist-prepare --decode",
+            "ltxdist-prepare --decoded",
+            "no option --decoded",
+        ),
+        (
+            "docs/from_ltx_trainer.md",
+            "`ltxdist-sample grid`",
+            "`ltxdist-sampel grid`",
+            "command ltxdist-sampel",
+        ),
+        ("docs/distributed.md", "SLURM's `KillWait`", "SLURM's `KillWait` (also `PV`)", "name PV"),
+        (
+            "docs/sampling.md",
+            "--out-dir eval/my_style\n",
+            "--outdir eval/my_style\n",
+            "grid: no option --outdir",
+        ),
+        ("docs/sampling.md", "--seed 42 --width", "--seeds 42 --width", "generate: no option --seeds"),
+    ):
+        page_text = (REPO / page).read_text()
+        assert right in page_text, (page, right)
+        problems = page_problems(page, page_text.replace(right, wrong), logged)
+        assert any(reported in p for p in problems), (page, wrong, problems)

@@ -5,8 +5,9 @@
   what the blocks printed.
 - Full-scale blocks (the other `bash` blocks): every training command composes through Hydra and passes
   `validate_config` (each curriculum stage too; `torchrun --nproc_per_node` agrees with
-  `parallel.devices`), and every `ltxdist-prepare` / `ltxdist-sample` command parses with the CLI's own
-  parser. Nothing is trained.
+  `parallel.devices`), and every `ltxdist-prepare` / `ltxdist-sample` / `ltxdist-export` command parses
+  with the CLI's own parser. Nothing is trained. (Every page's `--options` of every ltxdist command, in
+  prose and blocks alike, are checked against the same parsers by tests/test_config_reference.py.)
 - Every page has the sections and the five commands (prepare, train, sample, grid, export) the guide
   promises, and measured time and memory figures with the machine they were measured on.
 """
@@ -184,6 +185,7 @@ def test_full_scale_commands_compose_and_parse(page: Path):
     from ltxdist.config.schema import validate_config
     from ltxdist.config.store import CONF_DIR, register_configs
     from ltxdist.data.prepare.cli import build_parser as prepare_parser
+    from ltxdist.lora.export_cli import build_parser as export_parser
     from ltxdist.parallel.dims import ParallelDims
     from ltxdist.sampling.cli import build_parser as sample_parser
     from ltxdist.training.checkpointing import check_warm_start_supported
@@ -200,7 +202,7 @@ def test_full_scale_commands_compose_and_parse(page: Path):
             sample_parser().parse_args(args)
             continue
         if words[0] == "ltxdist-export":
-            assert words[1] in ("inspect", "merge", "convert"), words
+            export_parser().parse_args(words[1:])
             continue
         overrides, nproc = _training_overrides(words)
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -64,7 +64,7 @@ SUITES: dict[str, dict[str, tuple[str, list[str], list[str]]]] = {
 }
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ltxdist-bench",
         description=__doc__.splitlines()[0],
@@ -82,6 +82,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="where results files go (default: benchmarks/results of this checkout, else runs/bench)",
     )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     import torch  # after parsing: --help stays fast
 

@@ -138,7 +138,7 @@ def write_synthetic_dataset(
     return index
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument(
@@ -161,7 +161,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="add ID-LoRA reference audio latents of this many frames",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     index = write_synthetic_dataset(
         args.out,
         args.checkpoint,

@@ -139,7 +139,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} ({len(out)} tensors)")
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ltxdist-export", description="Inspect, convert or merge LoRA files"
     )
@@ -166,7 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--force", action="store_true", help="replace an existing --out (never --lora itself)")
     p.set_defaults(fn=cmd_convert)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     from ltxdist.lora.comfy_format import LoRAFileError
 
     try:

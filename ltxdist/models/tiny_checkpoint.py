@@ -70,7 +70,7 @@ def write_random_checkpoint(
     return out_file
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output directory (or a .safetensors file path)")
     parser.add_argument("--seed", type=int, default=0)
@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="write only the transformer (no VAEs, vocoder, text connectors or Gemma)",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     out = args.out if args.out.suffix == ".safetensors" else args.out / TINY_CHECKPOINT_NAME
     path = write_random_checkpoint(
         out, seed=args.seed, model_version=args.model_version, with_encoders=not args.transformer_only
