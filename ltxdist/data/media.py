@@ -246,8 +246,9 @@ def probe_video(path: str | Path) -> VideoInfo:
         return video.info()
 
 
-def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Scale to cover (width, height) keeping the aspect ratio, then centre-crop. uint8 in, uint8 out."""
+def resize_crop(frame_HWC: torch.Tensor, width: int, height: int, *, antialias: bool = True) -> torch.Tensor:
+    """Scale to cover (width, height) keeping the aspect ratio (bilinear), then centre-crop. uint8 in,
+    uint8 out. `antialias=False` only for the conditioning image (`read_conditioning_image`)."""
     h, w = frame_HWC.shape[-3], frame_HWC.shape[-2]
     if (w, h) == (width, height):
         return frame_HWC
@@ -255,7 +256,7 @@ def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tenso
     new_w, new_h = max(width, math.ceil(w * scale - 1e-6)), max(height, math.ceil(h * scale - 1e-6))
     x = frame_HWC.permute(2, 0, 1).unsqueeze(0).float()
     # antialias: downscaling a 1080p clip to a 32x-divisible bucket without it aliases badly.
-    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=antialias, align_corners=False)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     x = x[0, :, top : top + height, left : left + width]
     return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
@@ -274,15 +275,19 @@ def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
 
 def read_conditioning_image(path: str | Path, width: int, height: int, crf: int) -> torch.Tensor:
     """A still to condition on, prepared as ltx-pipelines prepares one: at its own size, through H.264 at
-    `crf` and back (`h264_still`; 0: not re-compressed), then resized + centre-cropped: uint8 (H, W, 3).
+    `crf` and back (`h264_still`; 0: not re-compressed), then resized + centre-cropped with plain bilinear
+    interpolation, without antialiasing, as ltx-pipelines' resize_and_center_crop: uint8 (H, W, 3).
 
     Why: the model learnt first frames from compressed video; a pristine still is out of distribution
-    (ltx-pipelines re-compresses at CRF 33 for LTX-2.0 / 2.3 for that reason)."""
+    (ltx-pipelines re-compresses at CRF 33 for LTX-2.0 / 2.3 for that reason). And a LoRA should be
+    validated on the image it will be used with: on sharp detail downscaled 1.5-5x, plain bilinear
+    differs from the antialiased resize of training data by a mean 3-12 levels (under 1 on soft
+    pictures; docs/sampling.md)."""
     with open_video(path) as video:
         still = video.read(1, None, None)[0]
     if crf:
         still = h264_still(still, crf)
-    return resize_crop(still, width, height)
+    return resize_crop(still, width, height, antialias=False)
 
 
 def h264_still(image_HWC: torch.Tensor, crf: int) -> torch.Tensor:
