@@ -32,8 +32,8 @@ class ExifError(ValueError):
 
 def jpeg_orientation(path: Path) -> int | None:
     """The EXIF Orientation (1..8) of a JPEG file; None for another kind of file, a JPEG without EXIF or
-    without the tag. Malformed EXIF is ignored with a warning naming the file (the picture itself may
-    decode fine; a viewer would show it unturned too)."""
+    without the tag. Malformed EXIF is ignored with a warning naming the file: the picture itself may
+    decode fine, and FFmpeg ignores such a block too (no display rotation)."""
     with open(path, "rb") as f:
         if f.read(2) != SOI:
             return None
