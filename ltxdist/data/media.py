@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ltxdist.data.exif import jpeg_orientation
 from ltxdist.io import atomic_file
 
 
@@ -85,6 +86,37 @@ def _open(path: Path) -> av.container.InputContainer:
         raise MediaError(f"{path}: cannot open as media ({exc})") from exc
 
 
+@dataclass(frozen=True)
+class Orientation:
+    """How stored pixels become upright: mirrored left-right first (`mirror`), then turned `turns`
+    quarter turns counterclockwise (torch.rot90's k)."""
+
+    turns: int = 0
+    mirror: bool = False
+
+    def apply(self, rgb_HWC: torch.Tensor) -> torch.Tensor:
+        if self.mirror:
+            rgb_HWC = torch.flip(rgb_HWC, dims=(1,))
+        if self.turns:
+            rgb_HWC = torch.rot90(rgb_HWC, self.turns, dims=(0, 1))  # (H, W) plane: k > 0 is counterclockwise
+        return rgb_HWC
+
+
+# EXIF Orientation -> Orientation. The tag says where the stored rows and columns go on display: 6 (a
+# phone held upright) is a quarter turn clockwise (k = 3), 8 counterclockwise; the mirrored ones are 2
+# (left-right), 4 (top-bottom = mirror + half turn), 5 (transpose = mirror + counterclockwise) and 7.
+EXIF_ORIENTATIONS = {
+    1: Orientation(0),
+    2: Orientation(0, mirror=True),
+    3: Orientation(2),
+    4: Orientation(2, mirror=True),
+    5: Orientation(1, mirror=True),
+    6: Orientation(3),
+    7: Orientation(3, mirror=True),
+    8: Orientation(1),
+}
+
+
 def _quarter_turns(path: Path, degrees: float) -> int:
     """How many quarter turns counterclockwise (torch.rot90's k) the file's display matrix asks for.
 
@@ -119,6 +151,7 @@ class VideoFile:
         self._first: av.VideoFrame | None = None
         self._first_error: BaseException | None = None
         self._peeked = self._read = False
+        self._orientation: Orientation | None = None
 
     def _first_frame(self) -> av.VideoFrame | None:
         """The first frame, decoded once and kept for `read`; None when nothing decodes (`read` then
@@ -131,10 +164,20 @@ class VideoFile:
                 self._first_error = exc
         return self._first
 
-    def turns(self) -> int:
-        """Quarter turns counterclockwise that make the picture upright (see `_quarter_turns`)."""
-        first = self._first_frame()
-        return 0 if first is None else _quarter_turns(self.path, first.rotation)
+    def orientation(self) -> Orientation:
+        """What makes the picture upright: a JPEG's EXIF Orientation, else the display rotation (see
+        `_quarter_turns`). FFmpeg gives a JPEG's EXIF Orientation as a display rotation too, but reads
+        the mirrored ones (2, 4, 5, 7) as rotations (a left-right mirror as a half turn): the tag is
+        read from the file instead (ltxdist.data.exif)."""
+        if self._orientation is None:
+            exif = jpeg_orientation(self.path) if self.stream.codec_context.name == "mjpeg" else None
+            if exif is not None:
+                self._orientation = EXIF_ORIENTATIONS[exif]
+            else:
+                first = self._first_frame()
+                turns = 0 if first is None else _quarter_turns(self.path, first.rotation)
+                self._orientation = Orientation(turns)
+        return self._orientation
 
     def info(self) -> VideoInfo:
         """Size as displayed: a clip stored landscape with a quarter-turn display rotation is portrait."""
@@ -152,7 +195,7 @@ class VideoFile:
         if not codec.width or not codec.height:
             raise MediaError(f"{path}: video stream has no size (corrupt header?)")
         width, height = codec.width, codec.height
-        if self.turns() % 2:
+        if self.orientation().turns % 2:
             width, height = height, width
         return VideoInfo(path, width, height, fps, frames, bool(container.streams.audio))
 
@@ -176,13 +219,11 @@ class VideoFile:
             raise RuntimeError(f"{self.path}: VideoFile.read() is once per open_video()")
         self._read = True
         path, frames = self.path, []
-        turns = self.turns()
+        orientation = self.orientation()
         try:
             for frame in self._frames():
                 _check_frame_size(path, frame.width, frame.height)  # a header may not have said
-                rgb = torch.from_numpy(frame.to_ndarray(format="rgb24"))
-                if turns:
-                    rgb = torch.rot90(rgb, turns, dims=(0, 1))  # (H, W) plane: k > 0 is counterclockwise
+                rgb = orientation.apply(torch.from_numpy(frame.to_ndarray(format="rgb24")))
                 frames.append(rgb.contiguous() if width is None else resize_crop(rgb, width, height))
                 if len(frames) == num_frames:
                     break
@@ -207,8 +248,9 @@ def probe_video(path: str | Path) -> VideoInfo:
         return video.info()
 
 
-def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Scale to cover (width, height) keeping the aspect ratio, then centre-crop. uint8 in, uint8 out."""
+def resize_crop(frame_HWC: torch.Tensor, width: int, height: int, *, antialias: bool = True) -> torch.Tensor:
+    """Scale to cover (width, height) keeping the aspect ratio (bilinear), then centre-crop. uint8 in,
+    uint8 out. `antialias=False` only for the conditioning image (`read_conditioning_image`)."""
     h, w = frame_HWC.shape[-3], frame_HWC.shape[-2]
     if (w, h) == (width, height):
         return frame_HWC
@@ -216,7 +258,7 @@ def resize_crop(frame_HWC: torch.Tensor, width: int, height: int) -> torch.Tenso
     new_w, new_h = max(width, math.ceil(w * scale - 1e-6)), max(height, math.ceil(h * scale - 1e-6))
     x = frame_HWC.permute(2, 0, 1).unsqueeze(0).float()
     # antialias: downscaling a 1080p clip to a 32x-divisible bucket without it aliases badly.
-    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
+    x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=antialias, align_corners=False)
     top, left = (new_h - height) // 2, (new_w - width) // 2
     x = x[0, :, top : top + height, left : left + width]
     return x.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).contiguous()
@@ -235,15 +277,19 @@ def read_image(path: str | Path, width: int, height: int) -> torch.Tensor:
 
 def read_conditioning_image(path: str | Path, width: int, height: int, crf: int) -> torch.Tensor:
     """A still to condition on, prepared as ltx-pipelines prepares one: at its own size, through H.264 at
-    `crf` and back (`h264_still`; 0: not re-compressed), then resized + centre-cropped: uint8 (H, W, 3).
+    `crf` and back (`h264_still`; 0: not re-compressed), then resized + centre-cropped with plain bilinear
+    interpolation, without antialiasing, as ltx-pipelines' resize_and_center_crop: uint8 (H, W, 3).
 
     Why: the model learnt first frames from compressed video; a pristine still is out of distribution
-    (ltx-pipelines re-compresses at CRF 33 for LTX-2.0 / 2.3 for that reason)."""
+    (ltx-pipelines re-compresses at CRF 33 for LTX-2.0 / 2.3 for that reason). And a LoRA should be
+    validated on the image it will be used with: on sharp detail downscaled 1.5-5x, plain bilinear
+    differs from the antialiased resize of training data by a mean 3-12 levels (under 1 on soft
+    pictures; docs/sampling.md)."""
     with open_video(path) as video:
         still = video.read(1, None, None)[0]
     if crf:
         still = h264_still(still, crf)
-    return resize_crop(still, width, height)
+    return resize_crop(still, width, height, antialias=False)
 
 
 def h264_still(image_HWC: torch.Tensor, crf: int) -> torch.Tensor:

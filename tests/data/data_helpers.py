@@ -97,3 +97,39 @@ def rotate_display(path: Path, degrees_clockwise: int) -> Path:
     struct.pack_into(">9i", data, box + 48, cos, sin, 0, -sin, cos, 0, 0, 0, 1 << 30)
     path.write_bytes(bytes(data))
     return path
+
+
+def exif_tiff(orientation: int, byte_order: str = "II") -> bytes:
+    """An EXIF TIFF block whose IFD0 holds one entry, the Orientation (tag 0x0112, SHORT, count 1):
+    header (byte order, 42, IFD0 at offset 8), entry count, the 12-byte entry, no next IFD."""
+    import struct
+
+    e = {"II": "<", "MM": ">"}[byte_order]
+    header = byte_order.encode() + struct.pack(f"{e}HI", 42, 8)
+    entry = struct.pack(f"{e}HHIH2x", 0x0112, 3, 1, orientation)  # the SHORT left-justified in 4 bytes
+    return header + struct.pack(f"{e}H", 1) + entry + struct.pack(f"{e}I", 0)
+
+
+def exif_jpeg(path: Path, rgb_HWC, tiff: bytes | None, before: bytes = b"") -> Path:
+    """A JPEG of uint8 (H, W, 3) pixels, encoded by PyAV's mjpeg encoder (4:4:4, fine quantizer), with
+    `before` (other segments) and then an APP1 "Exif" segment holding `tiff` inserted right after SOI,
+    where cameras write it."""
+    import struct
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    codec = av.CodecContext.create("mjpeg", "w")
+    codec.height, codec.width = rgb_HWC.shape[:2]
+    codec.pix_fmt, codec.time_base = "yuvj444p", Fraction(1, 25)
+    codec.options = {"qmin": "1", "qmax": "2"}
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.asarray(rgb_HWC)), format="rgb24")
+    data = b"".join(bytes(packet) for packet in [*codec.encode(frame), *codec.encode(None)])
+    assert data[:2] == b"\xff\xd8", "expected a JPEG starting with SOI"
+    segments = before
+    if tiff is not None:
+        payload = b"Exif\x00\x00" + tiff
+        segments += b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
+    path.write_bytes(data[:2] + segments + data[2:])
+    return path

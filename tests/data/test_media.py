@@ -2,13 +2,14 @@ import math
 
 import pytest
 import torch
-from data_helpers import clip, rotate_display
+from data_helpers import clip, exif_jpeg, exif_tiff, rotate_display
 
 from ltxdist.data.media import (
     MediaError,
     NoAudioError,
     probe_video,
     read_audio,
+    read_conditioning_image,
     read_frames,
     read_image,
     write_video,
@@ -218,6 +219,127 @@ def test_a_display_rotation_is_applied(tmp_path, clockwise, size, corner):
     frames = read_frames(path, 9, *size)
     assert frames.shape == (9, size[1], size[0], 3)
     assert _bright_corner(frames[0]) == [corner] and _bright_corner(frames[-1]) == [corner]
+
+
+# TIFF 6.0 / Exif: each Orientation value says where the stored picture's first row and first column
+# are shown (e.g. 6: the first row on the right, the first column at the top: a phone held upright).
+EXIF_EDGES = {
+    1: ("top", "left"),
+    2: ("top", "right"),
+    3: ("bottom", "right"),
+    4: ("bottom", "left"),
+    5: ("left", "top"),
+    6: ("right", "top"),
+    7: ("right", "bottom"),
+    8: ("left", "bottom"),
+}
+
+
+def _as_stored(upright_HWC: torch.Tensor, orientation: int) -> torch.Tensor:
+    """The pixels a camera stores for `upright` with this Orientation, from the table above."""
+    row_edge, column_edge = EXIF_EDGES[orientation]
+    if row_edge in ("left", "right"):  # stored rows are shown as columns
+        stored = upright_HWC.transpose(0, 1)  # stored row i = shown column i, from the left
+        reverse_rows, reverse_columns = row_edge == "right", column_edge == "bottom"
+    else:
+        stored = upright_HWC
+        reverse_rows, reverse_columns = row_edge == "bottom", column_edge == "right"
+    if reverse_rows:
+        stored = stored.flip(0)
+    if reverse_columns:
+        stored = stored.flip(1)
+    return stored.contiguous()
+
+
+def _photo(width: int = 48, height: int = 32) -> torch.Tensor:
+    """An upright picture no mirror or turn maps onto itself: red grows to the right, green downwards,
+    and a white square sits near the top-left corner."""
+    x = torch.arange(width).view(1, -1).expand(height, -1) * 255 // (width - 1)
+    y = torch.arange(height).view(-1, 1).expand(-1, width) * 255 // (height - 1)
+    photo = torch.stack([x, y, torch.full_like(x, 90)], -1).to(torch.uint8)
+    photo[4:12, 4:12] = 240
+    return photo
+
+
+def _mean_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float((a.float() - b.float()).abs().mean())
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_a_photo_is_turned_upright_by_its_exif_orientation(tmp_path, orientation):
+    """Phones store the sensor's pixels plus an EXIF Orientation. FFmpeg turns it into a display
+    rotation, which got 1, 3, 6, 8 right but read the mirrored 2, 4, 5, 7 as rotations: a left-right
+    mirror (2) came out upside down. ltxdist reads the tag from the JPEG itself now. Both TIFF byte
+    orders; JPEG loss (about 1 level here) is far below the gap to any wrong orientation (> 40)."""
+    upright = _photo()
+    assert min(_mean_error(upright, upright.flip(d)) for d in ((0,), (1,), (0, 1))) > 40
+    byte_order = "II" if orientation % 2 else "MM"
+    tiff = exif_tiff(orientation, byte_order)
+    path = exif_jpeg(tmp_path / "photo.jpg", _as_stored(upright, orientation), tiff)
+    info = probe_video(path)
+    assert (info.width, info.height) == (48, 32)
+    assert _mean_error(read_image(path, 48, 32), upright) < 4
+    assert _mean_error(read_conditioning_image(path, 48, 32, crf=0), upright) < 4
+
+
+def test_exif_after_other_segments(tmp_path):
+    """The EXIF segment is found after a JFIF APP0, an XMP APP1 (APP1 too, not EXIF) and fill bytes."""
+    import struct
+
+    def segment(marker: int, payload: bytes) -> bytes:
+        return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+    before = segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+    before += segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta/>") + b"\xff\xff"
+    upright = _photo()
+    path = exif_jpeg(tmp_path / "p.jpg", _as_stored(upright, 7), exif_tiff(7, "MM"), before=before)
+    assert _mean_error(read_image(path, 48, 32), upright) < 4
+
+
+def _broken(offset: int, new: bytes) -> bytes:
+    """Orientation 6's EXIF block (little-endian) with `new` written at `offset`."""
+    good = exif_tiff(6)
+    return good[:offset] + new + good[offset + len(new) :]
+
+
+@pytest.mark.parametrize(
+    ("tiff", "reason"),
+    [
+        (exif_tiff(6)[:6], "holds 6 bytes, fewer than a TIFF header"),
+        (_broken(0, b"XX"), "byte order b'XX' is neither"),
+        (_broken(4, (400).to_bytes(4, "little")), "IFD0 at offset 400, outside"),
+        (_broken(8, (5).to_bytes(2, "little")), "IFD0's 5 entries run past the end"),
+        (exif_tiff(9), "Orientation 9 is not one of 1..8"),
+        (_broken(12, (4).to_bytes(2, "little")), "type 4 and count 1, not one SHORT"),
+    ],
+    ids=["short", "byte-order", "ifd-offset", "entry-count", "value", "type"],
+)
+def test_malformed_exif_is_ignored_with_a_warning_naming_the_file(tmp_path, caplog, tiff, reason):
+    """Every offset is checked against the block: a broken EXIF leaves the picture as stored (FFmpeg,
+    given these, sees no rotation either) and says which file and why, instead of an error or a guess."""
+    stored = _as_stored(_photo(), 6)
+    path = exif_jpeg(tmp_path / "broken.jpg", stored, tiff)
+    with caplog.at_level("WARNING", logger="ltxdist.data.exif"):
+        got = read_image(path, 32, 48)
+    assert _mean_error(got, stored) < 4
+    assert f"{path}: its EXIF orientation is ignored" in caplog.text and reason in caplog.text
+
+
+def test_a_photo_sample_is_prepared_upright(tmp_path, encoders, monkeypatch):
+    """A still as a sample (video_path a photo, a one-frame bucket) takes the bucket of its upright
+    shape, and the VAE gets the upright pixels: here Orientation 5 (stored transposed)."""
+    from ltxdist.data.buckets import parse_buckets
+    from ltxdist.data.manifest import ManifestRow
+    from ltxdist.data.prepare.samples import SampleBuilder, SampleSpec
+
+    upright = _photo(96, 64)
+    path = exif_jpeg(tmp_path / "photo.jpg", _as_stored(upright, 5), exif_tiff(5))
+    seen = _spy_video_encoder(encoders, monkeypatch)
+    spec = SampleSpec(buckets=tuple(parse_buckets("96x64x1;64x96x1")), audio="off")
+    sample = SampleBuilder(spec, encoders).build(ManifestRow(0, "photo row", path, "a photo"))
+    assert sample.bucket == "96x64x1"
+    assert _mean_error(seen[0][0], upright) < 4
 
 
 def _count_decoding(monkeypatch) -> dict[str, int]:

@@ -470,3 +470,31 @@ def test_the_trigger_word_is_prepended_once(caption, expected):
 
     assert with_trigger(caption, "sks") == expected
     assert with_trigger(caption, None) == caption
+
+
+def test_each_srun_task_takes_its_own_gpu_on_its_node():
+    """--device auto picked cuda:LOCAL_RANK, else cuda:(rank % GPUs). srun sets no LOCAL_RANK, and its
+    ranks on a node need not be consecutive: 2 nodes of 2 GPUs, 4 tasks, --distribution=cyclic puts
+    ranks 0 and 2 on the first node, and both took cuda:0 while cuda:1 stayed idle. srun's SLURM_LOCALID
+    (the task's index on its node) now picks the GPU, when srun gave the rank."""
+    from ltxdist.data.prepare.cli import resolve_launch
+    from ltxdist.data.prepare.pipeline import gpu_index
+
+    def srun_task(rank: int, local: int) -> dict[str, str]:
+        return {"SLURM_PROCID": str(rank), "SLURM_STEP_NUM_TASKS": "4", "SLURM_LOCALID": str(local)}
+
+    def gpu(env: dict[str, str], gpus: int = 2, rank: int | None = None) -> int:
+        launch = resolve_launch(rank, None, env)
+        return gpu_index(launch.rank, gpus, env, launch.launcher)
+
+    # cyclic: first node ranks 0, 2 (local 0, 1); second node ranks 1, 3 (local 0, 1)
+    assert [gpu(srun_task(r, r // 2)) for r in (0, 2, 1, 3)] == [0, 1, 0, 1]
+    # srun --gpus-per-task=1: each task sees only its own GPU, which is cuda:0 for every task
+    assert gpu(srun_task(2, 1), gpus=1) == 0
+    # torchrun (also inside srun) says LOCAL_RANK
+    assert gpu({**srun_task(2, 1), "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, gpus=4) == 1
+    # a rank from --rank is not srun's: SLURM_LOCALID may describe another process; rank % GPUs
+    assert gpu(srun_task(2, 0), gpus=2, rank=3) == 1
+    assert gpu({}, gpus=4, rank=6) == 2
+    with pytest.raises(ValueError, match="SLURM_LOCALID='x' in the environment is not a whole number"):
+        gpu({**srun_task(2, 1), "SLURM_LOCALID": "x"})

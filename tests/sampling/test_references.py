@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import math
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -89,6 +90,20 @@ def _h264_round_trip(image_HWC: torch.Tensor, crf: int) -> torch.Tensor:
             c.mux(packet)
     with av.open(io.BytesIO(buffer.getvalue())) as c:
         return torch.from_numpy(next(c.decode(video=0)).to_ndarray(format="rgb24"))
+
+
+def _pipelines_resize(image_HWC: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """ltx-pipelines' resize_and_center_crop, written here from its definition: scale by the larger of
+    the two ratios to ceil'd sizes with plain bilinear interpolation (torch's default: no antialiasing,
+    align_corners=False), centre-crop; rounded back to uint8."""
+    h, w = image_HWC.shape[:2]
+    scale = max(height / h, width / w)
+    new_h, new_w = math.ceil(h * scale), math.ceil(w * scale)
+    x = image_HWC.permute(2, 0, 1)[None].float()
+    x = torch.nn.functional.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    x = x[0, :, top : top + height, left : left + width].permute(1, 2, 0)
+    return x.round().clamp(0, 255).to(torch.uint8)
 
 
 def _write_wav(path: Path, seconds: float, seed: int) -> torch.Tensor:
@@ -178,7 +193,8 @@ def test_encode_references_decodes_encodes_and_loops_a_still(sampler, media):
 
 def test_first_frame_image_reaches_the_vae_through_h264_at_crf_33(sampler, media, monkeypatch):
     """As ltx-pipelines conditions on an image: re-compressed at its own size (an odd last row / column
-    cut for 4:2:0), then resized to the output; `image_crf=0` passes the raw image."""
+    cut for 4:2:0), then resized to the output as ltx-pipelines resizes (bilinear without antialiasing;
+    it was antialiased, as training data are); `image_crf=0` passes the raw image."""
     seen: list[torch.Tensor] = []
     encode = sampler.video_vae.encode
 
@@ -200,9 +216,13 @@ def test_first_frame_image_reaches_the_vae_through_h264_at_crf_33(sampler, media
     compressed = _h264_round_trip(raw[:66, :80], 33)
     assert not torch.equal(compressed, raw[:66, :80])  # CRF 33 visibly changes this image
     default = vae_input(References(image=media["odd_face"]))
-    assert torch.equal(default, resize_crop(compressed, 64, 64))
-    assert not torch.equal(default, resize_crop(raw, 64, 64))
-    assert torch.equal(vae_input(References(image=media["odd_face"], image_crf=0)), resize_crop(raw, 64, 64))
+    assert torch.equal(default, _pipelines_resize(compressed, 64, 64))
+    assert not torch.equal(default, _pipelines_resize(raw, 64, 64))
+    assert torch.equal(
+        vae_input(References(image=media["odd_face"], image_crf=0)), _pipelines_resize(raw, 64, 64)
+    )
+    # ltx-pipelines resizes without antialiasing; training data are antialiased (resize_crop)
+    assert not torch.equal(_pipelines_resize(raw, 64, 64), resize_crop(raw, 64, 64))
 
 
 def test_bad_references_are_errors_naming_the_flag(sampler, media):

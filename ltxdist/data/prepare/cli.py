@@ -33,6 +33,7 @@ class Launch:
     rank: int
     world_size: int
     source: str  # where rank and world size came from, for messages ("" when nothing set them)
+    launcher: str = ""  # the launcher that set the rank ("torchrun", "srun"); "" for --rank or none
 
 
 def _env_int(env: Mapping[str, str], key: str) -> int:
@@ -55,7 +56,7 @@ def env_launch(env: Mapping[str, str]) -> Launch:
     for rank_key, world_key, launcher in LAUNCHERS:
         if rank_key in env and world_key in env:
             source = f"{rank_key} / {world_key}, set by {launcher}"
-            return Launch(_env_int(env, rank_key), _env_int(env, world_key), source)
+            return Launch(_env_int(env, rank_key), _env_int(env, world_key), source, launcher)
     return Launch(0, 1, "")
 
 
@@ -67,7 +68,10 @@ def resolve_launch(rank: int | None, world_size: int | None, env: Mapping[str, s
     flags = [f for f, v in (("--rank", rank), ("--world-size", world_size)) if v is not None]
     source = ", ".join([*flags, launch.source] if launch.source else flags)
     return Launch(
-        launch.rank if rank is None else rank, launch.world_size if world_size is None else world_size, source
+        launch.rank if rank is None else rank,
+        launch.world_size if world_size is None else world_size,
+        source,
+        launch.launcher if rank is None else "",
     )
 
 
@@ -150,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
         "else 1)",
     )
     p.add_argument(
-        "--device", default="auto", help="auto (cuda:LOCAL_RANK if any, else cpu), cpu, cuda:0, ..."
+        "--device",
+        default="auto",
+        help="auto (a GPU if any: cuda:LOCAL_RANK, or cuda:SLURM_LOCALID under srun, else cuda:rank %% GPUs; "
+        "else cpu), cpu, cuda:0, ...",
     )
     p.add_argument(
         "--dtype",
@@ -281,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         overwrite=args.overwrite,
         rank=rank,
         world_size=world,
+        rank_launcher=launch.launcher,
         device=args.device,
         dtype=args.dtype,
         text_tokens=args.text_tokens,

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,7 @@ class PrepareOptions:
     overwrite: bool = False
     rank: int = 0
     world_size: int = 1
+    rank_launcher: str = ""  # who set `rank` ("torchrun", "srun"; "" for --rank): picks the GPU (gpu_index)
     device: str = "auto"
     dtype: str = "auto"
     text_tokens: int | None = None
@@ -111,11 +113,33 @@ def empty_caption_settings(plan: PreparePlan, text_encoder_precision: str) -> di
     }
 
 
-def _device_for_rank(name: str, rank: int) -> torch.device:
+def gpu_index(rank: int, gpu_count: int, env: Mapping[str, str], rank_launcher: str = "") -> int:
+    """The GPU this process prepares on (--device auto): torchrun's LOCAL_RANK; else srun's SLURM_LOCALID
+    when srun gave the rank; else rank % gpu_count.
+
+    Why not always rank % gpu_count: under srun the ranks on a node need not be consecutive
+    (--distribution=cyclic or plane, an arbitrary node list), so two tasks of a node could share a GPU
+    while another stays idle. SLURM_LOCALID is the task's index on its own node. It is taken modulo the
+    GPUs this process sees: with --gpus-per-task (or --gpu-bind) each task sees only its own GPU(s)."""
+    count = max(1, gpu_count)
+    if "LOCAL_RANK" in env:
+        return _env_index(env, "LOCAL_RANK")
+    if rank_launcher == "srun" and "SLURM_LOCALID" in env:
+        return _env_index(env, "SLURM_LOCALID") % count
+    return rank % count
+
+
+def _env_index(env: Mapping[str, str], key: str) -> int:
+    try:
+        return int(env[key])
+    except ValueError:
+        raise ValueError(f"{key}={env[key]!r} in the environment is not a whole number") from None
+
+
+def _device_for_rank(name: str, rank: int, rank_launcher: str) -> torch.device:
     device = pick_device(name)
     if device.type == "cuda" and name == "auto":
-        local = int(os.environ.get("LOCAL_RANK", rank % max(1, torch.cuda.device_count())))
-        device = torch.device("cuda", local)
+        device = torch.device("cuda", gpu_index(rank, torch.cuda.device_count(), os.environ, rank_launcher))
         torch.cuda.set_device(device)
     return device
 
@@ -272,7 +296,7 @@ def prepare_dataset(opts: PrepareOptions) -> PrepareResult:
     empty_caption_wanted = empty_caption_settings(plan, opts.text_encoder_precision)
     empty_caption_stale = empty_caption_metadata(out) != empty_caption_wanted
     if todo or empty_caption_stale:
-        device = _device_for_rank(opts.device, opts.rank)
+        device = _device_for_rank(opts.device, opts.rank, opts.rank_launcher)
         encoders = EncoderSet.load(
             opts.checkpoint,
             opts.gemma,
