@@ -116,13 +116,14 @@ def test_force_trains_with_the_new_optimizer_settings_and_auto_with_the_checkpoi
     # A warm-up (the lr moves every step) independent of max_steps, which differs between the starts.
     warmup = {"optim.schedule.name": "constant", "optim.schedule.warmup_steps": 8, "optim.lr": 3e-3}
     kw = {"trainer.max_steps": 4, "trainer.checkpoint_every_n_steps": 2, **warmup}
-    _train(_cfg(tiny_ckpt, tiny_data, run, **{**kw, "trainer.max_steps": 2}))
+    first = _cfg(tiny_ckpt, tiny_data, run, **{**kw, "trainer.max_steps": 2})
+    _train(first)
     _train(_cfg(tiny_ckpt, tiny_data, run, **{**kw, "trainer.max_steps": 3}))  # auto: same settings
     forced = {**kw, "optim.lr": 1e-4, "optim.weight_decay": 0.5}
     _train(_cfg(tiny_ckpt, tiny_data, run, "run.resume=force", **forced))
     from ltxdist.training.optim import lr_multiplier
 
-    schedule = _cfg(tiny_ckpt, tiny_data, run, **kw).optim.schedule
+    schedule = first.optim.schedule  # every start has this schedule (max_steps goes to lr_multiplier)
     rows = {r["step"]: r["optim/lr"] for r in _metrics(run / "metrics.jsonl")}
 
     def expected(base: float, step: int) -> float:  # the lr a step trains with (the schedule at step - 1)
@@ -146,7 +147,8 @@ def test_a_checkpoint_path_with_changed_optimizer_settings_trains_with_them(tiny
     run = tmp_path / "run"
     warmup = {"optim.schedule.name": "constant", "optim.schedule.warmup_steps": 8, "optim.lr": 3e-3}
     kw = {"trainer.max_steps": 2, "trainer.checkpoint_every_n_steps": 2, **warmup}
-    _train(_cfg(tiny_ckpt, tiny_data, run, **kw))
+    first = _cfg(tiny_ckpt, tiny_data, run, **kw)
+    _train(first)
     path = run / "checkpoints" / "step-000002"
     _train(
         _cfg(
@@ -157,7 +159,7 @@ def test_a_checkpoint_path_with_changed_optimizer_settings_trains_with_them(tiny
             **{**kw, "trainer.max_steps": 3, "optim.lr": 1e-4},
         )
     )
-    schedule = _cfg(tiny_ckpt, tiny_data, run, **kw).optim.schedule
+    schedule = first.optim.schedule  # the resumed start's too (only optim.lr and max_steps differ)
     rows = {r["step"]: r["optim/lr"] for r in _metrics(run / "metrics.jsonl")}
     assert rows[3] == pytest.approx(1e-4 * lr_multiplier(2, cfg=schedule, base_lr=1e-4, max_steps=3))
     assert read_train_state(run / "checkpoints" / "step-000003").scheduler["base_lrs"] == [1e-4]
@@ -183,7 +185,9 @@ def test_a_resume_under_another_micro_batch_layout_keeps_the_optimizer_steps_who
 ):
     """Resumed with batch 1 x accumulation 2 from a run of batch 2 x accumulation 1 (same samples per
     step): the data position converts to this layout's micro-batches, and so must Lightning's count,
-    or every step after the resume takes a slipped share of the global batch."""
+    or every step after the resume takes a slipped share of the global batch. The resumed start runs
+    under gradient accumulation, so its metrics.jsonl also shows one line per step there: the first
+    micro-batch ends at the step resumed from, which has its line already."""
     common = {"trainer.checkpoint_every_n_steps": 3, "data.shuffle_buffer": 1}
     small = {"data.batch_size": 1, "trainer.accumulate_grad_batches": 2}
     reference = tmp_path / "reference"
@@ -197,6 +201,9 @@ def test_a_resume_under_another_micro_batch_layout_keeps_the_optimizer_steps_who
     # Each record's data position: the micro-batches consumed when the step ended (the slipped count
     # ended step 4 after 7, one sample short of its global batch, and every later step one off).
     assert [got[s]["batches_seen"] for s in (4, 5)] == [want[s]["batches_seen"] for s in (4, 5)] == [8, 10]
+    rows = _metrics(run / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert all("loss/total" in r for r in rows), "no empty record for the step the run resumed at"
 
 
 def test_a_resume_that_would_split_an_optimizer_step_is_refused(tiny_ckpt, tiny_data, tmp_path):
@@ -214,16 +221,6 @@ def test_a_resume_that_would_split_an_optimizer_step_is_refused(tiny_ckpt, tiny_
                 **{**one, "trainer.max_steps": 4, "trainer.accumulate_grad_batches": 2},
             )
         )
-
-
-def test_resume_under_gradient_accumulation_writes_one_metrics_line_per_step(tiny_ckpt, tiny_data, tmp_path):
-    run = tmp_path / "run"
-    kw = {"trainer.accumulate_grad_batches": 2, "trainer.checkpoint_every_n_steps": 2}
-    _train(_cfg(tiny_ckpt, tiny_data, run, **{**kw, "trainer.max_steps": 2}))
-    _train(_cfg(tiny_ckpt, tiny_data, run, **{**kw, "trainer.max_steps": 3}))
-    rows = _metrics(run / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert all("loss/total" in r for r in rows), "no empty record for the step the run resumed at"
 
 
 def test_hfu_follows_the_activation_checkpointing_plan(tiny_ckpt, tiny_data, tmp_path, monkeypatch):

@@ -1,9 +1,14 @@
 """End-to-end training runs on the tiny model: the README demo, kill + resume, each strategy. (DDP on 2 CPU
-processes against 1 process, and its resumes: tests/faults/test_resume_position.py.)"""
+processes against 1 process, and its resumes: tests/faults/test_resume_position.py.)
+
+Only what is about the process runs as one: the demo script and the run that is SIGKILLed. The other
+runs train in this process (e2e_utils.train_in_process: the command line's closed config, one thread),
+which saves an interpreter and Lightning start-up each."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -13,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from e2e_utils import BIN, REPO, train_overrides
+from e2e_utils import BIN, REPO, compose_train, train_in_process, train_overrides
 from omegaconf import OmegaConf
 
 from ltxdist.checkpoint import read_checkpoint
@@ -22,12 +27,6 @@ from ltxdist.lora import read_lora_file
 from ltxdist.training.run_dir import complete_checkpoints
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-
-
-def _train(args: list[str], **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "ltxdist-train"), *args], env=ENV, capture_output=True, text=True, timeout=600, **kw
-    )
 
 
 def _metrics(run_dir: Path) -> list[dict]:
@@ -72,10 +71,9 @@ def test_readme_demo_runs_and_loss_goes_down(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_from_last_complete_checkpoint(tiny_ckpt, tiny_data, tmp_path):
+def test_killed_run_resumes_from_last_complete_checkpoint(tiny_ckpt, tiny_data, tmp_path, caplog):
     common = dict(**{"trainer.max_steps": 60, "trainer.checkpoint_every_n_steps": 5})
-    ref = _train(train_overrides(tiny_ckpt, tiny_data, tmp_path / "ref", **common))
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    train_in_process(compose_train(train_overrides(tiny_ckpt, tiny_data, tmp_path / "ref", **common)))
 
     run = tmp_path / "killed"
     args = train_overrides(tiny_ckpt, tiny_data, run, **common)
@@ -95,9 +93,9 @@ def test_killed_run_resumes_from_last_complete_checkpoint(tiny_ckpt, tiny_data, 
     assert done and done[-1] < 60, f"the kill must land mid-run, found checkpoints {done}"
     last = done[-1]
 
-    resumed = _train(args)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from {run / 'checkpoints' / f'step-{last:06d}'}" in resumed.stderr + resumed.stdout
+    with caplog.at_level(logging.INFO, logger="ltxdist"):
+        train_in_process(compose_train(args))  # the killed command's own overrides
+    assert f"resuming from {run / 'checkpoints' / f'step-{last:06d}'}" in caplog.text
     steps = [r["step"] for r in _metrics(run)]
     assert steps == list(range(1, 61)), "metrics continue at the checkpoint step, no gap and no repeat"
     a, b = (
@@ -138,9 +136,7 @@ def test_each_strategy_trains_with_falling_loss(tiny_ckpt, tmp_path, strategy):
         "optim.lr": 3e-3,
         **STRATEGY_RUNS[strategy],
     }
-    args = train_overrides(tiny_ckpt, tmp_path / "data", tmp_path / "run", **extra)
-    proc = _train(args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_in_process(compose_train(train_overrides(tiny_ckpt, tmp_path / "data", tmp_path / "run", **extra)))
     rows = _metrics(tmp_path / "run")
     assert len(rows) == 80 and all(math.isfinite(r["loss/total"]) for r in rows)
     first = sum(r["loss/total"] for r in rows[:15]) / 15

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from e2e_utils import tiny_validation_overrides
+from e2e_utils import compose_train, tiny_validation_overrides, train_in_process
 from parallel_helpers import (
     REPORT_ENV,
     adapters,
@@ -81,17 +81,14 @@ def _recording(run_env: dict[str, str], run_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ref(tiny_ckpt, data, run_env, tmp_path_factory) -> Path:
-    """1 process, batch 2, plain (no parallel strategy); a checkpoint after every step."""
+def ref(tiny_ckpt, data, tmp_path_factory) -> Path:
+    """1 process, batch 4, plain (no parallel strategy); a checkpoint after every step. It trains in this
+    process (nothing in it is about processes), recording what it materialised as the ranks do."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    run(
-        tiny_ckpt,
-        data,
-        out,
-        1,
-        _recording(run_env, out),
-        **{"trainer.checkpoint_every_n_steps": 1, "trainer.keep_last_k": STEPS},
-    )
+    extra = {"trainer.checkpoint_every_n_steps": 1, "trainer.keep_last_k": STEPS}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(REPORT_ENV, str(_materialized(out)))
+        train_in_process(compose_train(command(tiny_ckpt, data, out, 1, **extra)[1:]))
     return out
 
 

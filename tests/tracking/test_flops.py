@@ -14,7 +14,13 @@ from ltxdist.models.init import init_transformer_weights
 from ltxdist.models.presets import transformer_config
 from ltxdist.parallel.activation_checkpointing import CheckpointingPolicy, apply_activation_checkpointing
 from ltxdist.strategies.positions import audio_positions, video_positions
-from ltxdist.tracking.flops import FlopModel, peak_flops_per_device, recompute_shares, tokens_of_forward
+from ltxdist.tracking.flops import (
+    FlopModel,
+    StepFlops,
+    peak_flops_per_device,
+    recompute_shares,
+    tokens_of_forward,
+)
 from ltxdist.tracking.metrics import utilization
 
 TV, TA, S = 12, 9, 16  # video tokens (2 x 2 x 3 latent grid), audio tokens, text tokens
@@ -103,30 +109,48 @@ def test_flop_model_matches_hand_count():
     assert 0 < video_only.model < got.model
 
 
-@pytest.mark.parametrize(
-    "mode, shares",
-    [("off", {}), ("full", {"full": 1.0}), ("attention", {"attention": 1.0}), ("every_k", None)],
-)
-def test_hardware_flops_follow_the_applied_checkpointing_plan(mode, shares):
-    """parallel.activation_checkpointing modes other than full / off recompute only some blocks, or all
-    of a block but its attention cores: HFU counts the plan as applied to the model (recompute_shares),
-    not model.gradient_checkpointing's all-or-none. every_k is checked against what torch counts in a
-    real step (off and full: the test above, with the same shares)."""
+def _checkpointed_model(mode: str) -> torch.nn.Module:
+    """The tiny model in training mode with parallel.activation_checkpointing=`mode` applied (every_k:
+    every 2nd block, i.e. block 0 of the tiny model's 2)."""
     model = _model()
     model.train()
     apply_activation_checkpointing(model, CheckpointingPolicy(mode, every=2))
+    return model
+
+
+def _planned_and_full_steps(model: torch.nn.Module, tokens: dict[str, int]) -> tuple[StepFlops, StepFlops]:
+    """(the step as the applied plan recomputes it, the step with every block recomputed)."""
     fm = FlopModel.from_model(model)
-    video, audio = _inputs(requires_grad=True)
-    tokens = tokens_of_forward(video, audio)[1]
     step = fm.step(batch=1, tokens=tokens, recompute=recompute_shares(model))
-    full = fm.step(batch=1, tokens=tokens, activation_checkpointing=True)
-    if shares is not None:
-        assert recompute_shares(model) == shares
-        if mode == "attention":  # every block's forward but its attention cores
-            assert step.model < step.hardware < full.hardware
-        return
-    assert recompute_shares(model) == {"full": 0.5}  # the tiny model's 2 blocks: block 0 of every 2
+    return step, fm.step(batch=1, tokens=tokens, activation_checkpointing=True)
+
+
+@pytest.mark.parametrize(
+    "mode, shares",
+    [("off", {}), ("full", {"full": 1.0}), ("attention", {"attention": 1.0}), ("every_k", {"full": 0.5})],
+)
+def test_recompute_shares_follow_the_applied_checkpointing_plan(mode, shares):
+    """parallel.activation_checkpointing modes other than full / off recompute only some blocks, or all
+    of a block but its attention cores: HFU counts the plan as applied to the model (recompute_shares),
+    not model.gradient_checkpointing's all-or-none."""
+    assert recompute_shares(_checkpointed_model(mode)) == shares
+
+
+@pytest.mark.parametrize("mode", ["attention", "every_k"])
+def test_a_partial_plan_counts_some_recompute_but_less_than_full(mode):
+    """attention: every block's forward but its attention cores; every_k: half the blocks."""
+    model = _checkpointed_model(mode)
+    video, audio = _inputs(requires_grad=True)
+    step, full = _planned_and_full_steps(model, tokens_of_forward(video, audio)[1])
     assert step.model < step.hardware < full.hardware
+
+
+def test_every_k_hardware_flops_match_what_torch_counts_in_a_real_step():
+    """every_k's count against torch's in a real forward + backward (off and full: the real-step test
+    below, with the same shares)."""
+    model = _checkpointed_model("every_k")
+    video, audio = _inputs(requires_grad=True)
+    step, _ = _planned_and_full_steps(model, tokens_of_forward(video, audio)[1])
     assert _torch_counted_step_flops(model, video, audio) == step.hardware
 
 
