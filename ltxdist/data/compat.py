@@ -11,6 +11,9 @@ Checked per shard directory (`data.path`, or every `data.mix` source):
 - each encoder fingerprint recorded in index.json that the checkpoint can also provide (video VAE, audio
   VAE, text connectors; present only when the checkpoint file holds those weights) against the same
   fingerprint computed from the checkpoint. Gemma lives outside the checkpoint and is not compared.
+
+Shards an older revision of ltxdist-prepare wrote (prepare/revision.py: ltxdist has since fixed how
+samples are made) are still usable, so they only get a warning naming what changed and how to re-prepare.
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from typing import Any
 
 from safetensors import safe_open
 
-from ltxdist.data.shards import ShardIndexError, load_index
+from ltxdist.data.prepare.revision import PREPARE_REVISION, changes_since, recorded_revision
+from ltxdist.data.shards import ShardIndex, ShardIndexError, load_index
 from ltxdist.models.checkpoint_file import CheckpointInfo, major_minor
 
 log = logging.getLogger(__name__)
 
 MODEL_VERSION_FLAG = "data.allow_model_version_mismatch"
 ENCODER_FLAG = "data.allow_encoder_mismatch"
+# Written into index.json by every ltxdist-prepare since the first: the data of other writers
+# (ltxdist-synthetic-data, a hand-made index) has no preparation revision to compare.
+PREPARED_MARK = "prepare_run"
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,42 @@ def check_data_fits_checkpoint(data_cfg: Any, info: CheckpointInfo) -> None:
             allow_model_version_mismatch=bool(data_cfg.allow_model_version_mismatch),
             allow_encoder_mismatch=bool(data_cfg.allow_encoder_mismatch),
         )
+
+
+def older_preparation_warning(source: DataSource, index: ShardIndex) -> str:
+    """The start-up warning for shards an older revision of ltxdist-prepare wrote (none recorded:
+    revision 1), naming what changed since and how to re-prepare; "" for shards of this revision or a
+    newer one, and for shards ltxdist-prepare did not write."""
+    if PREPARED_MARK not in index.extra:
+        return ""
+    revision = recorded_revision(index.extra)
+    if revision >= PREPARE_REVISION:
+        return ""
+    where = source.directory
+    return "\n".join(
+        [
+            f"{where} ({source.flag}) was prepared by ltxdist-prepare revision {revision}; this ltxdist "
+            f"prepares revision {PREPARE_REVISION}. Samples prepared since then differ:",
+            *(f"  {line}" for line in changes_since(revision)),
+            "Training goes on with the data as it is. To re-prepare it, run the ltxdist-prepare command "
+            f"that wrote it again with --overwrite added (ltxdist-prepare INPUT --out {where} ... "
+            "--overwrite), or into a new --out. To run.resume=auto, re-prepared data is other data: "
+            "continue a run on it with run.resume=force, or start a new one (run.name=NEW).",
+        ]
+    )
+
+
+def warn_about_older_preparations(data_cfg: Any) -> None:
+    """Warn once per shard directory (`data.path`, or each `data.mix` source) that an older revision of
+    ltxdist-prepare wrote (older_preparation_warning). Rank 0's training start-up calls it."""
+    seen: set[Path] = set()
+    for source in data_sources(data_cfg):
+        if source.directory in seen:  # one folder mixed in twice is one dataset
+            continue
+        seen.add(source.directory)
+        message = older_preparation_warning(source, load_index(source.directory))
+        if message:
+            log.warning(message)
 
 
 # Training strategies that read references from the shards (ltxdist-prepare --strategy of the same name).

@@ -20,7 +20,11 @@ from ltxdist.checkpoint.files import CheckpointMismatchError
 from ltxdist.config.hydra_errors import explain_read_error
 from ltxdist.config.schema import ConfigError, validate_config
 from ltxdist.config.store import CONF_DIR, compose_train_config, register_configs
-from ltxdist.data.compat import check_data_fits_checkpoint, check_data_fits_strategy
+from ltxdist.data.compat import (
+    check_data_fits_checkpoint,
+    check_data_fits_strategy,
+    warn_about_older_preparations,
+)
 from ltxdist.models.checkpoint_file import CheckpointInfo
 from ltxdist.models.loader import MetaBase
 from ltxdist.parallel import lightning_strategy
@@ -318,6 +322,7 @@ class RunPreparation(pl.Callback):
                 info = self.base.info  # the header, read once (after _prepare_inputs may write the file)
                 check_data_fits_checkpoint(self.cfg.data, info)  # before any model
                 check_data_fits_strategy(self.cfg.data, self.cfg.strategy)
+                warn_about_older_preparations(self.cfg.data)  # usable data: a warning, not a refusal
                 check_lora_targets(self.cfg.lora, self.base.model())  # the meta model configure_model takes
                 self._decide_resume(info)
                 (self.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(self.resolved))

@@ -100,3 +100,27 @@ def test_encoder_fingerprints_are_compared_with_the_checkpoint(tiny_model, tiny_
         check_data_fits_checkpoint(cfg.data, read_checkpoint_info(tiny_model.checkpoint))
     cfg.data.allow_encoder_mismatch = True
     check_data_fits_checkpoint(cfg.data, read_checkpoint_info(tiny_model.checkpoint))
+
+
+def test_only_data_of_an_older_prepare_revision_gets_the_start_warning(tmp_path):
+    """Synthetic shards and hand-made indexes record no preparation at all: no warning for them. Shards of
+    this revision (or of a newer ltxdist) neither. Revision 1 is also what an index without one says."""
+    from ltxdist.data.compat import DataSource, older_preparation_warning
+    from ltxdist.data.prepare.revision import CHANGELOG, PREPARE_REVISION
+
+    source = DataSource("data.path", tmp_path)
+
+    def warning(**extra):
+        return older_preparation_warning(source, ShardIndex(model_version="2.3.0", extra=extra))
+
+    assert warning(synthetic=True) == "" and warning() == ""
+    assert warning(prepare_run="abc", prepare_revision=PREPARE_REVISION) == ""
+    assert warning(prepare_run="abc", prepare_revision=PREPARE_REVISION + 1) == ""
+    unrecorded, one = warning(prepare_run="abc"), warning(prepare_run="abc", prepare_revision=1)
+    assert unrecorded == one and f"{tmp_path} (data.path) was prepared by ltxdist-prepare revision 1;" in one
+    # Every revision since the data's is named, one line each; the data's own is not.
+    assert [line for line in one.splitlines() if line.startswith("  revision ")] == [
+        f"  revision {r}: {CHANGELOG[r]}" for r in range(2, PREPARE_REVISION + 1)
+    ]
+    # The changelog has a line for every revision up to the current one.
+    assert sorted(CHANGELOG) == list(range(1, PREPARE_REVISION + 1))

@@ -1,5 +1,6 @@
 import itertools
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -7,7 +8,7 @@ import subprocess
 import pytest
 import torch
 from data_helpers import clip, prepare_opts, read_samples
-from e2e_utils import prepare_command
+from e2e_utils import compose_train, prepare_command, train_in_process, train_overrides
 
 from ltxdist.data.media import read_frames
 from ltxdist.data.prepare import PrepareError, prepare_dataset
@@ -498,3 +499,96 @@ def test_each_srun_task_takes_its_own_gpu_on_its_node():
     assert gpu({}, gpus=4, rank=6) == 2
     with pytest.raises(ValueError, match="SLURM_LOCALID='x' in the environment is not a whole number"):
         gpu({**srun_task(2, 1), "SLURM_LOCALID": "x"})
+
+
+def _rewrite_json(path, change) -> None:
+    """`change` applied to a JSON file in place (as a file an older ltxdist wrote would read)."""
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def _without_revision(data: dict) -> None:
+    data.pop("prepare_revision", None)  # an ltxdist-prepare from before revisions were recorded
+
+
+def test_shards_of_an_older_prepare_revision_are_stale_like_changed_inputs(prepared, tiny_model, tmp_path):
+    """ltxdist fixed how samples are made (phone clips came out sideways, EXIF photos, a doubled trigger
+    word) without any input of a shard changing: a rerun took shards prepared before the fix as up to
+    date, even with --overwrite. A unit of an older revision (none recorded: revision 1) is now stale
+    as one of other options is: refused without --overwrite, naming what changed; re-encoded with it."""
+    from ltxdist.data.prepare.revision import PREPARE_REVISION
+
+    raw, done, _ = prepared
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    units = sorted(out.glob("shard-*.unit.json"))  # rows 0-1, 2-3, 4
+    assert len(units) == 3
+    _rewrite_json(out / "index.json", _without_revision)
+    _rewrite_json(units[0], _without_revision)
+    _rewrite_json(units[2], lambda record: record.update(prepare_revision=1))  # said outright
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+
+    def prepare(**kw):
+        same = {"samples_per_shard": 2, "lora_trigger": "sks", "audio": "optional"}  # as `prepared`
+        return prepare_dataset(prepare_opts(raw, out, tiny_model, **same, **kw))
+
+    with pytest.raises(PrepareError) as refused:
+        prepare()
+    message = str(refused.value)
+    assert f"index.json: ltxdist-prepare revision 1 -> {PREPARE_REVISION})" in message
+    assert "pass --overwrite" in message
+    assert "What changed in prepared samples since revision 1:" in message
+    assert "display rotation" in message and "EXIF Orientation" in message
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")} == stamps  # nothing touched
+
+    # --overwrite re-encodes the units of revision 1, recorded or not, and keeps the current one.
+    over = prepare(overwrite=True)
+    assert (over.encoded, over.replaced_units, over.resumed_units) == (3, 2, 1)
+    now = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.tar")}
+    assert {name for name in now if now[name] == stamps[name]} == {"shard-000001.tar"}
+    recorded = [json.loads(p.read_text()).get("prepare_revision") for p in [out / "index.json", *units]]
+    assert recorded == [PREPARE_REVISION] * 4
+    assert prepare().encoded == 0  # up to date from now on: no flag needed
+
+
+def test_training_on_an_older_prepare_revision_warns_once_and_resumes(prepared, tiny_model, tmp_path, caplog):
+    """Training used shards prepared before a fix without a word. It now warns at start, once, naming the
+    folder, both revisions, what changed and how to re-prepare; the data still trains. An index.json
+    without the revision (every dataset prepared before it was recorded) loads, and a run on it
+    resumes as the same run: the start-up leaves the file as it is, so its digest (the run identity's
+    data entry) stays what the checkpoint recorded."""
+    from ltxdist.data.prepare.revision import PREPARE_REVISION
+    from ltxdist.training.run_dir import complete_checkpoints
+    from ltxdist.training.run_identity import recorded_identity
+
+    _, done, _ = prepared
+    old = tmp_path / "old"
+    shutil.copytree(done, old)
+    _rewrite_json(old / "index.json", _without_revision)
+    index_bytes = (old / "index.json").read_bytes()
+    run = tmp_path / "run"
+
+    def train(steps: int) -> list[str]:
+        caplog.clear()
+        short = {"trainer.max_steps": steps, "trainer.checkpoint_every_n_steps": 1}
+        overrides = [*train_overrides(tiny_model.checkpoint, old, run, **short), "data=shards"]
+        with caplog.at_level(logging.WARNING, logger="ltxdist"):
+            train_in_process(compose_train(overrides))
+        return [
+            r.getMessage() for r in caplog.records if "prepared by ltxdist-prepare revision" in r.getMessage()
+        ]
+
+    [warning] = train(1)
+    assert warning.startswith(
+        f"{old} (data.path) was prepared by ltxdist-prepare revision 1; this ltxdist prepares revision "
+        f"{PREPARE_REVISION}"
+    )
+    assert "display rotation" in warning and "EXIF Orientation" in warning
+    assert f"ltxdist-prepare INPUT --out {old} ... --overwrite" in warning
+    first = recorded_identity(complete_checkpoints(run)[-1][1])
+
+    assert len(train(2)) == 1  # resumed (run.resume=auto refuses other data), and warned again
+    assert [step for step, _ in complete_checkpoints(run)][-1] == 2
+    assert recorded_identity(complete_checkpoints(run)[-1][1])["fields"]["data"] == first["fields"]["data"]
+    assert (old / "index.json").read_bytes() == index_bytes

@@ -136,9 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace shards made with other encoders, model version or options, or from another "
-        "manifest; only shards whose inputs changed are re-encoded (a fixed or appended manifest row "
-        "needs no flag: only its shard is re-encoded)",
+        help="replace shards made with other encoders, model version or options, by an older "
+        "ltxdist-prepare revision, or from another manifest; only shards whose inputs changed are "
+        "re-encoded (a fixed or appended manifest row needs no flag: only its shard is re-encoded)",
     )
     p.add_argument(
         "--rank",
@@ -302,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         # --checkpoint; finished shards stay on disk and the same command resumes.
         return _error(exc)
     replaced = (
-        f" ({result.replaced_units} shard(s) of them re-encoded because their rows or inputs changed)"
+        f" ({result.replaced_units} shard(s) of them re-encoded because their rows, inputs or "
+        "ltxdist-prepare revision changed)"
         if result.replaced_units
         else ""
     )

@@ -5,10 +5,10 @@ Work is cut into fixed units of `samples_per_shard` consecutive manifest rows; u
 temporary name, then renamed) and then its `.unit.json` record (counts, skipped rows, the inputs it was
 made from) are on disk, so a rerun skips finished units, works with another world size, and an
 interrupted unit is simply redone. Which finished units are still up to date is decided per unit from
-its inputs (plan.py): a fixed or appended row re-encodes only its unit (a folder's clip inserted before
-others shifts the rows after it). `index.json` is written once
-every unit is finished, by whichever rank sees that last; all ranks would write identical bytes, and
-each write is atomic.
+its inputs and the revision of ltxdist-prepare that wrote it (plan.py, revision.py): a fixed or appended
+row re-encodes only its unit (a folder's clip inserted before others shifts the rows after it).
+`index.json` is written once every unit is finished, by whichever rank sees that last; all ranks would
+write identical bytes, and each write is atomic.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from ltxdist.data.prepare.plan import (
     unit_is_current,
     unit_record_path,
 )
+from ltxdist.data.prepare.revision import PREPARE_REVISION, REVISION_KEY, changes_since
 from ltxdist.data.prepare.samples import ClipError, SampleBuilder, SampleSpec
 from ltxdist.data.sample import SCHEMA_VERSION, CachedSample
 from ltxdist.data.shards import (
@@ -162,17 +163,23 @@ FOLDER_SHIFT_HINT = (
 
 
 def _check_existing(out: Path, plan: PreparePlan, opts: PrepareOptions) -> None:
-    """Refuse to mix with, or silently replace, a cache written by other encoders, with other options
-    or for another manifest."""
+    """Refuse to mix with, or silently replace, a cache written by other encoders, with other options,
+    by an older ltxdist-prepare revision or for another manifest."""
+    found = stale_reasons(out, plan, _read_index(out))
     if opts.overwrite:
+        if found.oldest_revision < PREPARE_REVISION and opts.rank == 0:  # said once, not per rank
+            log.info(
+                "--overwrite: re-encoding the shards an older ltxdist-prepare wrote.%s",
+                _revision_note(found.oldest_revision),
+            )
         return
-    reasons, other_dataset = stale_reasons(out, plan, _read_index(out))
-    if reasons:
+    if found.reasons:
         raise PrepareError(
-            f"{out} already holds shards from another preparation ({reasons[0]}). Re-encoding is needed; "
-            "pass --overwrite to replace them (shards already up to date are kept), or choose another --out."
+            f"{out} already holds shards from another preparation ({found.reasons[0]}). Re-encoding is "
+            "needed; pass --overwrite to replace them (shards already up to date are kept), or choose "
+            f"another --out.{_revision_note(found.oldest_revision)}"
         )
-    if other_dataset:
+    if found.other_dataset:
         what_to_do = (
             FOLDER_SHIFT_HINT.format(input=opts.input)
             if Path(opts.input).is_dir()
@@ -182,6 +189,16 @@ def _check_existing(out: Path, plan: PreparePlan, opts: PrepareOptions) -> None:
             f"{out} holds finished shards, none of them made from any row of this manifest (another "
             f"dataset, or every file replaced?). {what_to_do}."
         )
+
+
+def _revision_note(revision: int) -> str:
+    """What ltxdist changed in prepared samples since `revision`, one line each ("" when nothing)."""
+    lines = changes_since(revision)
+    if not lines:
+        return ""
+    return f"\nWhat changed in prepared samples since revision {revision}:\n" + "\n".join(
+        f"  {line}" for line in lines
+    )
 
 
 def _remove_unit(out: Path, unit: int) -> None:
@@ -234,6 +251,7 @@ def _finalize(
         shards=[r["shard"] for r in records if r and r["shard"] is not None],
         extra={
             "prepare_run": plan.content_key(),
+            REVISION_KEY: PREPARE_REVISION,
             "complete": True,
             "text_tokens": text_tokens,
             "strategy": opts.spec.strategy,

@@ -11,6 +11,8 @@ from: the model version and encoder fingerprints, the preparation options, and a
 - other encoders, another model version or other options change every unit: refused unless
   `--overwrite` (a whole-dataset re-encode must be asked for), which then replaces exactly the units
   whose inputs changed and keeps those that are up to date;
+- so does a unit written by an older revision of ltxdist-prepare's own code (revision.py: a fix to how
+  samples are made changes none of the other inputs), named with the changelog lines since its revision;
 - a manifest that matches none of the finished units (another dataset pointed at the same --out) is
   refused unless `--overwrite`, rather than silently replacing hours of encoding.
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ltxdist.data.manifest import ManifestRow
+from ltxdist.data.prepare.revision import PREPARE_REVISION, REVISION_KEY, recorded_revision
 from ltxdist.data.shards import shard_name
 
 UNIT_SUFFIX = ".unit.json"
@@ -72,6 +75,7 @@ class UnitInputs:
     encoder_fingerprints: dict[str, str]
     options: dict[str, Any]  # preparation options: buckets, strategy, trigger, text tokens, ...
     rows_digest: str  # digest of the unit's row digests
+    prepare_revision: int = PREPARE_REVISION  # ltxdist-prepare's own code (revision.py); REVISION_KEY
 
     def record(self) -> dict[str, Any]:
         return asdict(self)
@@ -111,8 +115,13 @@ def make_plan(
 
 
 def whole_dataset_changes(found: dict[str, Any], plan: PreparePlan) -> list[str]:
-    """Differences that make every shard stale (model, encoders, options), for messages."""
+    """Differences that make every shard stale (ltxdist-prepare revision, model, encoders, options), for
+    messages."""
     out = []
+    revision = recorded_revision(found)
+    if revision != PREPARE_REVISION:
+        newer = " (written by a newer ltxdist)" if revision > PREPARE_REVISION else ""
+        out.append(f"ltxdist-prepare revision {revision} -> {PREPARE_REVISION}{newer}")
     if found.get("model_version") != plan.model_version:
         out.append(f"model version {found.get('model_version')} -> {plan.model_version}")
     old_fp, new_fp = found.get("encoder_fingerprints") or {}, plan.encoder_fingerprints
@@ -147,7 +156,9 @@ def unit_is_current(out: Path, unit: int, plan: PreparePlan) -> dict[str, Any] |
     record = read_record(out, unit)
     if record is None or unit >= plan.num_units:
         return None
-    if {k: record.get(k) for k in plan.inputs[unit].record()} != plan.inputs[unit].record():
+    wanted = plan.inputs[unit].record()
+    found = {k: record.get(k) for k in wanted} | {REVISION_KEY: recorded_revision(record)}
+    if found != wanted:
         return None
     if record.get("shard") is not None and not (out / shard_name(unit)).is_file():
         return None  # the tar was removed by hand: redo the unit
@@ -158,17 +169,26 @@ def existing_units(out: Path) -> list[int]:
     return sorted(int(p.name.split("-")[1].split(".")[0]) for p in out.glob("shard-*" + UNIT_SUFFIX))
 
 
-def stale_reasons(out: Path, plan: PreparePlan, index: dict[str, Any] | None) -> tuple[list[str], bool]:
-    """What in `out` this plan would replace: whole-dataset differences (naming the first file that has
-    them), and whether `out` looks like another dataset: finished units exist but not one of their rows
-    is among this manifest's (a fixed or appended row leaves the other rows as they were)."""
+@dataclass(frozen=True)
+class Staleness:
+    """What in an output folder a plan would replace, for _check_existing's refusal."""
+
+    reasons: list[str]  # whole-dataset differences, naming the first file that has them
+    other_dataset: bool  # finished units exist, but none made from any row of this manifest
+    oldest_revision: int  # the oldest ltxdist-prepare revision recorded there (this one's if none found)
+
+
+def stale_reasons(out: Path, plan: PreparePlan, index: dict[str, Any] | None) -> Staleness:
+    """Whole-dataset differences between `out` and this plan, and whether `out` looks like another
+    dataset: finished units exist but not one of their rows is among this manifest's (a fixed or appended
+    row leaves the other rows as they were)."""
     reasons: list[str] = []
-    if index is not None and (
-        index.get("model_version") != plan.model_version
-        or (index.get("encoder_fingerprints") or {}) != plan.encoder_fingerprints
-    ):
+    revisions = []
+    if index is not None:
         found = {**index, "options": plan.options}  # the index does not keep per-unit options
-        reasons = [f"index.json: {'; '.join(whole_dataset_changes(found, plan))}"]
+        changes = whole_dataset_changes(found, plan)
+        reasons = [f"index.json: {'; '.join(changes)}"] if changes else []
+        revisions.append(recorded_revision(index))
     finished, same_rows = 0, 0
     for unit in existing_units(out):
         record = read_record(out, unit)
@@ -177,7 +197,9 @@ def stale_reasons(out: Path, plan: PreparePlan, index: dict[str, Any] | None) ->
         changes = whole_dataset_changes(record, plan)
         if changes and not reasons:
             reasons = [f"{unit_record_path(out, unit).name}: {'; '.join(changes)}"]
+        revisions.append(recorded_revision(record))
         finished += 1
         if unit < plan.num_units:
             same_rows += len(set(record.get("row_digests", [])) & set(plan.row_digests[unit]))
-    return reasons, finished > 0 and same_rows == 0 and not reasons
+    other_dataset = finished > 0 and same_rows == 0 and not reasons
+    return Staleness(reasons, other_dataset, min(revisions, default=PREPARE_REVISION))
