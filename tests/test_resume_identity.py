@@ -214,6 +214,8 @@ def test_a_malformed_identity_record_resumes_unchecked_with_the_warning(
         # No "fields" (what the comparison compares) used to match every run: a silent "checked" resume.
         "no fields": lambda state: state["extra"]["run_identity"].pop("fields"),
         "empty identity": lambda state: state["extra"].update(run_identity={}),
+        "empty fields": identity_part("fields", {}),
+        "foreign fields": identity_part("fields", {"unrelated": 1}),
     }
     for name, change in malformed.items():
         copy = tmp_path / name

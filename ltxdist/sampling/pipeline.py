@@ -94,6 +94,7 @@ class Sampler:
         self.device, self.dtype = device, dtype
         self._text_cache: dict[str, TextContext] = {}
         self._reference_cache: dict[ReferenceKey, ConditioningLatents] = {}
+        self._encoders_released = False  # release_reference_encoders() was called: keep them freed
 
     @property
     def num_blocks(self) -> int:
@@ -134,6 +135,7 @@ class Sampler:
         self.video_vae.release_encoder()
         if self.audio_vae is not None:
             self.audio_vae.release_encoder()
+        self._encoders_released = True
         self._return_freed_memory()
 
     def _return_freed_memory(self) -> None:
@@ -148,6 +150,8 @@ class Sampler:
         key = reference_key(request)
         if key not in self._reference_cache:
             self._reference_cache[key] = self.encode_references(request)
+            if self._encoders_released:  # a set first seen after the release: free them again
+                self.release_reference_encoders()
         return self._reference_cache[key]
 
     def encode_reference_sets(self, requests: Iterable[SampleRequest], *, release: bool = False) -> None:

@@ -283,7 +283,9 @@ def decide_resume(
     flag that starts a new run instead (new_run_flag)."""
     if checkpoint is None:
         return ResumeDecision(None)
-    if saved is None:
+    if saved is None or not set(saved["fields"]) & set(identity["fields"]):
+        # Nothing recorded, or nothing recorded that this ltxdist compares (an empty or foreign record):
+        # either way no setting was checked, which the caller says instead of reporting a match.
         return ResumeDecision(checkpoint, unrecorded=True)
     differences = compare_identities(saved, identity)
     if not differences:

@@ -148,11 +148,11 @@ class ValidationSampling(pl.Callback):
         # only joins each validation's barrier. Preparing involves no collective (every model here is
         # local to the rank; the transformer only counts its blocks), so skipping it cannot hang; but a
         # broken setting then fails only on ranks with jobs, so all ranks agree on failure before going on.
-        failure: Exception | None = None
+        failure: BaseException | None = None
         if self._mine:
             try:
                 self._sampler = self._prepare(pl_module)
-            except Exception as exc:
+            except BaseException as exc:  # a Ctrl-C / SystemExit here too: the others wait in any_rank
                 failure = exc
         failed_anywhere = any_rank(trainer, failure is not None)
         if failure is not None:

@@ -622,41 +622,72 @@ def test_a_rank_without_validation_jobs_loads_no_encoder(prepared):
 
 
 def _validation_start_worker(rank: int, init_file: str, checkpoint: str, outcomes: dict) -> None:
-    """One rank of two: rank 0 has the only validation job and its models fail to load (no such
-    checkpoint); rank 1 has none and loads nothing."""
+    """One rank of two: rank 0 has the only validation job and its set-up fails, first with an error (no
+    such checkpoint), then with a Ctrl-C while loading; rank 1 has none and loads nothing."""
     import torch.distributed as dist
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
-        val = ValidationConfig(prompts=["p"], seeds=[1], at_start=False)
-        callback = ValidationSampling(
-            OmegaConf.structured(val),
-            run_dir=Path(init_file).parent,
-            model_checkpoint=checkpoint,
-            strategy_cfg=OmegaConf.structured(StandardStrategyConfig()),
-            lockstep=False,
-        )
         strategy = SimpleNamespace(barrier=lambda name: None, root_device=torch.device("cpu"))
         trainer = SimpleNamespace(
             global_rank=rank, world_size=2, global_step=0, strategy=strategy, is_global_zero=rank == 0
         )
         module = SimpleNamespace(device=torch.device("cpu"), dtype_compute=torch.float32, transformer=None)
-        try:
-            callback.on_train_start(trainer, module)
-            outcomes[rank] = "went on to train"
-        except Exception as exc:
-            outcomes[rank] = f"{type(exc).__name__}: {exc}"
+        for case in ("error", "interrupt"):
+            if case == "interrupt":
+                validation.VideoVAE = interrupted
+            callback = ValidationSampling(
+                OmegaConf.structured(ValidationConfig(prompts=["p"], seeds=[1], at_start=False)),
+                run_dir=Path(init_file).parent,
+                model_checkpoint=checkpoint,
+                strategy_cfg=OmegaConf.structured(StandardStrategyConfig()),
+                lockstep=False,
+            )
+            try:
+                callback.on_train_start(trainer, module)
+                outcomes[(case, rank)] = "went on to train"
+            except BaseException as exc:
+                outcomes[(case, rank)] = f"{type(exc).__name__}: {exc}"
     finally:
         dist.destroy_process_group()
 
 
 def test_a_validation_set_up_failure_stops_every_rank_not_only_those_with_jobs(tmp_path):
-    """Rank 1 has no job and loads nothing; when rank 0 fails to load its models, rank 1 must stop too
-    instead of training on into a collective that waits `parallel.collective_timeout_s` for rank 0."""
+    """Rank 1 has no job and loads nothing; when rank 0 fails to load its models (an error, or a Ctrl-C
+    while loading), rank 1 must stop too instead of training on into a collective that waits
+    `parallel.collective_timeout_s` for rank 0."""
     import torch.multiprocessing as mp
 
     outcomes = mp.Manager().dict()
     missing = str(tmp_path / "missing.safetensors")
     mp.spawn(_validation_start_worker, args=(str(tmp_path / "init"), missing, outcomes), nprocs=2, join=True)
-    assert outcomes[0].startswith(f"CheckpointError: checkpoint not found: {missing}"), outcomes[0]
-    assert outcomes[1].startswith("RuntimeError: validation set-up failed on another rank"), outcomes[1]
+    assert outcomes[("error", 0)].startswith(f"CheckpointError: checkpoint not found: {missing}")
+    assert outcomes[("interrupt", 0)] == "KeyboardInterrupt: "
+    for case in ("error", "interrupt"):
+        agreed = "RuntimeError: validation set-up failed on another rank"
+        assert outcomes[(case, 1)].startswith(agreed), (case, outcomes[(case, 1)])
+
+
+def test_a_reference_set_first_seen_after_the_release_frees_the_encoders_again(tiny_full, sampler, media):
+    """After release_reference_encoders(), a request with new references builds the VAE encoder to encode
+    them, and must free it again instead of holding it through that request's denoising."""
+    vae = VideoVAE(tiny_full.checkpoint, sampler.device, sampler.dtype)
+    fresh = Sampler(
+        sampler.transformer,
+        video_vae=vae,
+        audio_vae=None,
+        text=sampler.text,
+        device=sampler.device,
+        dtype=sampler.dtype,
+    )
+    first = SampleRequest(prompt="", video=SPEC, steps=2, references=References(image=media["face"]))
+    fresh.encode_reference_sets([first], release=True)
+    assert vae._encoder is None
+    later = replace(first, references=References(image=media["still"]))
+    latents = fresh.reference_latents(later)
+    assert latents.first_frame_CFHW is not None  # encoded ...
+    assert vae._encoder is None  # ... and the encoder freed again
+    assert fresh.reference_latents(later) is latents  # cached: no second encode
