@@ -492,10 +492,13 @@ def test_each_srun_task_takes_its_own_gpu_on_its_node():
     assert [gpu(srun_task(r, r // 2)) for r in (0, 2, 1, 3)] == [0, 1, 0, 1]
     # srun --gpus-per-task=1: each task sees only its own GPU, which is cuda:0 for every task
     assert gpu(srun_task(2, 1), gpus=1) == 0
-    # torchrun (also inside srun) says LOCAL_RANK
-    assert gpu({**srun_task(2, 1), "RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}, gpus=4) == 1
-    # a rank from --rank is not srun's: SLURM_LOCALID may describe another process; rank % GPUs
+    # torchrun (also inside srun) says LOCAL_RANK, modulo the GPUs this process sees
+    torchrun = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
+    assert gpu({**srun_task(2, 1), **torchrun}, gpus=4) == 1
+    assert gpu({**torchrun, "LOCAL_RANK": "3"}, gpus=1) == 0  # CUDA_VISIBLE_DEVICES=one GPU per process
+    # a rank from --rank is no launcher's: SLURM_LOCALID / LOCAL_RANK may describe another process
     assert gpu(srun_task(2, 0), gpus=2, rank=3) == 1
+    assert gpu({"LOCAL_RANK": "0"}, gpus=2, rank=3) == 1
     assert gpu({}, gpus=4, rank=6) == 2
     with pytest.raises(ValueError, match="SLURM_LOCALID='x' in the environment is not a whole number"):
         gpu({**srun_task(2, 1), "SLURM_LOCALID": "x"})

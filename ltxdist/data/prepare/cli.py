@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--device",
         default="auto",
-        help="auto (a GPU if any: cuda:LOCAL_RANK, or cuda:SLURM_LOCALID under srun, else cuda:rank %% GPUs; "
+        help="auto (a GPU if any: cuda:LOCAL_RANK under torchrun, cuda:SLURM_LOCALID under srun, modulo the "
+        "GPUs seen; else cuda:rank %% GPUs; "
         "else cpu), cpu, cuda:0, ...",
     )
     p.add_argument(

@@ -115,16 +115,18 @@ def empty_caption_settings(plan: PreparePlan, text_encoder_precision: str) -> di
 
 
 def gpu_index(rank: int, gpu_count: int, env: Mapping[str, str], rank_launcher: str = "") -> int:
-    """The GPU this process prepares on (--device auto): torchrun's LOCAL_RANK; else srun's SLURM_LOCALID
-    when srun gave the rank; else rank % gpu_count.
+    """The GPU this process prepares on (--device auto): torchrun's LOCAL_RANK when torchrun gave the
+    rank; else srun's SLURM_LOCALID when srun gave it; else rank % gpu_count. A rank from --rank is no
+    launcher's, so neither variable describes this process.
 
     Why not always rank % gpu_count: under srun the ranks on a node need not be consecutive
     (--distribution=cyclic or plane, an arbitrary node list), so two tasks of a node could share a GPU
-    while another stays idle. SLURM_LOCALID is the task's index on its own node. It is taken modulo the
-    GPUs this process sees: with --gpus-per-task (or --gpu-bind) each task sees only its own GPU(s)."""
+    while another stays idle. The local index is the task's index on its own node. It is taken modulo the
+    GPUs this process sees: with --gpus-per-task, --gpu-bind or a per-process CUDA_VISIBLE_DEVICES each
+    task sees only its own GPU(s)."""
     count = max(1, gpu_count)
-    if "LOCAL_RANK" in env:
-        return _env_index(env, "LOCAL_RANK")
+    if rank_launcher == "torchrun" and "LOCAL_RANK" in env:
+        return _env_index(env, "LOCAL_RANK") % count
     if rank_launcher == "srun" and "SLURM_LOCALID" in env:
         return _env_index(env, "SLURM_LOCALID") % count
     return rank % count
