@@ -143,6 +143,7 @@ def _webp_exif_block(f: BinaryIO, size: int) -> bytes | None:
 _EXIF_BLOCK_READERS: dict[str, Callable[[BinaryIO, int], bytes | None]] = {
     "mjpeg": _jpeg_exif_block,
     "png": _png_exif_block,
+    "apng": _png_exif_block,  # an animated PNG: the same chunks (FFmpeg applies its eXIf too)
     "webp": _webp_exif_block,
 }
 
@@ -167,7 +168,8 @@ def tiff_orientation(tiff: bytes) -> int | None:
         tag, kind, values = struct.unpack_from(f"{order}HHI", tiff, entry)
         if tag != ORIENTATION_TAG:
             continue
-        if kind != SHORT or values != 1:
+        # Two SHORTs still sit in the 4-byte value field; FFmpeg takes the first, and so does ltxdist.
+        if kind != SHORT or values not in (1, 2):
             raise ExifError(f"Orientation has type {kind} and count {values}, not one SHORT (type 3)")
         (value,) = struct.unpack_from(f"{order}H", tiff, entry + 8)
         if value == 0:

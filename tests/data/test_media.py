@@ -2,10 +2,13 @@ import math
 import random
 import struct
 import tracemalloc
+from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
-from data_helpers import clip, exif_jpeg, exif_png, exif_tiff, exif_webp, rotate_display
+from data_helpers import clip, exif_jpeg, exif_png, exif_tiff, exif_webp, png_chunk, rotate_display
 
 from ltxdist.data.exif import ExifError, exif_orientation
 from ltxdist.data.media import (
@@ -360,17 +363,43 @@ def test_malformed_exif_is_ignored_with_a_warning_naming_the_file(tmp_path, capl
     assert "the picture is left as stored (FFmpeg reads no rotation from it either)" in caplog.text
 
 
-def test_exif_ltxdist_refuses_but_ffmpeg_reads_is_applied_as_ffmpeg_reads_it(tmp_path, caplog):
-    """An Orientation SHORT of count 2 (6, 6): ltxdist refuses it, FFmpeg takes the first value (checked:
-    a quarter turn clockwise). That turn is applied (upright here, 6 being a plain turn), and the warning
-    says so; it used to claim the EXIF orientation was ignored while the picture was turned."""
+def test_an_orientation_of_two_values_is_read_as_its_first_as_ffmpeg_reads_it(tmp_path, caplog):
+    """An Orientation SHORT of count 2: FFmpeg takes the first value (checked: (6, 6) is a quarter turn
+    clockwise). ltxdist refused it and fell back to FFmpeg's rotation, which cannot mirror: (2, 2) came
+    out upside down. Now the first value is read, mirror included, without a warning."""
     upright = _photo()
-    tiff = _broken(12, struct.pack("<HIHH", 3, 2, 6, 6))  # type SHORT, count 2, values 6 and 6
-    path = exif_jpeg(tmp_path / "count2.jpg", _as_stored(upright, 6), tiff)
-    with caplog.at_level("WARNING"):
-        assert _mean_error(read_image(path, 48, 32), upright) < 4
-    assert f"{path}: its EXIF orientation is unreadable (Orientation has type 3 and count 2" in caplog.text
-    assert "FFmpeg's reading of it is applied instead: turned 90 degrees clockwise" in caplog.text
+    for value in (6, 2):
+        tiff = _broken(12, struct.pack("<HIHH", 3, 2, value, value))  # type SHORT, count 2
+        path = exif_jpeg(tmp_path / f"count2_{value}.jpg", _as_stored(upright, value), tiff)
+        with caplog.at_level("WARNING"):
+            assert _mean_error(read_image(path, 48, 32), upright) < 4, value
+    assert not caplog.records
+
+
+def _animated_png(path: Path, rgb_HWC, tiff: bytes) -> Path:
+    """A two-frame APNG (PyAV's apng muxer; FFmpeg decodes it with its `apng` decoder, not `png`) with an
+    eXIf chunk holding `tiff` right after IHDR."""
+    import av
+
+    with av.open(str(path), "w", format="apng") as container:
+        stream = container.add_stream("apng", rate=1)
+        stream.height, stream.width = rgb_HWC.shape[:2]
+        stream.pix_fmt = "rgb24"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb_HWC), format="rgb24")
+        for packet in [*stream.encode(frame), *stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    data = path.read_bytes()
+    assert data[12:16] == b"IHDR" and b"acTL" in data, "expected an animated PNG"
+    path.write_bytes(data[:33] + png_chunk(b"eXIf", tiff) + data[33:])
+    return path
+
+
+def test_an_animated_png_is_turned_upright_by_its_exif_orientation(tmp_path):
+    upright = _photo()
+    path = _animated_png(tmp_path / "anim.png", _as_stored(upright, 2), exif_tiff(2))
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "apng"
+    assert _mean_error(read_image(path, 48, 32), upright) < 1
 
 
 @pytest.mark.parametrize("writer", ["jpeg", "png"])
