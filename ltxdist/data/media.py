@@ -7,6 +7,7 @@ Legend: F frames, H height, W width, C channels, N audio samples.
 from __future__ import annotations
 
 import io
+import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,8 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ltxdist.data.exif import jpeg_orientation
+from ltxdist.data.exif import ExifError, exif_orientation
 from ltxdist.io import atomic_file
+
+log = logging.getLogger(__name__)
 
 
 class MediaError(ValueError):
@@ -134,6 +137,20 @@ def _quarter_turns(path: Path, degrees: float) -> int:
     return turns % 4
 
 
+def _warn_unreadable_exif(path: Path, problem: ExifError, turns: int) -> None:
+    """A malformed EXIF block: what FFmpeg made of it (its display rotation, `turns` quarter turns
+    counterclockwise) is applied. For every broken block tried that is none, but FFmpeg reads some that
+    ltxdist refuses (an Orientation of count 2): the warning says which happened."""
+    if turns == 0:
+        outcome = "the picture is left as stored (FFmpeg reads no rotation from it either)"
+    else:
+        outcome = (
+            f"FFmpeg's reading of it is applied instead: turned {90 * (4 - turns)} degrees clockwise "
+            "(FFmpeg turns a mirrored orientation instead of mirroring it)"
+        )
+    log.warning("%s: its EXIF orientation is unreadable (%s); %s", path, problem, outcome)
+
+
 class VideoFile:
     """One open video file, decoded once: `info()` (its header, and the display rotation, which PyAV
     < 19 gives only on decoded frames) and then `read()` continue the same decoding, so the first frame
@@ -165,19 +182,25 @@ class VideoFile:
         return self._first
 
     def orientation(self) -> Orientation:
-        """What makes the picture upright: a JPEG's EXIF Orientation, else the display rotation (see
-        `_quarter_turns`). FFmpeg gives a JPEG's EXIF Orientation as a display rotation too, but reads
-        the mirrored ones (2, 4, 5, 7) as rotations (a left-right mirror as a half turn): the tag is
-        read from the file instead (ltxdist.data.exif)."""
+        """What makes the picture upright: a still's EXIF Orientation (JPEG, PNG, WebP), else the display
+        rotation (see `_quarter_turns`). FFmpeg gives a still's EXIF Orientation as a display rotation
+        too, but reads the mirrored ones (2, 4, 5, 7) as rotations (a left-right mirror as a half turn):
+        the tag is read from the file instead (ltxdist.data.exif)."""
         if self._orientation is None:
-            exif = jpeg_orientation(self.path) if self.stream.codec_context.name == "mjpeg" else None
-            if exif is not None:
-                self._orientation = EXIF_ORIENTATIONS[exif]
+            try:
+                exif = exif_orientation(self.path, self.stream.codec_context.name)
+            except ExifError as exc:
+                self._orientation = Orientation(self._display_turns())
+                _warn_unreadable_exif(self.path, exc, self._orientation.turns)
             else:
-                first = self._first_frame()
-                turns = 0 if first is None else _quarter_turns(self.path, first.rotation)
-                self._orientation = Orientation(turns)
+                self._orientation = (
+                    EXIF_ORIENTATIONS[exif] if exif is not None else Orientation(self._display_turns())
+                )
         return self._orientation
+
+    def _display_turns(self) -> int:
+        first = self._first_frame()
+        return 0 if first is None else _quarter_turns(self.path, first.rotation)
 
     def info(self) -> VideoInfo:
         """Size as displayed: a clip stored landscape with a quarter-turn display rotation is portrait."""

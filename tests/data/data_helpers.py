@@ -110,26 +110,66 @@ def exif_tiff(orientation: int, byte_order: str = "II") -> bytes:
     return header + struct.pack(f"{e}H", 1) + entry + struct.pack(f"{e}I", 0)
 
 
-def exif_jpeg(path: Path, rgb_HWC, tiff: bytes | None, before: bytes = b"") -> Path:
-    """A JPEG of uint8 (H, W, 3) pixels, encoded by PyAV's mjpeg encoder (4:4:4, fine quantizer), with
-    `before` (other segments) and then an APP1 "Exif" segment holding `tiff` inserted right after SOI,
-    where cameras write it."""
-    import struct
+def _encode_still(codec_name: str, pix_fmt: str, rgb_HWC, options: dict[str, str]) -> bytes:
+    """One picture of uint8 (H, W, 3) pixels as PyAV's `codec_name` encoder writes it (a whole file)."""
     from fractions import Fraction
 
     import av
     import numpy as np
 
-    codec = av.CodecContext.create("mjpeg", "w")
+    codec = av.CodecContext.create(codec_name, "w")
     codec.height, codec.width = rgb_HWC.shape[:2]
-    codec.pix_fmt, codec.time_base = "yuvj444p", Fraction(1, 25)
-    codec.options = {"qmin": "1", "qmax": "2"}
+    codec.pix_fmt, codec.time_base, codec.options = pix_fmt, Fraction(1, 25), options
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.asarray(rgb_HWC)), format="rgb24")
-    data = b"".join(bytes(packet) for packet in [*codec.encode(frame), *codec.encode(None)])
+    return b"".join(bytes(packet) for packet in [*codec.encode(frame), *codec.encode(None)])
+
+
+def exif_jpeg(path: Path, rgb_HWC, tiff: bytes | None, before: bytes = b"") -> Path:
+    """A JPEG of uint8 (H, W, 3) pixels, encoded by PyAV's mjpeg encoder (4:4:4, fine quantizer), with
+    `before` (other segments) and then an APP1 "Exif" segment holding `tiff` inserted right after SOI,
+    where cameras write it."""
+    import struct
+
+    data = _encode_still("mjpeg", "yuvj444p", rgb_HWC, {"qmin": "1", "qmax": "2"})
     assert data[:2] == b"\xff\xd8", "expected a JPEG starting with SOI"
     segments = before
     if tiff is not None:
         payload = b"Exif\x00\x00" + tiff
         segments += b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
     path.write_bytes(data[:2] + segments + data[2:])
+    return path
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """A PNG chunk: big-endian data length, type, data, CRC-32 of type + data."""
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def exif_png(path: Path, rgb_HWC, tiff: bytes, after_image: bool = False) -> Path:
+    """A PNG of uint8 (H, W, 3) pixels (PyAV's png encoder) with an eXIf chunk holding `tiff`, right after
+    IHDR (where exiftool writes it) or, `after_image`, just before IEND (allowed too)."""
+    data = _encode_still("png", "rgb24", rgb_HWC, {})
+    ihdr_end, iend = 8 + 25, len(data) - 12  # signature + IHDR (13 data bytes + 12); IEND: 12 bytes
+    assert data[12:16] == b"IHDR" and data[iend + 4 : iend + 8] == b"IEND", "unexpected PNG layout"
+    at = iend if after_image else ihdr_end
+    path.write_bytes(data[:at] + png_chunk(b"eXIf", tiff) + data[at:])
+    return path
+
+
+def riff_chunk(fourcc: bytes, data: bytes) -> bytes:
+    """A RIFF chunk: fourcc, little-endian data length, data padded to an even length."""
+    return fourcc + len(data).to_bytes(4, "little") + data + b"\x00" * (len(data) % 2)
+
+
+def exif_webp(path: Path, rgb_HWC, tiff: bytes, prefix: bytes = b"") -> Path:
+    """A lossless WebP of uint8 (H, W, 3) pixels (PyAV's libwebp encoder) in the extended layout that
+    `cwebp -metadata exif` writes: VP8X (EXIF flag, canvas size), the image chunk, then an EXIF chunk
+    holding `prefix` + `tiff`."""
+    data = _encode_still("libwebp", "bgra", rgb_HWC, {"lossless": "1"})
+    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP", "expected a RIFF WebP file"
+    height, width = rgb_HWC.shape[:2]
+    canvas = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    vp8x = riff_chunk(b"VP8X", bytes([0x08, 0, 0, 0]) + canvas)  # 0x08: EXIF metadata present
+    chunks = vp8x + data[12:] + riff_chunk(b"EXIF", prefix + tiff)
+    path.write_bytes(b"RIFF" + (4 + len(chunks)).to_bytes(4, "little") + b"WEBP" + chunks)
     return path

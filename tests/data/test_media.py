@@ -1,9 +1,16 @@
 import math
+import random
+import struct
+import tracemalloc
+from pathlib import Path
 
+import av
+import numpy as np
 import pytest
 import torch
-from data_helpers import clip, exif_jpeg, exif_tiff, rotate_display
+from data_helpers import clip, exif_jpeg, exif_png, exif_tiff, exif_webp, png_chunk, rotate_display
 
+from ltxdist.data.exif import ExifError, exif_orientation
 from ltxdist.data.media import (
     MediaError,
     NoAudioError,
@@ -283,18 +290,47 @@ def test_a_photo_is_turned_upright_by_its_exif_orientation(tmp_path, orientation
     assert _mean_error(read_conditioning_image(path, 48, 32, crf=0), upright) < 4
 
 
+def _segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+JFIF_APP0 = _segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
+
+
 def test_exif_after_other_segments(tmp_path):
     """The EXIF segment is found after a JFIF APP0, an XMP APP1 (APP1 too, not EXIF) and fill bytes."""
-    import struct
-
-    def segment(marker: int, payload: bytes) -> bytes:
-        return bytes([0xFF, marker]) + struct.pack(">H", len(payload) + 2) + payload
-
-    before = segment(0xE0, b"JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00")
-    before += segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta/>") + b"\xff\xff"
+    before = JFIF_APP0 + _segment(0xE1, b"http://ns.adobe.com/xap/1.0/\x00<x:xmpmeta/>") + b"\xff\xff"
     upright = _photo()
     path = exif_jpeg(tmp_path / "p.jpg", _as_stored(upright, 7), exif_tiff(7, "MM"), before=before)
     assert _mean_error(read_image(path, 48, 32), upright) < 4
+
+
+@pytest.mark.parametrize(
+    "before",
+    [JFIF_APP0 + b"\x00\x12junk", b"\x00junk" + JFIF_APP0, JFIF_APP0 + b"\xff\x00\x01", b"\xff\xe2\x00\x01"],
+    ids=["stray-after-app0", "stray-after-soi", "stuffed-zero", "length-1-segment"],
+)
+def test_stray_bytes_between_jpeg_segments_are_skipped(tmp_path, caplog, before):
+    """FFmpeg (and libjpeg) decode a JPEG with stray bytes between segments, or a segment whose length
+    is < 2, scanning on to the next marker, and FFmpeg still applies the EXIF behind them (checked: a
+    half turn for Orientation 2). ltxdist used to give up on such a file with a warning that the EXIF
+    was ignored, so FFmpeg's half turn put the mirror upside down."""
+    upright = _photo()
+    path = exif_jpeg(tmp_path / "p.jpg", _as_stored(upright, 2), exif_tiff(2), before=before)
+    with caplog.at_level("WARNING"):
+        assert _mean_error(read_image(path, 48, 32), upright) < 4
+    assert not caplog.records
+
+
+def test_the_jpeg_marker_scan_crosses_its_read_blocks(tmp_path):
+    """Stray bytes are searched a block at a time: a marker split across two blocks is still found."""
+    from ltxdist.data.exif import _SCAN_BLOCK
+
+    jpeg = exif_jpeg(tmp_path / "p.jpg", _photo(), exif_tiff(5)).read_bytes()
+    for stray in range(_SCAN_BLOCK - 4, _SCAN_BLOCK + 2):  # the EXIF marker's 0xFF ends the first block
+        path = tmp_path / f"stray{stray}.jpg"
+        path.write_bytes(jpeg[:2] + b"\x00" * stray + jpeg[2:])
+        assert exif_orientation(path, "mjpeg") == 5, stray
 
 
 def _broken(offset: int, new: bytes) -> bytes:
@@ -320,10 +356,133 @@ def test_malformed_exif_is_ignored_with_a_warning_naming_the_file(tmp_path, capl
     given these, sees no rotation either) and says which file and why, instead of an error or a guess."""
     stored = _as_stored(_photo(), 6)
     path = exif_jpeg(tmp_path / "broken.jpg", stored, tiff)
-    with caplog.at_level("WARNING", logger="ltxdist.data.exif"):
+    with caplog.at_level("WARNING"):
         got = read_image(path, 32, 48)
     assert _mean_error(got, stored) < 4
-    assert f"{path}: its EXIF orientation is ignored" in caplog.text and reason in caplog.text
+    assert f"{path}: its EXIF orientation is unreadable" in caplog.text and reason in caplog.text
+    assert "the picture is left as stored (FFmpeg reads no rotation from it either)" in caplog.text
+
+
+def test_an_orientation_of_two_values_is_read_as_its_first_as_ffmpeg_reads_it(tmp_path, caplog):
+    """An Orientation SHORT of count 2: FFmpeg takes the first value (checked: (6, 6) is a quarter turn
+    clockwise). ltxdist refused it and fell back to FFmpeg's rotation, which cannot mirror: (2, 2) came
+    out upside down. Now the first value is read, mirror included, without a warning."""
+    upright = _photo()
+    for value in (6, 2):
+        tiff = _broken(12, struct.pack("<HIHH", 3, 2, value, value))  # type SHORT, count 2
+        path = exif_jpeg(tmp_path / f"count2_{value}.jpg", _as_stored(upright, value), tiff)
+        with caplog.at_level("WARNING"):
+            assert _mean_error(read_image(path, 48, 32), upright) < 4, value
+    assert not caplog.records
+
+
+def _animated_png(path: Path, rgb_HWC, tiff: bytes) -> Path:
+    """A two-frame APNG (PyAV's apng muxer; FFmpeg decodes it with its `apng` decoder, not `png`) with an
+    eXIf chunk holding `tiff` right after IHDR."""
+    import av
+
+    with av.open(str(path), "w", format="apng") as container:
+        stream = container.add_stream("apng", rate=1)
+        stream.height, stream.width = rgb_HWC.shape[:2]
+        stream.pix_fmt = "rgb24"
+        frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb_HWC), format="rgb24")
+        for packet in [*stream.encode(frame), *stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    data = path.read_bytes()
+    assert data[12:16] == b"IHDR" and b"acTL" in data, "expected an animated PNG"
+    path.write_bytes(data[:33] + png_chunk(b"eXIf", tiff) + data[33:])
+    return path
+
+
+def test_an_animated_png_is_turned_upright_by_its_exif_orientation(tmp_path):
+    upright = _photo()
+    path = _animated_png(tmp_path / "anim.png", _as_stored(upright, 2), exif_tiff(2))
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "apng"
+    assert _mean_error(read_image(path, 48, 32), upright) < 1
+
+
+@pytest.mark.parametrize("writer", ["jpeg", "png"])
+def test_orientation_0_is_read_as_absent(tmp_path, caplog, writer):
+    """Some software writes Orientation 0 for "undefined": FFmpeg applies no rotation, and ltxdist now
+    takes it as absent too; it used to warn about every such file."""
+    stored = _as_stored(_photo(), 6)
+    path = {"jpeg": exif_jpeg, "png": exif_png}[writer](tmp_path / f"p.{writer}", stored, exif_tiff(0))
+    with caplog.at_level("WARNING"):
+        assert _mean_error(read_image(path, 32, 48), stored) < 4
+    assert not caplog.records
+
+
+STILL_WRITERS = {"png": exif_png, "webp": exif_webp}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("writer", sorted(STILL_WRITERS))
+def test_png_and_webp_stills_are_turned_upright_by_their_exif_orientation(tmp_path, writer, orientation):
+    """FFmpeg applies a PNG's eXIf chunk and a WebP's EXIF chunk as a display rotation too, with the
+    same fault as for JPEG: the mirrored 2, 4, 5, 7 came out turned. Both are lossless here."""
+    upright = _photo()
+    tiff = exif_tiff(orientation, "II" if orientation % 2 else "MM")
+    path = STILL_WRITERS[writer](tmp_path / f"photo.{writer}", _as_stored(upright, orientation), tiff)
+    info = probe_video(path)
+    assert (info.width, info.height) == (48, 32)
+    assert _mean_error(read_image(path, 48, 32), upright) < 1
+
+
+@pytest.mark.parametrize(
+    ("writer", "options"),
+    [("png", {"after_image": True}), ("webp", {"prefix": b"Exif\x00\x00"})],
+    ids=["png-exif-after-the-image", "webp-exif-behind-a-jpeg-prefix"],
+)
+def test_other_places_of_exif_in_png_and_webp(tmp_path, writer, options):
+    """A PNG's eXIf may follow the image data (FFmpeg applies it there too); some tools write a WebP's
+    EXIF behind a JPEG-style "Exif\\0\\0" prefix (FFmpeg ignores it; its writer meant it)."""
+    upright = _photo()
+    path = STILL_WRITERS[writer](tmp_path / f"p.{writer}", _as_stored(upright, 7), exif_tiff(7), **options)
+    assert _mean_error(read_image(path, 48, 32), upright) < 1
+
+
+def _mutations(data: bytes, rng: random.Random, count: int):
+    """Truncations, overwritten bytes (also 4-byte lengths, to huge values), inserted bytes."""
+    for _ in range(count):
+        kind, at = rng.randrange(4), rng.randrange(len(data))
+        if kind == 0:
+            yield data[:at]
+        elif kind == 1:
+            yield data[:at] + rng.randbytes(rng.randint(1, 4)) + data[at + 4 :]
+        elif kind == 2:
+            value = rng.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, 0xFFFF, rng.randrange(1 << 32)])
+            yield data[:at] + value.to_bytes(4, rng.choice(["big", "little"])) + data[at + 4 :]
+        else:
+            yield data[:at] + rng.randbytes(rng.randint(1, 16)) + data[at:]
+
+
+def test_exif_readers_survive_mutated_files(tmp_path):
+    """Cheap deterministic fuzzing of the JPEG, PNG and WebP readers: broken, truncated or hostile
+    files give an Orientation, None or ExifError (nothing else), and no allocation beyond the file's
+    size, however large a length they claim (tracemalloc sees what f.read(length) would allocate)."""
+    rng, photo, tiff = random.Random(0), _photo(16, 8), exif_tiff(5)
+    files = {
+        "mjpeg": exif_jpeg(tmp_path / "s.jpg", photo, tiff, before=JFIF_APP0),
+        "png": exif_png(tmp_path / "s.png", photo, tiff),
+        "webp": exif_webp(tmp_path / "s.webp", photo, tiff),
+    }
+    outcomes = set()
+    tracemalloc.start()
+    try:
+        for codec, original in files.items():
+            for number, data in enumerate(_mutations(original.read_bytes(), rng, 100)):
+                path = tmp_path / f"{codec}{number}"  # a new file: truncating one costs a flush here
+                path.write_bytes(data)
+                try:
+                    outcomes.add(exif_orientation(path, codec))
+                except ExifError:
+                    outcomes.add("ExifError")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated at the peak"
+    assert outcomes <= {None, "ExifError", *range(1, 9)} and {None, "ExifError", 5} <= outcomes
 
 
 def test_a_photo_sample_is_prepared_upright(tmp_path, encoders, monkeypatch):
