@@ -107,6 +107,8 @@ _RELATIVE_FILE = re.compile(r"^[\w.-]+(?:/\S+)+\.(?:py|md|yaml|sh|sbatch|toml|lo
 _PATH_HOLE = re.compile(r"(\*|<[^>/]+>|\$\{?\w+\}?|\{[^}/]+\})")
 _MODULE = re.compile(r"\bltxdist(?:_kernels)?(?:\.\w+)+")
 _GROUP_CHOICE = re.compile(r"^(\w+)=(\w+)$")
+# A Hydra override: `key=value`, `group=option`, `+key=value`, `++key=value`, `~key`, `~key=value`.
+_OVERRIDE = re.compile(r"(?:\+\+?)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*(?:=.*)?")
 _CONFIG_KEY = re.compile(r"[a-z_]\w*(?:\.[a-z_]\w*)+")
 _METRIC_SECTION = re.compile(r"^## 6\. Metric keys\n(.*?)(?=^## |\Z)", re.S | re.M)
 # Metric keys are namespaced ("loss/total"); the progress bar's "tok/s" label is not one.
@@ -347,10 +349,16 @@ def _code_name_problem(token: str, shell_variables: set[str]) -> str | None:
 def _token_problems(token: str, logged: set[str], shell_variables: set[str]) -> list[str]:
     """What is wrong with one `ticked` name of a page: a repository path, an ltxdist module, a
     `group=option`, a config key, a metric key or a code name that does not exist."""
+    words = token.split()
+    if len(words) > 1 and all(map(_OVERRIDE.fullmatch, words)):
+        # Overrides in prose (`parallel=single data.batch_size=4`), each checked alone: composing them
+        # could refuse what a page shows on purpose (`parallel=ddp parallel.reshard_after_forward=false`).
+        return [p for word in words for p in _token_problems(word, logged, shell_variables)]
     problems = [p for p in map(_module_problem, _MODULE.findall(token)) if p]
-    problems += filter(None, map(_path_problem, token.split()))  # e.g. `launch/train.sh --dry-run`
-    problems += filter(None, [_choice_problem(token), _metric_name_problem(token, logged)])
-    key = token.split("=", 1)[0]
+    problems += filter(None, map(_path_problem, words))  # e.g. `launch/train.sh --dry-run`
+    override = token.lstrip("+~")  # Hydra's `+key=`, `++key=`, `~key`
+    problems += filter(None, [_choice_problem(override), _metric_name_problem(token, logged)])
+    key = override.split("=", 1)[0]
     if key.split(".", 1)[0] in _config_keys()[1] and _CONFIG_KEY.fullmatch(key):
         problems += filter(None, [_config_key_problem(key)])
     elif (
@@ -371,8 +379,6 @@ _SHELL_SEPARATOR = re.compile(r"&&|\|\||[|;()]|\$\(")
 # torchrun starts, and the launchers that hand theirs on to it (launch/train.sh, slurm/*.sbatch).
 _TRAINING = ("ltxdist-train", "ltxdist.training.train")
 _LAUNCHER = re.compile(r"(?:^|/)((?:launch|slurm)/[\w-]+\.(?:sh|sbatch))$")
-# `key=value`, `group=option`, `+key=value`, `++key=value`, `~key`, `~key=value`.
-_OVERRIDE = re.compile(r"(?:\+\+?)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*(?:=.*)?")
 # `$WORK/run`, `${GEMMA_DIR}`: the shell puts a value there; 1 reads as a number where a key wants one and
 # as text elsewhere (`1/run`). Hydra's own `${run.name}`, `${oc.env:X}` are left to Hydra.
 _SHELL_VARIABLE = re.compile(r"\$(?:\{[A-Za-z_]\w*\}|[A-Za-z_]\w*)")
@@ -545,13 +551,33 @@ def _cells(row: str) -> list[str]:
     return re.split(r"(?<!\\)\|", row.strip().strip("|"))
 
 
+def _page_lines(text: str) -> list[tuple[int, str, str]]:
+    """(number, line, "fence" | "code" | "prose") of a page. A prose line whose code span goes on to the
+    next line (markdown allows it: `ltxdist-train parallel=ddp` / `parallel.devices=2`) is joined with
+    that line, under its own number; table rows are never joined."""
+    lines: list[tuple[int, str, str]] = []
+    in_code, open_span = False, False
+    for n, line in enumerate(text.splitlines(), 1):
+        if _FENCE.match(line):
+            in_code = not in_code
+            lines.append((n, line, "fence"))
+        elif in_code:
+            lines.append((n, line, "code"))
+        elif open_span and line.strip() and not line.startswith("|"):
+            start, joined, _ = lines[-1]
+            lines[-1] = (start, f"{joined} {line.strip()}", "prose")
+        else:
+            lines.append((n, line, "prose"))
+        last = lines[-1]
+        open_span = last[2] == "prose" and not last[1].startswith("|") and last[1].count("`") % 2 == 1
+    return lines
+
+
 def _page_names(text: str) -> list[tuple[int, str]]:
     """(line, ticked name) of the prose and tables, outside code blocks and _OTHER_COLUMNS."""
-    names, in_code, other_columns, previous = [], False, set(), ""
-    for n, line in enumerate(text.splitlines(), 1):
-        fence = _FENCE.match(line) is not None
-        in_code ^= fence
-        if in_code or fence:
+    names, other_columns, previous = [], set(), ""
+    for n, line, kind in _page_lines(text):
+        if kind != "prose":
             previous = ""
             continue
         checked = line
@@ -567,22 +593,19 @@ def _page_names(text: str) -> list[tuple[int, str]]:
 
 
 def _page_commands(text: str) -> list[tuple[int, str]]:
-    """(line, command) of every inline code span and every line of a code block (continued lines
-    joined)."""
-    commands, in_code, pending = [], False, None
-    for n, line in enumerate(text.splitlines(), 1):
-        if _FENCE.match(line):
-            in_code, pending = not in_code, None
-            continue
-        if not in_code:
-            commands += [(n, span) for span in _TICKED.findall(line)]
+    """(line, command) of every code span (as _page_names finds them: another project's commands are
+    not ours) and every line of a code block (continued lines joined)."""
+    commands, pending = _page_names(text), None
+    for n, line, kind in _page_lines(text):
+        if kind != "code":
+            pending = None
             continue
         start, joined = pending or (n, "")
         joined += " " + line.split(" #", 1)[0].rstrip("\\")
         pending = (start, joined) if line.endswith("\\") else None
         if pending is None:
             commands.append((start, joined))
-    return commands
+    return sorted(commands)
 
 
 def page_problems(page: str, text: str, logged: set[str]) -> list[str]:
@@ -716,6 +739,15 @@ def test_a_stale_architecture_page_fails_the_check():
             "NPROC=8 launch/train.sh model",
             "launch/train.sh: parallel: parallel=single runs one process",
         ),
+        # ... in a code span that goes on to the next line; overrides in prose, each one checked.
+        (
+            "docs/distributed.md",
+            "ltxdist-train parallel=ddp\nparallel.devices=2`",
+            "ltxdist-train parallel=ddp\nparallel.device=2`",
+            "ltxdist-train: parallel.device: not an option of parallel",
+        ),
+        ("docs/recipes/id_lora.md", "`parallel=single data", "`parallel=singel data", "parallel/singel.yaml"),
+        ("docs/low_vram.md", "num_frames=49`", "num_frame=49`", "config key validation.num_frame:"),
     ):
         page_text = (REPO / page).read_text()
         assert right in page_text, (page, right)
