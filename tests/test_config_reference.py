@@ -463,7 +463,7 @@ def _launcher_overrides(script: str, before: list[str]) -> list[str]:
     else:
         text = (REPO / script).read_text()
         devices = env.get("GPUS_PER_NODE") or _script_default(script, text, r"GPUS_PER_NODE:-(\d+)")
-        asked = re.search(r"(?:--nodes[= ]|-N ?)(\d+)\b", " ".join(before))
+        asked = re.search(r"(?:^|\s)(?:--nodes[= ]|-N ?)(\d+)\b", " ".join(before))
         if re.search(r"\bNNODES=1\b", text):  # train_1node.sbatch
             nodes = "1"
         elif asked:
