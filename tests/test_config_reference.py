@@ -5,7 +5,10 @@
 - Every page a user reads (README.md, RELIABILITY.md, docs/**, benchmarks/README.md) names only what
   exists: every repository path or file name, `ltxdist` module, config key (checked against
   docs/configuration.md), `group=option`, metric key and code name, and every `--option` of an
-  `ltxdist-*` command (checked against that command's own parser). What is not ltxdist's is recognised
+  `ltxdist-*` command (checked against that command's own parser). The overrides of a training command
+  (`ltxdist-train`, `-m ltxdist.training.train`, `launch/train.sh`, `slurm/*.sbatch`) are composed and
+  validated as the command does before it starts: a misspelt key, an option that does not exist, a
+  value of the wrong type or a layout it refuses fails the page. What is not ltxdist's is recognised
   by rule (another project's table column, a shell variable the page sets, a module of an installed
   package, a file the code writes) or listed in _NOT_OURS with the reason.
 - docs/architecture.md, the code map, also has in its metric table exactly the metric keys the code logs
@@ -20,6 +23,7 @@ import functools
 import importlib
 import importlib.util
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -27,8 +31,9 @@ from e2e_utils import REPO
 from omegaconf import OmegaConf
 
 from ltxdist.config.reference import COMMAND, PAGE, main, render
-from ltxdist.config.schema import GROUP_OPTIONS
+from ltxdist.config.schema import GROUP_OPTIONS, ConfigError, validate_config
 from ltxdist.config.store import compose_train_config
+from ltxdist.training.cli import _describe_only
 
 
 def _leaf_keys(tree: object, prefix: str = "") -> list[str]:
@@ -102,6 +107,8 @@ _RELATIVE_FILE = re.compile(r"^[\w.-]+(?:/\S+)+\.(?:py|md|yaml|sh|sbatch|toml|lo
 _PATH_HOLE = re.compile(r"(\*|<[^>/]+>|\$\{?\w+\}?|\{[^}/]+\})")
 _MODULE = re.compile(r"\bltxdist(?:_kernels)?(?:\.\w+)+")
 _GROUP_CHOICE = re.compile(r"^(\w+)=(\w+)$")
+# A Hydra override: `key=value`, `group=option`, `+key=value`, `++key=value`, `~key`, `~key=value`.
+_OVERRIDE = re.compile(r"(?:\+\+?)?[A-Za-z_][\w.@/-]*=.*|~[A-Za-z_][\w.@/-]*(?:=.*)?")
 _CONFIG_KEY = re.compile(r"[a-z_]\w*(?:\.[a-z_]\w*)+")
 _METRIC_SECTION = re.compile(r"^## 6\. Metric keys\n(.*?)(?=^## |\Z)", re.S | re.M)
 # Metric keys are namespaced ("loss/total"); the progress bar's "tok/s" label is not one.
@@ -342,10 +349,16 @@ def _code_name_problem(token: str, shell_variables: set[str]) -> str | None:
 def _token_problems(token: str, logged: set[str], shell_variables: set[str]) -> list[str]:
     """What is wrong with one `ticked` name of a page: a repository path, an ltxdist module, a
     `group=option`, a config key, a metric key or a code name that does not exist."""
+    words = token.split()
+    if len(words) > 1 and all(map(_OVERRIDE.fullmatch, words)):
+        # Overrides in prose (`parallel=single data.batch_size=4`), each checked alone: composing them
+        # could refuse what a page shows on purpose (`parallel=ddp parallel.reshard_after_forward=false`).
+        return [p for word in words for p in _token_problems(word, logged, shell_variables)]
     problems = [p for p in map(_module_problem, _MODULE.findall(token)) if p]
-    problems += filter(None, map(_path_problem, token.split()))  # e.g. `launch/train.sh --dry-run`
-    problems += filter(None, [_choice_problem(token), _metric_name_problem(token, logged)])
-    key = token.split("=", 1)[0]
+    problems += filter(None, map(_path_problem, words))  # e.g. `launch/train.sh --dry-run`
+    override = token.lstrip("+~")  # Hydra's `+key=`, `++key=`, `~key`
+    problems += filter(None, [_choice_problem(override), _metric_name_problem(token, logged)])
+    key = override.split("=", 1)[0]
     if key.split(".", 1)[0] in _config_keys()[1] and _CONFIG_KEY.fullmatch(key):
         problems += filter(None, [_config_key_problem(key)])
     elif (
@@ -355,12 +368,20 @@ def _token_problems(token: str, logged: set[str], shell_variables: set[str]) -> 
     return problems
 
 
-# -- commands named on the pages, against their parsers ------------------------------------------------
-_SHELL_SEPARATOR = re.compile(r"&&|\|\||[|;()]|\$\(")
+# -- commands named on the pages, against their parsers and the config ---------------------------------
 _LONG_OPTION = re.compile(r"--[A-Za-z][\w-]*")
 # `ltxdist-sample --prompt ...` means `ltxdist-sample generate ...` (ltxdist/sampling/cli.py, main); other
 # commands named without their subcommand are checked against the options of any of them.
 _DEFAULT_SUBCOMMAND = {"ltxdist-sample": "generate", "ltxdist.sampling.cli": "generate"}
+# What separates the commands of a line shlex cannot split (an unbalanced quote: `it's`).
+_SHELL_SEPARATOR = re.compile(r"&&|\|\||[|;()]|\$\(")
+# The commands whose arguments are Hydra overrides of the training config: the console script, the module
+# torchrun starts, and the launchers that hand theirs on to it (launch/train.sh, slurm/*.sbatch).
+_TRAINING = ("ltxdist-train", "ltxdist.training.train")
+_LAUNCHER = re.compile(r"(?:^|/)((?:launch|slurm)/[\w-]+\.(?:sh|sbatch))$")
+# `$WORK/run`, `${GEMMA_DIR}`: the shell puts a value there; 1 reads as a number where a key wants one and
+# as text elsewhere (`1/run`). Hydra's own `${run.name}`, `${oc.env:X}` are left to Hydra.
+_SHELL_VARIABLE = re.compile(r"\$(?:\{[A-Za-z_]\w*\}|[A-Za-z_]\w*)")
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, frozenset[str]]:
@@ -393,30 +414,135 @@ def _commands() -> dict[str, dict[str, frozenset[str]]]:
     return out
 
 
-def _flag_problems(command_line: str) -> list[str]:
-    """Each `--option` after an ltxdist command (`ltxdist-prepare ...`, `-m ltxdist.data.prepare.cli ...`)
-    must be one its parser (of its subcommand, where one is named) knows; an `ltxdist-*` command must
-    exist."""
+def _shell_commands(line: str) -> list[list[str]]:
+    """The simple commands of a shell line, each as its words the way the shell splits them: a quoted
+    `"validation.prompts=[a b, c]"` or `--buckets "960x544x49;768x448x49"` is one word; `&&`, `|`, `;`,
+    `(`, `$(` and redirections end a command."""
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+    lexer.whitespace_split, lexer.commenters = True, ""  # code blocks come without their comments
+    try:
+        tokens = list(lexer)
+    except ValueError:  # an unbalanced quote: prose in backticks, not a shell line
+        return [segment.split() for segment in _SHELL_SEPARATOR.split(line)]
+    commands: list[list[str]] = [[]]
+    for token in tokens:
+        if token and set(token) <= set(lexer.punctuation_chars):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return commands
+
+
+def _command_at(words: list[str], i: int) -> tuple[str, list[str]] | None:
+    """(command, its arguments) when words[i] starts a command this check knows: an `ltxdist-*` program
+    (`.venv/bin/ltxdist-sample` too), `-m` with an ltxdist entry module (other modules' options are not
+    checked: none documented), or a launcher script."""
+    program = words[i].rsplit("/", 1)[-1]
+    if re.fullmatch(r"ltxdist-[a-z-]+", program):
+        return program, words[i + 1 :]
+    if words[i] == "-m" and i + 1 < len(words) and words[i + 1] in _commands():
+        return words[i + 1], words[i + 2 :]
+    launcher = _LAUNCHER.search(words[i])
+    return (launcher.group(1), words[i + 1 :]) if launcher else None
+
+
+def _script_default(script: str, text: str, pattern: str) -> str:
+    found = re.search(pattern, text)
+    assert found, f"{script} no longer matches {pattern!r}: update _launcher_overrides"
+    return found.group(1)
+
+
+def _launcher_overrides(script: str, before: list[str]) -> list[str]:
+    """What a launcher appends to the overrides it hands on. launch/train.sh appends
+    parallel.devices=$NPROC parallel.num_nodes=$NNODES (NPROC defaults to the machine's GPUs, unknown
+    here: only what the command sets); an sbatch file starts it with NPROC=$GPUS_PER_NODE on one node or
+    on the job's (sbatch --nodes, else SLURM_NNODES as a dry run sets it, else the file's default)."""
+    env = dict(w.split("=", 1) for w in before if re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", w))
+    if script == "launch/train.sh":
+        devices, nodes = env.get("NPROC"), env.get("NNODES")
+    else:
+        text = (REPO / script).read_text()
+        devices = env.get("GPUS_PER_NODE") or _script_default(script, text, r"GPUS_PER_NODE:-(\d+)")
+        asked = re.search(r"(?:^|\s)(?:--nodes[= ]|-N ?)(\d+)\b", " ".join(before))
+        if re.search(r"\bNNODES=1\b", text):  # train_1node.sbatch
+            nodes = "1"
+        elif asked:
+            nodes = asked.group(1)
+        else:
+            nodes = env.get("SLURM_NNODES") or _script_default(script, text, r"SLURM_NNODES:-(\d+)")
+    return [f"parallel.{key}={value}" for key, value in (("devices", devices), ("num_nodes", nodes)) if value]
+
+
+@functools.cache
+def _compose_problem(overrides: tuple[str, ...], validate: bool) -> str | None:
+    """Why `ltxdist-train` refuses these overrides before it starts (train.main composes and validates
+    them first; `--cfg job` and Hydra's other describe-only flags only compose), or None. Cached: pages
+    repeat commands, and the stale-page test checks pages again."""
+    try:
+        cfg = compose_train_config(list(overrides))
+        if validate:
+            validate_config(cfg)
+    except Exception as exc:  # ConfigError names the key; what else Hydra raises is reported as it reads
+        return str(exc) if isinstance(exc, ConfigError) else f"{type(exc).__name__}: {exc}".splitlines()[0]
+    return None
+
+
+def _override_problems(command: str, arguments: list[str], appended: list[str]) -> list[str]:
+    """A training command's overrides, composed as the command composes them (a shell variable read as 1);
+    none when it names none (`ltxdist-train --help`, `NPROC=2 launch/train.sh ...`)."""
+    overrides = [_SHELL_VARIABLE.sub("1", w) for w in arguments if _OVERRIDE.fullmatch(w)]
+    if not overrides:
+        return []
+    problem = _compose_problem((*overrides, *appended), validate=not _describe_only(arguments))
+    return [f"{command}: {problem}"] if problem else []
+
+
+def _flag_problems(command: str, options: dict[str, frozenset[str]], arguments: list[str]) -> list[str]:
+    """Each `--option` must be one the command's parser (of its subcommand, where one is named) knows."""
+    sub = arguments[0] if arguments and arguments[0] in options else _DEFAULT_SUBCOMMAND.get(command, "")
+    known = options[sub] if sub or len(options) == 1 else frozenset().union(*options.values())
+    flags = (w.split("=", 1)[0] for w in arguments)
+    return [
+        f"{command}{' ' + sub if sub else ''}: no option {f}"
+        for f in flags
+        if _LONG_OPTION.fullmatch(f) and f not in known
+    ]
+
+
+def _one_command_problems(command: str, arguments: list[str], before: list[str]) -> list[str]:
+    """One command with its arguments (and the words before it: `NPROC=8`, `sbatch --nodes=4`)."""
+    launcher, appended = _LAUNCHER.fullmatch(command) is not None, []
+    if launcher:
+        script = REPO / command
+        if not script.is_file():
+            return [f"launcher {command}: not in the checkout"]
+        if not re.search(r"-m ltxdist\.training\.train|launch/train\.sh", script.read_text()):
+            return []  # not a training launcher: nothing is known about its arguments
+        # train.sh's --dry-run may come first; Hydra's flags pass on to the training module.
+        options = {"": _commands()["ltxdist-train"][""] | {"--dry-run"}}
+        appended = _launcher_overrides(command, before)
+    elif command in _commands():
+        options = _commands()[command]
+    else:
+        return [f"command {command}: not a console script or entry module of pyproject.toml"]
+    problems = _flag_problems(command, options, arguments)
+    if launcher or command in _TRAINING:
+        problems += _override_problems(command, arguments, appended)
+    return problems
+
+
+def _command_problems(line: str) -> list[str]:
+    """What is wrong with the commands of a shell line (`ltxdist-prepare ...`, `-m ltxdist.data.prepare.cli
+    ...`, `NPROC=8 launch/train.sh ...`): an `ltxdist-*` command or launcher that does not exist, an
+    `--option` its parser does not know, and for a training command the first reason its overrides are
+    refused (a misspelt key, a group option that does not exist, a value of the wrong type, ...)."""
     problems = []
-    for segment in _SHELL_SEPARATOR.split(command_line):
-        words = segment.split()
-        for i, word in enumerate(words):
-            program = word.rsplit("/", 1)[-1]  # `.venv/bin/ltxdist-sample` too
-            command = program if re.fullmatch(r"ltxdist-[a-z-]+", program) else None
-            if word == "-m" and i + 1 < len(words) and words[i + 1] in _commands():
-                command, i = words[i + 1], i + 1  # other modules' options are not checked (none documented)
-            if command is None:
-                continue
-            if command not in _commands():
-                problems.append(f"command {command}: not a console script or entry module of pyproject.toml")
+    for words in _shell_commands(line):
+        for i in range(len(words)):
+            found = _command_at(words, i)
+            if found:
+                problems += _one_command_problems(*found, before=words[:i])
                 break
-            options, rest = _commands()[command], words[i + 1 :]
-            sub = rest[0] if rest and rest[0] in options else _DEFAULT_SUBCOMMAND.get(command, "")
-            known = options[sub] if sub or len(options) == 1 else frozenset().union(*options.values())
-            for flag in (w.split("=", 1)[0] for w in rest if _LONG_OPTION.fullmatch(w.split("=", 1)[0])):
-                if flag not in known:
-                    problems.append(f"{command}{' ' + sub if sub else ''}: no option {flag}")
-            break
     return problems
 
 
@@ -425,13 +551,33 @@ def _cells(row: str) -> list[str]:
     return re.split(r"(?<!\\)\|", row.strip().strip("|"))
 
 
+def _page_lines(text: str) -> list[tuple[int, str, str]]:
+    """(number, line, "fence" | "code" | "prose") of a page. A prose line whose code span goes on to the
+    next line (markdown allows it: `ltxdist-train parallel=ddp` / `parallel.devices=2`) is joined with
+    that line, under its own number; table rows are never joined."""
+    lines: list[tuple[int, str, str]] = []
+    in_code, open_span = False, False
+    for n, line in enumerate(text.splitlines(), 1):
+        if _FENCE.match(line):
+            in_code = not in_code
+            lines.append((n, line, "fence"))
+        elif in_code:
+            lines.append((n, line, "code"))
+        elif open_span and line.strip() and not line.startswith("|"):
+            start, joined, _ = lines[-1]
+            lines[-1] = (start, f"{joined} {line.strip()}", "prose")
+        else:
+            lines.append((n, line, "prose"))
+        last = lines[-1]
+        open_span = last[2] == "prose" and not last[1].startswith("|") and last[1].count("`") % 2 == 1
+    return lines
+
+
 def _page_names(text: str) -> list[tuple[int, str]]:
     """(line, ticked name) of the prose and tables, outside code blocks and _OTHER_COLUMNS."""
-    names, in_code, other_columns, previous = [], False, set(), ""
-    for n, line in enumerate(text.splitlines(), 1):
-        fence = _FENCE.match(line) is not None
-        in_code ^= fence
-        if in_code or fence:
+    names, other_columns, previous = [], set(), ""
+    for n, line, kind in _page_lines(text):
+        if kind != "prose":
             previous = ""
             continue
         checked = line
@@ -447,22 +593,19 @@ def _page_names(text: str) -> list[tuple[int, str]]:
 
 
 def _page_commands(text: str) -> list[tuple[int, str]]:
-    """(line, command) of every inline code span and every line of a code block (continued lines
-    joined)."""
-    commands, in_code, pending = [], False, None
-    for n, line in enumerate(text.splitlines(), 1):
-        if _FENCE.match(line):
-            in_code, pending = not in_code, None
-            continue
-        if not in_code:
-            commands += [(n, span) for span in _TICKED.findall(line)]
+    """(line, command) of every code span (as _page_names finds them: another project's commands are
+    not ours) and every line of a code block (continued lines joined)."""
+    commands, pending = _page_names(text), None
+    for n, line, kind in _page_lines(text):
+        if kind != "code":
+            pending = None
             continue
         start, joined = pending or (n, "")
         joined += " " + line.split(" #", 1)[0].rstrip("\\")
         pending = (start, joined) if line.endswith("\\") else None
         if pending is None:
             commands.append((start, joined))
-    return commands
+    return sorted(commands)
 
 
 def page_problems(page: str, text: str, logged: set[str]) -> list[str]:
@@ -477,7 +620,7 @@ def page_problems(page: str, text: str, logged: set[str]) -> list[str]:
         for problem in _token_problems(token, logged, shell_variables)
     ]
     return problems + [
-        f"line {n}: {p}" for n, command in _page_commands(text) for p in _flag_problems(command)
+        f"line {n}: {p}" for n, command in _page_commands(text) for p in _command_problems(command)
     ]
 
 
@@ -501,7 +644,7 @@ def test_a_stale_architecture_page_fails_the_check():
     """Not vacuous: a misspelt path, module, config key, option, code name or metric key, and a metric the
     table lacks, are each reported; on the other pages too, with what their own rules let through (a
     file the code writes, another project's column, a shell variable, an installed module, a command's
-    options) misspelt."""
+    options) misspelt, and a training command whose overrides its command would refuse."""
     text, logged = ARCHITECTURE.read_text(), _logged_metric_keys()
     for right, wrong, reported in (
         ("`ltxdist/parallel/dims.py`", "`ltxdist/parallel/dim.py`", "path ltxdist/parallel/dim.py"),
@@ -570,6 +713,41 @@ def test_a_stale_architecture_page_fails_the_check():
             "grid: no option --outdir",
         ),
         ("docs/sampling.md", "--seed 42 --width", "--seeds 42 --width", "generate: no option --seeds"),
+        # A training command's overrides, composed: a misspelt key, a group option that does not exist
+        # (through torchrun and through an sbatch file), and a launcher's 8 processes without a layout.
+        (
+            "README.md",
+            "lora.rank=32 lora.alpha",
+            "lora.rnak=32 lora.alpha",
+            "lora.rnak: not an option of lora",
+        ),
+        (
+            "docs/recipes/style.md",
+            "-m ltxdist.training.train experiment=style_lora",
+            "-m ltxdist.training.train experiment=styl_lora",
+            "ltxdist.training.train: experiment=styl_lora: not an option of experiment",
+        ),
+        (
+            "docs/distributed.md",
+            "slurm/train_1node.sbatch parallel=fsdp2",
+            "slurm/train_1node.sbatch parallel=fsdp3",
+            "slurm/train_1node.sbatch: parallel=fsdp3: not an option of parallel",
+        ),
+        (
+            "docs/distributed.md",
+            "NPROC=8 launch/train.sh parallel=fsdp2 model",
+            "NPROC=8 launch/train.sh model",
+            "launch/train.sh: parallel: parallel=single runs one process",
+        ),
+        # ... in a code span that goes on to the next line; overrides in prose, each one checked.
+        (
+            "docs/distributed.md",
+            "ltxdist-train parallel=ddp\nparallel.devices=2`",
+            "ltxdist-train parallel=ddp\nparallel.device=2`",
+            "ltxdist-train: parallel.device: not an option of parallel",
+        ),
+        ("docs/recipes/id_lora.md", "`parallel=single data", "`parallel=singel data", "parallel/singel.yaml"),
+        ("docs/low_vram.md", "num_frames=49`", "num_frame=49`", "config key validation.num_frame:"),
     ):
         page_text = (REPO / page).read_text()
         assert right in page_text, (page, right)

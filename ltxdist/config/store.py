@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -14,7 +15,11 @@ from ltxdist.config.schema import GROUP_OPTIONS, TrainConfig
 CONF_DIR = Path(os.environ.get("LTXDIST_CONF", Path(__file__).resolve().parents[2] / "conf"))
 
 
+@functools.cache
 def register_configs() -> None:
+    """The schema into Hydra's ConfigStore, once per process: the store is process-wide and hands out
+    deep copies of what it holds (ConfigStore.load), while storing converts every dataclass again (tens of
+    milliseconds, which each compose_train_config call used to pay)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     # Each option's dataclass, which conf/<group>/<option>.yaml names first in its defaults list.
