@@ -28,8 +28,8 @@ CHANGELOG: dict[int, str] = {
     1: "ltxdist-prepare from 2026-11-21 until revisions were recorded (2026-12-05)",
     2: "2026-12-05: phone clips with a display rotation are encoded upright, not sideways (524f75f, "
     "d1fcfaa); JPEG, PNG (also animated) and WebP photos (as clips or reference_image) are turned upright "
-    "by their EXIF Orientation, mirrored ones included (1156cb2, d18f1a7, 3ce19e3); --lora-trigger is no longer doubled in a caption that starts with "
-    "it followed by punctuation (1124dce)",
+    "by their EXIF Orientation, mirrored ones included (1156cb2, d18f1a7, 3ce19e3); --lora-trigger is no "
+    "longer doubled in a caption that starts with it followed by punctuation (1124dce)",
 }
 
 
