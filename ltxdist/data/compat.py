@@ -26,7 +26,7 @@ from typing import Any
 
 from safetensors import safe_open
 
-from ltxdist.data.prepare.revision import PREPARE_REVISION, changes_since, recorded_revision
+from ltxdist.data.prepare.revision import PREPARE_REVISION, changes_note, recorded_revision
 from ltxdist.data.shards import ShardIndex, ShardIndexError, load_index
 from ltxdist.models.checkpoint_file import CheckpointInfo, major_minor
 
@@ -162,7 +162,7 @@ def older_preparation_warning(source: DataSource, index: ShardIndex) -> str:
         [
             f"{where} ({source.flag}) was prepared by ltxdist-prepare revision {revision}; this ltxdist "
             f"prepares revision {PREPARE_REVISION}. Samples prepared since then differ:",
-            *(f"  {line}" for line in changes_since(revision)),
+            changes_note(revision),
             "Training goes on with the data as it is. To re-prepare it, run the ltxdist-prepare command "
             f"that wrote it again with --overwrite added (ltxdist-prepare INPUT --out {where} ... "
             "--overwrite), or into a new --out. To run.resume=auto, re-prepared data is other data: "

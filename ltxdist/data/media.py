@@ -139,15 +139,12 @@ def _quarter_turns(path: Path, degrees: float) -> int:
 
 def _warn_unreadable_exif(path: Path, problem: ExifError, turns: int) -> None:
     """A malformed EXIF block: what FFmpeg made of it (its display rotation, `turns` quarter turns
-    counterclockwise) is applied. For every broken block tried that is none, but FFmpeg reads some that
-    ltxdist refuses (an Orientation of count 2): the warning says which happened."""
+    counterclockwise) is applied. For every broken block tried that is none; should FFmpeg read a turn
+    from a block ltxdist refuses, the warning says which turn was applied (FFmpeg cannot mirror)."""
     if turns == 0:
         outcome = "the picture is left as stored (FFmpeg reads no rotation from it either)"
     else:
-        outcome = (
-            f"FFmpeg's reading of it is applied instead: turned {90 * (4 - turns)} degrees clockwise "
-            "(FFmpeg turns a mirrored orientation instead of mirroring it)"
-        )
+        outcome = f"FFmpeg's reading of it is applied instead: turned {90 * (4 - turns)} degrees clockwise"
     log.warning("%s: its EXIF orientation is unreadable (%s); %s", path, problem, outcome)
 
 

@@ -555,6 +555,37 @@ def test_shards_of_an_older_prepare_revision_are_stale_like_changed_inputs(prepa
     assert prepare().encoded == 0  # up to date from now on: no flag needed
 
 
+def test_an_old_revision_does_not_hide_another_dataset_and_a_newer_one_is_never_reencoded(
+    prepared, tiny_model, tmp_path
+):
+    """Two refusals the revision must not bend. Another manifest pointed at a dataset of revision 1 (every
+    dataset prepared before revisions) was told to pass --overwrite, which would wipe that other dataset:
+    it is named as another dataset again. Shards of a newer revision than this ltxdist's were re-encoded
+    with --overwrite by the older code, silently undoing its fixes: refused even with --overwrite."""
+    from ltxdist.data.prepare.revision import PREPARE_REVISION
+
+    raw, done, _ = prepared
+    same = {"samples_per_shard": 2, "lora_trigger": "sks", "audio": "optional"}  # as `prepared`
+    old = tmp_path / "old"
+    shutil.copytree(done, old)
+    for record in [old / "index.json", *old.glob("shard-*.unit.json")]:
+        _rewrite_json(record, _without_revision)
+    manifest = tmp_path / "other.jsonl"
+    manifest.write_text(json.dumps({"video": str(raw / "a.mp4"), "caption": "another dataset"}) + "\n")
+    with pytest.raises(PrepareError, match="none of them made from any row of this manifest"):
+        prepare_dataset(prepare_opts(manifest, old, tiny_model, **same))
+
+    newer = tmp_path / "newer"
+    shutil.copytree(done, newer)
+    unit = sorted(newer.glob("shard-*.unit.json"))[0]
+    _rewrite_json(unit, lambda record: record.update(prepare_revision=PREPARE_REVISION + 1))
+    stamps = {p.name: p.stat().st_mtime_ns for p in newer.glob("shard-*.tar")}
+    for overwrite in (False, True):
+        with pytest.raises(PrepareError, match=f"newer ltxdist-prepare \\(revision {PREPARE_REVISION + 1};"):
+            prepare_dataset(prepare_opts(raw, newer, tiny_model, **same, overwrite=overwrite))
+    assert {p.name: p.stat().st_mtime_ns for p in newer.glob("shard-*.tar")} == stamps
+
+
 def test_training_on_an_older_prepare_revision_warns_once_and_resumes(prepared, tiny_model, tmp_path, caplog):
     """Training used shards prepared before a fix without a word. It now warns at start, once, naming the
     folder, both revisions, what changed and how to re-prepare; the data still trains. An index.json

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Only light imports here: `--help` and argument errors answer without loading torch (seconds).
-from ltxdist.data.prepare.options import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES
+from ltxdist.data.prepare.options import AUDIO_MODES, SHORT_AUDIO_MODES, STRATEGIES, env_int
 
 # (rank variable, world-size variable, the launcher that sets both for each process it starts).
 # srun's world is SLURM_STEP_NUM_TASKS, set per job step: SLURM_NTASKS is also set in a batch script
@@ -36,13 +36,6 @@ class Launch:
     launcher: str = ""  # the launcher that set the rank ("torchrun", "srun"); "" for --rank or none
 
 
-def _env_int(env: Mapping[str, str], key: str) -> int:
-    try:
-        return int(env[key])
-    except ValueError:
-        raise ValueError(f"{key}={env[key]!r} in the environment is not a whole number") from None
-
-
 def env_launch(env: Mapping[str, str]) -> Launch:
     """This process's rank and world size as its launcher set them: torchrun's RANK / WORLD_SIZE, srun's
     SLURM_PROCID / SLURM_STEP_NUM_TASKS (torchrun inside srun: torchrun's); rank 0 of 1 without."""
@@ -56,7 +49,7 @@ def env_launch(env: Mapping[str, str]) -> Launch:
     for rank_key, world_key, launcher in LAUNCHERS:
         if rank_key in env and world_key in env:
             source = f"{rank_key} / {world_key}, set by {launcher}"
-            return Launch(_env_int(env, rank_key), _env_int(env, world_key), source, launcher)
+            return Launch(env_int(env, rank_key), env_int(env, world_key), source, launcher)
     return Launch(0, 1, "")
 
 

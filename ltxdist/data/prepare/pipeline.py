@@ -25,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from ltxdist.data.manifest import ManifestRow, printable, read_manifest
+from ltxdist.data.prepare.options import env_int
 from ltxdist.data.prepare.plan import (
     PreparePlan,
     existing_units,
@@ -34,7 +35,7 @@ from ltxdist.data.prepare.plan import (
     unit_is_current,
     unit_record_path,
 )
-from ltxdist.data.prepare.revision import PREPARE_REVISION, REVISION_KEY, changes_since
+from ltxdist.data.prepare.revision import PREPARE_REVISION, REVISION_KEY, changes_note
 from ltxdist.data.prepare.samples import ClipError, SampleBuilder, SampleSpec
 from ltxdist.data.sample import SCHEMA_VERSION, CachedSample
 from ltxdist.data.shards import (
@@ -126,17 +127,10 @@ def gpu_index(rank: int, gpu_count: int, env: Mapping[str, str], rank_launcher: 
     task sees only its own GPU(s)."""
     count = max(1, gpu_count)
     if rank_launcher == "torchrun" and "LOCAL_RANK" in env:
-        return _env_index(env, "LOCAL_RANK") % count
+        return env_int(env, "LOCAL_RANK") % count
     if rank_launcher == "srun" and "SLURM_LOCALID" in env:
-        return _env_index(env, "SLURM_LOCALID") % count
+        return env_int(env, "SLURM_LOCALID") % count
     return rank % count
-
-
-def _env_index(env: Mapping[str, str], key: str) -> int:
-    try:
-        return int(env[key])
-    except ValueError:
-        raise ValueError(f"{key}={env[key]!r} in the environment is not a whole number") from None
 
 
 def _device_for_rank(name: str, rank: int, rank_launcher: str) -> torch.device:
@@ -168,6 +162,25 @@ def _check_existing(out: Path, plan: PreparePlan, opts: PrepareOptions) -> None:
     """Refuse to mix with, or silently replace, a cache written by other encoders, with other options,
     by an older ltxdist-prepare revision or for another manifest."""
     found = stale_reasons(out, plan, _read_index(out))
+    if found.newest_revision > PREPARE_REVISION:
+        # Re-encoding with this older code would undo fixes this ltxdist does not have: never, even
+        # with --overwrite.
+        raise PrepareError(
+            f"{out} holds shards written by a newer ltxdist-prepare (revision {found.newest_revision}; this "
+            f"ltxdist writes revision {PREPARE_REVISION}). Upgrade ltxdist to add to or re-encode it, or "
+            "choose another --out"
+        )
+    if found.other_dataset:
+        what_to_do = (
+            FOLDER_SHIFT_HINT.format(input=opts.input)
+            if Path(opts.input).is_dir()
+            else "Choose another --out, or pass --overwrite to replace them"
+        )
+        if not opts.overwrite:
+            raise PrepareError(
+                f"{out} holds finished shards, none of them made from any row of this manifest (another "
+                f"dataset, or every file replaced?). {what_to_do}."
+            )
     if opts.overwrite:
         if found.oldest_revision < PREPARE_REVISION and opts.rank == 0:  # said once, not per rank
             log.info(
@@ -181,26 +194,12 @@ def _check_existing(out: Path, plan: PreparePlan, opts: PrepareOptions) -> None:
             "needed; pass --overwrite to replace them (shards already up to date are kept), or choose "
             f"another --out.{_revision_note(found.oldest_revision)}"
         )
-    if found.other_dataset:
-        what_to_do = (
-            FOLDER_SHIFT_HINT.format(input=opts.input)
-            if Path(opts.input).is_dir()
-            else "Choose another --out, or pass --overwrite to replace them"
-        )
-        raise PrepareError(
-            f"{out} holds finished shards, none of them made from any row of this manifest (another "
-            f"dataset, or every file replaced?). {what_to_do}."
-        )
 
 
 def _revision_note(revision: int) -> str:
     """What ltxdist changed in prepared samples since `revision`, one line each ("" when nothing)."""
-    lines = changes_since(revision)
-    if not lines:
-        return ""
-    return f"\nWhat changed in prepared samples since revision {revision}:\n" + "\n".join(
-        f"  {line}" for line in lines
-    )
+    note = changes_note(revision)
+    return f"\nWhat changed in prepared samples since revision {revision}:\n{note}" if note else ""
 
 
 def _remove_unit(out: Path, unit: int) -> None:

@@ -176,6 +176,7 @@ class Staleness:
     reasons: list[str]  # whole-dataset differences, naming the first file that has them
     other_dataset: bool  # finished units exist, but none made from any row of this manifest
     oldest_revision: int  # the oldest ltxdist-prepare revision recorded there (this one's if none found)
+    newest_revision: int  # the newest (above PREPARE_REVISION: written by a newer ltxdist)
 
 
 def stale_reasons(out: Path, plan: PreparePlan, index: dict[str, Any] | None) -> Staleness:
@@ -189,7 +190,7 @@ def stale_reasons(out: Path, plan: PreparePlan, index: dict[str, Any] | None) ->
         changes = whole_dataset_changes(found, plan)
         reasons = [f"index.json: {'; '.join(changes)}"] if changes else []
         revisions.append(recorded_revision(index))
-    finished, same_rows = 0, 0
+    with_rows, same_rows = 0, 0
     for unit in existing_units(out):
         record = read_record(out, unit)
         if record is None:
@@ -198,8 +199,16 @@ def stale_reasons(out: Path, plan: PreparePlan, index: dict[str, Any] | None) ->
         if changes and not reasons:
             reasons = [f"{unit_record_path(out, unit).name}: {'; '.join(changes)}"]
         revisions.append(recorded_revision(record))
-        finished += 1
-        if unit < plan.num_units:
-            same_rows += len(set(record.get("row_digests", [])) & set(plan.row_digests[unit]))
-    other_dataset = finished > 0 and same_rows == 0 and not reasons
-    return Staleness(reasons, other_dataset, min(revisions, default=PREPARE_REVISION))
+        # Rows are compared whatever else changed (a row's digest is its own content): another manifest
+        # pointed at an old dataset must still be named as another dataset, not as one to re-encode.
+        if "row_digests" in record:
+            with_rows += 1
+            if unit < plan.num_units:
+                same_rows += len(set(record["row_digests"]) & set(plan.row_digests[unit]))
+    other_dataset = with_rows > 0 and same_rows == 0
+    return Staleness(
+        reasons,
+        other_dataset,
+        min(revisions, default=PREPARE_REVISION),
+        max(revisions, default=PREPARE_REVISION),
+    )
