@@ -30,7 +30,7 @@ from ltxdist.data.media import write_video
 from ltxdist.encoders import AudioVAE, VideoVAE
 from ltxdist.encoders.text import load_text_encoder
 from ltxdist.io import write_json_atomic
-from ltxdist.sampling.conditioning import ConditioningLatents, IdReferenceOptions, VideoSpec
+from ltxdist.sampling.conditioning import IdReferenceOptions, VideoSpec
 from ltxdist.sampling.guidance import Guidance, GuidanceParams
 from ltxdist.sampling.loading import lora_strength
 from ltxdist.sampling.pipeline import References, Sampler, SampleRequest
@@ -137,7 +137,6 @@ class ValidationSampling(pl.Callback):
         # Under FSDP2 / HSDP / ZeRO-3 every forward all-gathers: all ranks must run as many (ParallelDims).
         self.lockstep = lockstep
         self._mine: list[tuple[ValidationJob, bool]] = []
-        self._cond: dict[int, ConditioningLatents] = {}
         self._sampler: Sampler | None = None
         self._last_step = -1
 
@@ -191,14 +190,11 @@ class ValidationSampling(pl.Callback):
         for job, _ in self._mine[:1]:
             job.request.guidance.video.check(blocks, "validation.stg_blocks")
             job.request.guidance.audio.check(blocks, "validation.stg_blocks")
-        for job, _ in self._mine:
-            sampler.text_context(job.request.prompt)
-            sampler.text_context(job.request.negative_prompt)
-            if job.prompt_index not in self._cond:
-                self._cond[job.prompt_index] = sampler.encode_references(job.request)
-        # Neither is needed again: the contexts and reference latents are cached for the whole run.
-        sampler.release_text_encoder()
-        sampler.release_reference_encoders()
+        # Neither encoder is needed again: the sampler keeps the contexts and the reference latents (one
+        # set per distinct references) for the whole run.
+        requests = [job.request for job, _ in self._mine]
+        sampler.encode_prompts([t for r in requests for t in (r.prompt, r.negative_prompt)], release=True)
+        sampler.encode_reference_sets(requests, release=True)
         # Load and run the decoders once now: a checkpoint without VAE / vocoder weights fails here, not
         # after the first N training steps. (The decoders are needed at every validation anyway.)
         sampler.decode(
@@ -227,7 +223,8 @@ class ValidationSampling(pl.Callback):
                 for job, write in self._mine:
                     assert self._sampler is not None, "on_train_start prepares it for a rank with jobs"
                     req = job.request
-                    video, audio = self._sampler.denoise(req, self._cond[job.prompt_index], progress=False)
+                    cond = self._sampler.reference_latents(req)  # encoded by _prepare: cached
+                    video, audio = self._sampler.denoise(req, cond, progress=False)
                     if not write:
                         continue  # lockstep filler: the forwards were needed, the video is not
                     frames, wave = self._sampler.decode(video, audio)

@@ -437,9 +437,8 @@ def test_validation_samples_at_the_configured_lora_strength(tiny_full, tmp_path)
         seen.append([m.scaling for m in lora_modules(model).values()])
         return None, None
 
-    callback._sampler = SimpleNamespace(denoise=denoise)
+    callback._sampler = SimpleNamespace(denoise=denoise, reference_latents=lambda request: None)
     callback._mine = [(job, False) for job in callback.jobs]  # sampled, not written
-    callback._cond = {0: None}
     trainer = SimpleNamespace(strategy=SimpleNamespace(barrier=lambda name: None), is_global_zero=False)
     callback.run(trainer, SimpleNamespace(transformer=model), step=10)
     assert seen == [[1.4 * s for s in trained]]
@@ -596,7 +595,9 @@ def _trainer(rank: int, barriers: list[str] | None = None) -> SimpleNamespace:
 
 def test_validation_releases_the_vae_encoders_after_encoding_references(prepared):
     prepared.callback.on_train_start(_trainer(0), prepared.module)
-    cond = prepared.callback._cond[0]
+    sampler = prepared.callback._sampler
+    assert len(sampler._reference_cache) == 1  # encoded at the start: the read below encodes nothing
+    cond = sampler.reference_latents(prepared.callback._mine[0][0].request)
     assert cond.first_frame_CFHW is not None and cond.reference_audio_CTM is not None
     gc.collect()
     alive = {name: any(ref() is not None for ref in refs) for name, refs in prepared.built.items()}
