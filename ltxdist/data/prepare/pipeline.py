@@ -170,17 +170,16 @@ def _check_existing(out: Path, plan: PreparePlan, opts: PrepareOptions) -> None:
             f"ltxdist writes revision {PREPARE_REVISION}). Upgrade ltxdist to add to or re-encode it, or "
             "choose another --out"
         )
-    if found.other_dataset:
+    if found.other_dataset and not opts.overwrite:
         what_to_do = (
             FOLDER_SHIFT_HINT.format(input=opts.input)
             if Path(opts.input).is_dir()
             else "Choose another --out, or pass --overwrite to replace them"
         )
-        if not opts.overwrite:
-            raise PrepareError(
-                f"{out} holds finished shards, none of them made from any row of this manifest (another "
-                f"dataset, or every file replaced?). {what_to_do}."
-            )
+        raise PrepareError(
+            f"{out} holds finished shards, none of them made from any row of this manifest (another "
+            f"dataset, or every file replaced?). {what_to_do}."
+        )
     if opts.overwrite:
         if found.oldest_revision < PREPARE_REVISION and opts.rank == 0:  # said once, not per rank
             log.info(

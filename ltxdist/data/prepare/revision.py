@@ -42,11 +42,9 @@ def recorded_revision(record: Mapping[str, Any]) -> int:
     return 1
 
 
-def changes_since(revision: int) -> list[str]:
-    """The changelog lines of every revision after `revision` up to this one, oldest first."""
-    return [f"revision {r}: {CHANGELOG[r]}" for r in sorted(CHANGELOG) if revision < r <= PREPARE_REVISION]
-
-
 def changes_note(revision: int, indent: str = "  ") -> str:
-    """`changes_since(revision)`, one indented line each ("" when nothing changed since)."""
-    return "\n".join(f"{indent}{line}" for line in changes_since(revision))
+    """The changelog lines of every revision after `revision` up to this one, oldest first, one indented
+    line each ("" when nothing changed since)."""
+    return "\n".join(
+        f"{indent}revision {r}: {CHANGELOG[r]}" for r in sorted(CHANGELOG) if revision < r <= PREPARE_REVISION
+    )
