@@ -16,6 +16,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ltxdist.sampling.defaults import LTX_2_3_STG_BLOCK
+
 log = logging.getLogger("ltxdist")
 
 LOSS_SMOOTHING = 0.9  # exponential moving average of the loss shown while training (about 10 steps)
@@ -199,8 +201,7 @@ def end_summary(
     num_blocks: int | None = None,
 ) -> str:
     """Several lines: what was trained, how long it took, where the results are, what to run next (a
-    sampling command for this base; a model with fewer blocks than ltxdist-sample's default STG block
-    29 gets its own)."""
+    sampling command for this base; a model without ltxdist-sample's default STG block gets its own)."""
     start = final_step if progress.start_step is None else progress.start_step
     trained = final_step - start
     if trained <= 0:
@@ -229,5 +230,9 @@ def end_summary(
 
 
 def _sample_command(checkpoint: str, final_lora: Path, num_blocks: int | None) -> str:
-    stg = f" --stg-blocks {num_blocks - 1}" if num_blocks is not None and num_blocks <= 28 else ""
+    stg = (
+        f" --stg-blocks {num_blocks - 1}"
+        if num_blocks is not None and num_blocks <= LTX_2_3_STG_BLOCK
+        else ""
+    )
     return f"ltxdist-sample --checkpoint {checkpoint} --gemma GEMMA --lora {final_lora}:1.0{stg} --prompt .."
